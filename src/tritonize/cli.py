@@ -1,0 +1,251 @@
+"""The `tritonize` command: a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonize.errors import TritonizeError
+
+EPILOG = """examples:
+  tritonize build --task embedding --name minilm --output model_repository
+  tritonize build --model ./my-classifier --task classification --name sentiment
+  tritonize check model_repository
+  tritonize serve model_repository --http-port 8000
+  tritonize infer minilm "first sentence" "second sentence" --protocol grpc --json
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except TritonizeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_build(args: argparse.Namespace) -> int:
+    from tritonize.repository.writer import build_repository
+    from tritonize.spec import BuildSpec
+
+    flags = {
+        key: value for key, value in vars(args).items() if key in _SPEC_FLAGS and value is not None
+    }
+    spec = BuildSpec.from_toml(args.config, flags) if args.config else BuildSpec.from_mapping(flags)
+    result = build_repository(spec)
+    print(f"built {', '.join(result.models)} in {result.repository}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from tritonize.repository.checker import check_repository
+
+    configs = check_repository(Path(args.repository))
+    for name, config in sorted(configs.items()):
+        kind = config.platform or config.backend
+        print(f"ok  {name:<32} {kind:<12} max_batch_size={config.max_batch_size}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tritonize.server import LocalServer, ServerConfig
+
+    options: dict[str, Any] = {}
+    if args.api_key:
+        options["api_key"] = args.api_key
+    config = ServerConfig(
+        repository=Path(args.repository),
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        log_file=Path(args.log_file) if args.log_file else None,
+        **options,
+    )
+    server = LocalServer(config)
+    print(f"starting tritonserver on {config.repository} (log: {config.log_path}) ...", flush=True)
+    server.start(timeout_s=args.timeout)
+    print(
+        f"ready in {server.ready_after_s:.1f} s\n"
+        f"  HTTP    http://{config.http_url}\n"
+        f"  gRPC    {config.grpc_url}\n"
+        f"  metrics {config.metrics_url}\n"
+        f"  model-repository API key (header `tritonize-key`): {config.api_key}\n"
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+
+    def shutdown(signum: int, _frame: Any) -> None:
+        print(f"\nstopping ({signal.Signals(signum).name}) ...", flush=True)
+        server.stop()
+
+    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, shutdown)
+    code = server.wait()
+    if code not in (0, -signal.SIGTERM):
+        print(
+            f"error: tritonserver exited with {code}; log tail:\n{server.log_tail()}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from tritonize.client import TritonizeClient
+
+    with TritonizeClient(args.url, args.protocol, timeout_s=args.timeout) as client:
+        outputs = client.infer(args.model, args.texts)
+    if args.json:
+        print(json.dumps({k: _jsonable(v) for k, v in outputs.items()}))
+        return 0
+    for i, text in enumerate(args.texts):
+        print(f"[{i}] {text[:60]!r}")
+        for name, value in outputs.items():
+            print(f"    {name}: {_summary(value[i])}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+_SPEC_FLAGS = {
+    "name",
+    "task",
+    "model",
+    "target",
+    "output",
+    "precision",
+    "max_batch_size",
+    "max_seq_len",
+    "max_queue_delay_us",
+    "preferred_batch_sizes",
+    "engine_instances",
+    "tokenizer_instances",
+    "version",
+    "opset",
+    "trust_remote_code",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tritonize",
+        description="Build, check, serve and call Triton model repositories for transformers.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_build(commands)
+    check = _command(commands, "check", cmd_check, "parse every config and verify ensemble wiring")
+    check.add_argument("repository", help="model repository directory")
+    _add_serve(commands)
+    _add_infer(commands)
+    return parser
+
+
+def _command(commands: Any, name: str, run: Callable[[argparse.Namespace], int], help: str) -> Any:
+    sub = commands.add_parser(name, help=help, description=help)
+    sub.set_defaults(run=run)
+    return sub
+
+
+def _add_build(commands: Any) -> None:
+    build = _command(
+        commands, "build", cmd_build, "export a checkpoint and write its Triton models"
+    )
+    build.add_argument("--config", type=Path, help="TOML build spec; flags given here override it")
+    what = build.add_argument_group("what to build")
+    what.add_argument(
+        "--model", help="local Hugging Face checkpoint dir (default: bundled all-MiniLM-L6-v2)"
+    )
+    what.add_argument("--task", choices=["embedding", "classification"])
+    what.add_argument("--name", help="ensemble name; its step models are prefixed with it")
+    what.add_argument("--target", choices=["local", "onnxruntime", "tensorrt"])
+    what.add_argument("--output", help="model repository directory (default: model_repository)")
+    what.add_argument(
+        "--model-version", dest="version", type=int, help="version directory to write (default: 1)"
+    )
+    what.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None,
+        help="allow checkpoint code to run (off by default)",
+    )
+    runtime = build.add_argument_group("runtime")
+    runtime.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
+    runtime.add_argument("--max-batch-size", type=int)
+    runtime.add_argument("--max-seq-len", type=int, help="longer texts are truncated (and flagged)")
+    runtime.add_argument(
+        "--max-queue-delay-us", type=int, help="dynamic batcher wait (engine step)"
+    )
+    runtime.add_argument("--preferred-batch-sizes", type=int, nargs="+")
+    runtime.add_argument("--engine-instances", type=int)
+    runtime.add_argument("--tokenizer-instances", type=int)
+    runtime.add_argument("--opset", type=int)
+
+
+def _add_serve(commands: Any) -> None:
+    serve = _command(commands, "serve", cmd_serve, "run the bundled tritonserver on a repository")
+    serve.add_argument("repository", help="model repository directory")
+    serve.add_argument(
+        "--host",
+        default=os.environ.get("TRITONIZE_HOST", "127.0.0.1"),
+        help="bind address (default 127.0.0.1; env TRITONIZE_HOST)",
+    )
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("TRITONIZE_API_KEY"),
+        help="key for the model-repository API (env TRITONIZE_API_KEY; default: random)",
+    )
+    serve.add_argument("--log-file", help="server log (default: in the temp dir)")
+    serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+
+
+def _add_infer(commands: Any) -> None:
+    infer = _command(commands, "infer", cmd_infer, "call a served model with texts")
+    infer.add_argument("model")
+    infer.add_argument("texts", nargs="+", metavar="TEXT")
+    infer.add_argument(
+        "--protocol", choices=["http", "grpc"], default=os.environ.get("TRITONIZE_PROTOCOL", "http")
+    )
+    infer.add_argument(
+        "--url",
+        default=os.environ.get("TRITONIZE_URL"),
+        help="HOST:PORT (default 127.0.0.1:8000 for http, :8001 for grpc; env TRITONIZE_URL)",
+    )
+    infer.add_argument("--timeout", type=float, default=60.0)
+    infer.add_argument("--json", action="store_true", help="print all outputs as JSON")
+
+
+def _jsonable(value: np.ndarray) -> Any:
+    if value.dtype == object:
+        return [[v.decode(errors="replace") for v in row] for row in value]
+    return value.tolist()
+
+
+def _summary(value: np.ndarray) -> str:
+    if value.dtype == object:
+        return value[0].decode(errors="replace")
+    if value.size == 1:
+        return str(value.reshape(-1)[0])
+    head = ", ".join(f"{v:.4f}" for v in value[:4])
+    return f"[{head}, ...] dim={value.size} norm={np.linalg.norm(value):.4f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Per-task model loading, the exported graph's head, and its output declaration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tritonize.spec import Task
+
+ONNX_INPUTS = ("input_ids", "attention_mask")
+
+
+class MeanPooledEmbedding(nn.Module):
+    """Encoder + masked mean pooling + L2 normalisation, exported as one graph.
+
+    Pooling inside the graph saves a model hop and a copy of the hidden states per request.
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2.0, dim=1)
+
+
+class SequenceLogits(nn.Module):
+    """Classifier returning raw logits; softmax runs in fp32 in the postprocess step."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """How to load a checkpoint for a task and what the exported graph returns."""
+
+    task: Task
+    output_name: str  # the ONNX / engine output tensor
+    auto_class: str  # transformers Auto* class that loads the checkpoint
+    head: Callable[[nn.Module], nn.Module]
+    output_dim: Callable[[Any], int]  # from the transformers config
+
+    def load(self, model_dir: Path, trust_remote_code: bool) -> nn.Module:
+        import transformers
+
+        loader = getattr(transformers, self.auto_class)
+        model = loader.from_pretrained(
+            model_dir, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+        return self.head(model).eval()
+
+
+TASKS: dict[Task, TaskDefinition] = {
+    Task.EMBEDDING: TaskDefinition(
+        task=Task.EMBEDDING,
+        output_name="embedding",
+        auto_class="AutoModel",
+        head=MeanPooledEmbedding,
+        output_dim=lambda config: int(config.hidden_size),
+    ),
+    Task.CLASSIFICATION: TaskDefinition(
+        task=Task.CLASSIFICATION,
+        output_name="logits",
+        auto_class="AutoModelForSequenceClassification",
+        head=SequenceLogits,
+        output_dim=lambda config: int(config.num_labels),
+    ),
+}

@@ -1,0 +1,187 @@
+"""Typed Triton model configs: each step of an ensemble as a protobuf `ModelConfig`.
+
+Protobuf checks every field name and type when a message is built, and `text_format` writes
+and parses it, so no config is ever a text template.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tritonize.spec import BuildSpec, Task
+from tritonize.triton_models import common as names
+
+ModelConfig = mc.ModelConfig
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A config input/output: name, Triton dtype, dims without the batch dimension."""
+
+    name: str
+    dtype: int  # a model_config_pb2 DataType value, e.g. mc.TYPE_FP32
+    dims: tuple[int, ...]
+    ragged: bool = False
+
+    def as_input(self) -> mc.ModelInput:
+        return mc.ModelInput(
+            name=self.name, data_type=self.dtype, dims=self.dims, allow_ragged_batch=self.ragged
+        )
+
+    def as_output(self) -> mc.ModelOutput:
+        return mc.ModelOutput(name=self.name, data_type=self.dtype, dims=self.dims)
+
+
+@dataclass(frozen=True)
+class StepNames:
+    """Names of an ensemble and its step models: the ensemble's name prefixes the steps."""
+
+    ensemble: str
+
+    @property
+    def tokenizer(self) -> str:
+        return f"{self.ensemble}_tokenizer"
+
+    @property
+    def engine(self) -> str:
+        return f"{self.ensemble}_engine"
+
+    @property
+    def postprocess(self) -> str:
+        return f"{self.ensemble}_postprocess"
+
+
+TEXT = Tensor(names.TEXT, mc.TYPE_STRING, (1,))
+TRUNCATED = Tensor(names.TRUNCATED, mc.TYPE_BOOL, (1,))
+# Ragged: each request arrives padded to its own longest text; the engine step pads across them.
+INPUT_IDS = Tensor(names.INPUT_IDS, mc.TYPE_INT64, (-1,), ragged=True)
+ATTENTION_MASK = Tensor(names.ATTENTION_MASK, mc.TYPE_INT64, (-1,), ragged=True)
+
+
+def public_outputs(spec: BuildSpec, output_dim: int) -> list[Tensor]:
+    """The ensemble's outputs (DESIGN.md): the same for every target."""
+    if spec.task is Task.EMBEDDING:
+        return [Tensor(names.EMBEDDING, mc.TYPE_FP32, (output_dim,)), TRUNCATED]
+    return [
+        Tensor(names.LABEL, mc.TYPE_STRING, (1,)),
+        Tensor(names.SCORE, mc.TYPE_FP32, (1,)),
+        Tensor(names.PROBABILITIES, mc.TYPE_FP32, (output_dim,)),
+        TRUNCATED,
+    ]
+
+
+def tokenizer_config(spec: BuildSpec, pad_token_id: int) -> ModelConfig:
+    return _python_model(
+        StepNames(spec.name).tokenizer,
+        spec,
+        inputs=[TEXT],
+        outputs=[INPUT_IDS, ATTENTION_MASK, TRUNCATED],
+        parameters={"max_seq_len": spec.max_seq_len, "pad_token_id": pad_token_id},
+        instances=spec.tokenizer_instances,
+        queue_delay_us=0,  # tokenizing is cheap: batch what is queued, never wait
+    )
+
+
+def local_engine_config(
+    spec: BuildSpec, output_name: str, output_dim: int, pad_token_id: int
+) -> ModelConfig:
+    """Target `local`: ONNX Runtime in a Python-backend model."""
+    config = _python_model(
+        StepNames(spec.name).engine,
+        spec,
+        inputs=[INPUT_IDS, ATTENTION_MASK],
+        outputs=[Tensor(output_name, mc.TYPE_FP32, (output_dim,))],
+        parameters={"output_name": output_name, "pad_token_id": pad_token_id},
+        instances=spec.engine_instances,
+        queue_delay_us=spec.max_queue_delay_us,
+    )
+    config.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
+    return config
+
+
+def postprocess_config(spec: BuildSpec, labels: list[str]) -> ModelConfig:
+    """Classification: logits to LABEL / SCORE / PROBABILITIES."""
+    return _python_model(
+        StepNames(spec.name).postprocess,
+        spec,
+        inputs=[Tensor(names.LOGITS, mc.TYPE_FP32, (len(labels),))],
+        outputs=public_outputs(spec, len(labels))[:3],
+        parameters={"labels": json.dumps(labels)},
+        instances=1,
+        queue_delay_us=0,
+    )
+
+
+def ensemble_config(spec: BuildSpec, engine_output_name: str, output_dim: int) -> ModelConfig:
+    """TEXT -> tokenizer -> engine [-> postprocess] -> public outputs."""
+    steps = StepNames(spec.name)
+    config = ModelConfig(
+        name=spec.name,
+        platform="ensemble",
+        max_batch_size=spec.max_batch_size,
+        input=[TEXT.as_input()],
+        output=[t.as_output() for t in public_outputs(spec, output_dim)],
+    )
+    engine_out = names.EMBEDDING if spec.task is Task.EMBEDDING else names.LOGITS
+    pipeline = [
+        (
+            steps.tokenizer,
+            {names.TEXT: names.TEXT},
+            {n: n for n in (names.INPUT_IDS, names.ATTENTION_MASK, names.TRUNCATED)},
+        ),
+        (
+            steps.engine,
+            {n: n for n in (names.INPUT_IDS, names.ATTENTION_MASK)},
+            {engine_output_name: engine_out},
+        ),
+    ]
+    if spec.task is Task.CLASSIFICATION:
+        pipeline.append(
+            (
+                steps.postprocess,
+                {names.LOGITS: names.LOGITS},
+                {n: n for n in (names.LABEL, names.SCORE, names.PROBABILITIES)},
+            )
+        )
+    for model, input_map, output_map in pipeline:
+        config.ensemble_scheduling.step.add(
+            model_name=model, model_version=-1, input_map=input_map, output_map=output_map
+        )
+    return config
+
+
+def to_text(config: ModelConfig) -> str:
+    """config.pbtxt contents."""
+    return text_format.MessageToString(config)
+
+
+def from_text(text: str) -> ModelConfig:
+    """Parse config.pbtxt contents (raises `text_format.ParseError`)."""
+    return text_format.Parse(text, ModelConfig())
+
+
+def _python_model(
+    name: str,
+    spec: BuildSpec,
+    inputs: list[Tensor],
+    outputs: list[Tensor],
+    parameters: dict[str, object],
+    instances: int,
+    queue_delay_us: int,
+) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        backend="python",
+        max_batch_size=spec.max_batch_size,
+        input=[t.as_input() for t in inputs],
+        output=[t.as_output() for t in outputs],
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=queue_delay_us),
+        instance_group=[
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
+        ],
+        parameters={k: mc.ModelParameter(string_value=str(v)) for k, v in parameters.items()},
+    )

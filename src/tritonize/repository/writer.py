@@ -1,0 +1,114 @@
+"""Build a model repository from a spec: export, validate, write, check, then install.
+
+Everything is written into a staging directory beside the output and checked there first, so a
+failed build never leaves a half-written repository behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import tritonize.triton_models as triton_models
+from tritonize.errors import SpecError
+from tritonize.export import ExportedModel, export_onnx
+from tritonize.progress import note, step
+from tritonize.repository import configs
+from tritonize.repository.checker import check_repository
+from tritonize.repository.configs import ModelConfig, StepNames
+from tritonize.repository.manifest import write_manifest
+from tritonize.spec import BuildSpec, Target, Task
+
+PACKAGE_DIR = "triton_models"  # the Python-backend sources, copied beside each model.py
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    repository: Path
+    models: list[str]  # every model directory this build wrote, the ensemble first
+    max_abs_diff: dict[str, float]
+
+
+def build_repository(spec: BuildSpec) -> BuildResult:
+    """Export `spec`'s checkpoint and install its ensemble into `spec.output`."""
+    if spec.target is not Target.LOCAL:
+        raise SpecError(f"`target` = {spec.target.value!r} is not built yet: expected `local`")
+    spec.output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=spec.output, prefix=".staging-") as tmp:
+        staging = Path(tmp)
+        exported = export_onnx(spec, staging)
+        with step("Writing the model repository"):
+            stage = staging / "repository"
+            models = write_models(spec, exported, stage)
+            check_repository(stage)
+            for model in models:
+                _install(stage / model, spec.output / model, spec.version)
+                note(f"{spec.output / model}")
+    with step("Checking the whole repository"):
+        check_repository(spec.output)
+    return BuildResult(spec.output, models, exported.max_abs_diff)
+
+
+def write_models(spec: BuildSpec, exported: ExportedModel, repository: Path) -> list[str]:
+    """Write the ensemble and its steps for `spec` into `repository`; return their names."""
+    names = StepNames(spec.name)
+    output, dim = exported.task.output_name, exported.output_dim
+    pad = exported.pad_token_id
+
+    tokenizer_dir = _write_python_model(
+        repository, configs.tokenizer_config(spec, pad), spec.version, "tokenizer"
+    )
+    exported.tokenizer.save(str(tokenizer_dir / "tokenizer.json"))
+
+    engine_dir = _write_python_model(
+        repository, configs.local_engine_config(spec, output, dim, pad), spec.version, "onnx_runner"
+    )
+    shutil.copy2(exported.onnx_path, engine_dir / "model.onnx")
+    write_manifest(engine_dir, spec, exported, tokenizer_dir / "tokenizer.json")
+
+    written = [names.ensemble, names.tokenizer, names.engine]
+    if spec.task is Task.CLASSIFICATION:
+        config = configs.postprocess_config(spec, exported.labels)
+        _write_python_model(repository, config, spec.version, "classifier")
+        written.append(names.postprocess)
+
+    ensemble = configs.ensemble_config(spec, output, dim)
+    _write_config(repository, ensemble)
+    (repository / spec.name / str(spec.version)).mkdir(parents=True, exist_ok=True)
+    return written
+
+
+def _write_python_model(repository: Path, config: ModelConfig, version: int, module: str) -> Path:
+    """config.pbtxt plus `<version>/model.py` re-exporting `triton_models.<module>`."""
+    _write_config(repository, config)
+    version_dir = repository / config.name / str(version)
+    version_dir.mkdir(parents=True)
+    shutil.copytree(
+        Path(triton_models.__file__).parent,
+        version_dir / PACKAGE_DIR,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (version_dir / "model.py").write_text(
+        f'"""Triton entry point: the model lives in {PACKAGE_DIR}/{module}.py."""\n\n'
+        f"from {PACKAGE_DIR}.{module} import TritonPythonModel\n\n"
+        '__all__ = ["TritonPythonModel"]\n'
+    )
+    return version_dir
+
+
+def _write_config(repository: Path, config: ModelConfig) -> None:
+    directory = repository / config.name
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.pbtxt").write_text(configs.to_text(config))
+
+
+def _install(staged: Path, target: Path, version: int) -> None:
+    """Replace `target`'s config and this version; other versions stay (for rollback)."""
+    target.mkdir(parents=True, exist_ok=True)
+    version_dir = target / str(version)
+    if version_dir.exists():
+        shutil.rmtree(version_dir)
+    shutil.move(staged / str(version), version_dir)
+    shutil.copy2(staged / "config.pbtxt", target / "config.pbtxt")

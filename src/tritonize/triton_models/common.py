@@ -1,0 +1,38 @@
+"""Names and helpers shared by the Python-backend models and the repository writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Public tensors of the ensembles (DESIGN.md) and the internal ones between steps.
+TEXT = "TEXT"
+EMBEDDING = "EMBEDDING"
+LABEL = "LABEL"
+SCORE = "SCORE"
+PROBABILITIES = "PROBABILITIES"
+TRUNCATED = "TRUNCATED"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+LOGITS = "logits"
+
+
+class RequestError(ValueError):
+    """A request is invalid; its message names the tensor, the value and what is allowed."""
+
+
+def model_parameters(args: dict[str, str]) -> dict[str, str]:
+    """The string parameters of the model's config.pbtxt."""
+    config = json.loads(args["model_config"])
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def version_dir(args: dict[str, str]) -> Path:
+    """The directory of the model version being loaded (it holds model.py and its files)."""
+    return Path(args["model_repository"]) / args["model_version"]
+
+
+def error_responses(pb_utils: Any, count: int, message: str) -> list[Any]:
+    """`count` responses that all carry `message` as their error."""
+    return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in range(count)]

@@ -1,0 +1,200 @@
+"""Tokenizer step: TEXT (BYTES [B, 1]) -> input_ids, attention_mask (INT64 [B, L]), TRUNCATED.
+
+All texts of all requests in one `execute` are encoded in a single `encode_batch` call. Each
+request is padded to its own longest text only: the engine step declares its inputs ragged and
+pads across the requests it batches, so requests of any length merge there.
+
+Texts longer than `max_seq_len` tokens are truncated (the documented choice, as
+sentence-transformers does); each truncation is logged, counted in a metric and flagged in the
+TRUNCATED output, never silent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tokenizers
+
+from .common import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    TEXT,
+    TRUNCATED,
+    RequestError,
+    error_responses,
+    model_parameters,
+    version_dir,
+)
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # outside Triton: the logic below stays importable and testable
+    pb_utils = None
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """One request's texts as padded token ids."""
+
+    input_ids: np.ndarray  # INT64 [B, L]
+    attention_mask: np.ndarray  # INT64 [B, L]
+    truncated: np.ndarray  # BOOL [B, 1]
+    num_tokens: int  # real (unpadded) tokens in the batch
+
+
+class TextTokenizer:
+    """Decodes, checks and tokenizes texts with the Rust `tokenizers` library."""
+
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        max_seq_len: int,
+        pad_id: int,
+        max_text_bytes: int = 1_000_000,
+    ) -> None:
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_seq_len)
+        self.tokenizer = tokenizer
+        self.max_seq_len = max_seq_len
+        self.pad_id = pad_id
+        self.max_text_bytes = max_text_bytes
+
+    @classmethod
+    def from_file(cls, path: Path, **kwargs: Any) -> TextTokenizer:
+        return cls(tokenizers.Tokenizer.from_file(str(path)), **kwargs)
+
+    def decode_texts(self, raw: np.ndarray) -> list[str]:
+        """UTF-8 texts from a BYTES tensor; raise `RequestError` naming the bad element."""
+        texts = []
+        for i, item in enumerate(raw.reshape(-1)):
+            data = item if isinstance(item, bytes) else str(item).encode()
+            if len(data) > self.max_text_bytes:
+                raise RequestError(
+                    f"`{TEXT}`[{i}] is {len(data)} bytes: at most {self.max_text_bytes} allowed"
+                )
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RequestError(
+                    f"`{TEXT}`[{i}] is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+                ) from None
+            if not text.strip():
+                raise RequestError(f"`{TEXT}`[{i}] is empty or whitespace only: expected some text")
+            texts.append(text)
+        return texts
+
+    def encode(self, requests: list[list[str]]) -> list[EncodedBatch]:
+        """Encode every request's texts in one call; pad each request to its longest text."""
+        flat = [text for texts in requests for text in texts]
+        encodings = self.tokenizer.encode_batch(flat)
+        batches, start = [], 0
+        for texts in requests:
+            batches.append(self._pad(encodings[start : start + len(texts)]))
+            start += len(texts)
+        return batches
+
+    def _pad(self, encodings: list[tokenizers.Encoding]) -> EncodedBatch:
+        width = max(len(enc.ids) for enc in encodings)
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        truncated = np.array([[bool(enc.overflowing)] for enc in encodings], dtype=bool)
+        return EncodedBatch(ids, mask, truncated, int(mask.sum()))
+
+
+class TritonPythonModel:
+    """Thin adapter: tensors in, tensors out, errors as per-request responses."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        params = model_parameters(args)
+        self.name = args["model_name"]
+        self.tokenizer = TextTokenizer.from_file(
+            version_dir(args) / "tokenizer.json",
+            max_seq_len=int(params["max_seq_len"]),
+            pad_id=int(params["pad_token_id"]),
+            max_text_bytes=int(params.get("max_text_bytes", 1_000_000)),
+        )
+        self.metrics = _TokenizerMetrics(self.name)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        try:
+            return self._execute(requests)
+        except Exception as exc:  # never let a bug take the stub down: answer every request
+            pb_utils.Logger.log_error(f"{self.name}: {exc!r}")
+            return error_responses(pb_utils, len(requests), f"tokenizer failed: {exc}")
+
+    def _execute(self, requests: list[Any]) -> list[Any]:
+        start = time.perf_counter()
+        responses: list[Any] = [None] * len(requests)
+        valid: dict[int, list[str]] = {}
+        for i, request in enumerate(requests):
+            raw = pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy()
+            try:
+                valid[i] = self.tokenizer.decode_texts(raw)
+            except RequestError as exc:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        for i, batch in zip(valid, self.tokenizer.encode(list(valid.values())), strict=True):
+            responses[i] = self._respond(batch)
+        self.metrics.observe(time.perf_counter() - start)
+        return responses
+
+    def _respond(self, batch: EncodedBatch) -> Any:
+        truncations = int(batch.truncated.sum())
+        if truncations:
+            pb_utils.Logger.log_warn(
+                f"{self.name}: truncated {truncations} text(s) to "
+                f"max_seq_len={self.tokenizer.max_seq_len} tokens"
+            )
+        self.metrics.count(batch.num_tokens, truncations)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(INPUT_IDS, batch.input_ids),
+                pb_utils.Tensor(ATTENTION_MASK, batch.attention_mask),
+                pb_utils.Tensor(TRUNCATED, batch.truncated),
+            ]
+        )
+
+
+class _TokenizerMetrics:
+    """tritonize_* custom metrics, served on Triton's /metrics endpoint."""
+
+    def __init__(self, model: str) -> None:
+        family = pb_utils.MetricFamily
+        # Families must outlive their metrics, so both are kept on the instance.
+        self.families = {
+            "duration": family(
+                name="tritonize_tokenize_duration_seconds",
+                description="Time to decode and tokenize one execute() batch",
+                kind=family.HISTOGRAM,
+            ),
+            "tokens": family(
+                name="tritonize_input_tokens_total",
+                description="Input tokens produced by the tokenizer (padding excluded)",
+                kind=family.COUNTER,
+            ),
+            "truncations": family(
+                name="tritonize_truncated_texts_total",
+                description="Texts truncated to max_seq_len tokens",
+                kind=family.COUNTER,
+            ),
+        }
+        labels = {"model": model}
+        self.duration = self.families["duration"].Metric(
+            labels=labels, buckets=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
+        )
+        self.tokens = self.families["tokens"].Metric(labels=labels)
+        self.truncations = self.families["truncations"].Metric(labels=labels)
+
+    def observe(self, seconds: float) -> None:
+        self.duration.observe(seconds)
+
+    def count(self, tokens: int, truncations: int) -> None:
+        self.tokens.increment(tokens)
+        if truncations:
+            self.truncations.increment(truncations)
