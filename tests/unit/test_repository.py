@@ -1,0 +1,152 @@
+"""Typed configs (golden files, round trip), the writer's layout, and the checker."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tritonize.errors import RepositoryError
+from tritonize.repository import configs
+from tritonize.repository.checker import check_repository
+from tritonize.repository.manifest import read_manifest
+from tritonize.spec import BuildSpec
+
+GOLDEN = Path(__file__).parent / "golden"
+
+SPEC = BuildSpec(
+    name="sentiment",
+    task="classification",
+    max_batch_size=16,
+    max_seq_len=128,
+    preferred_batch_sizes=(4, 8),
+    max_queue_delay_us=1500,
+)
+CONFIGS = {
+    "tokenizer": configs.tokenizer_config(SPEC, pad_token_id=0),
+    "engine": configs.local_engine_config(SPEC, "logits", 3, pad_token_id=0),
+    "postprocess": configs.postprocess_config(SPEC, ["negative", "neutral", "positive"]),
+    "ensemble": configs.ensemble_config(SPEC, "logits", 3),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_config_matches_golden_file(kind: str) -> None:
+    path = GOLDEN / f"{kind}.pbtxt"
+    text = configs.to_text(CONFIGS[kind])
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), "regenerate with UPDATE_GOLDEN=1 if the change is intended"
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_config_round_trips(kind: str) -> None:
+    assert configs.from_text(configs.to_text(CONFIGS[kind])) == CONFIGS[kind]
+
+
+def test_built_repository_layout(classifier_repository: Path) -> None:
+    names = sorted(p.name for p in classifier_repository.iterdir() if not p.name.startswith("."))
+    assert names == [
+        "sentiment",
+        "sentiment_engine",
+        "sentiment_postprocess",
+        "sentiment_tokenizer",
+    ]
+    engine = classifier_repository / "sentiment_engine" / "1"
+    assert (engine / "model.onnx").exists()
+    assert (engine / "triton_models" / "onnx_runner.py").exists()
+    assert (classifier_repository / "sentiment_tokenizer" / "1" / "tokenizer.json").exists()
+    manifest = read_manifest(engine)
+    assert manifest["spec"]["task"] == "classification"
+    assert manifest["versions"]["torch"].startswith("2.")
+    assert len(manifest["files"]["tokenizer.json"]) == 64
+    assert not list(classifier_repository.glob(".staging-*"))
+
+
+def test_built_repository_passes_the_checker(classifier_repository: Path) -> None:
+    checked = check_repository(classifier_repository)
+    assert checked["sentiment"].platform == "ensemble"
+
+
+@pytest.fixture
+def repo(classifier_repository: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(classifier_repository, copy)
+    return copy
+
+
+def _edit(repo: Path, model: str, old: str, new: str) -> None:
+    path = repo / model / "config.pbtxt"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def _problems(repo: Path) -> list[str]:
+    with pytest.raises(RepositoryError) as info:
+        check_repository(repo)
+    return info.value.problems
+
+
+def test_checker_names_a_miswired_step(repo: Path) -> None:
+    _edit(repo, "sentiment", 'value: "logits"', 'value: "scores"')  # engine output renamed
+    (problem,) = _problems(repo)
+    assert problem == (
+        "ensemble `sentiment` step 3 (`sentiment_postprocess`) input `logits`: "
+        "tensor `logits` is produced by no earlier step"
+    )
+
+
+def test_checker_names_a_dtype_mismatch(repo: Path) -> None:
+    _edit(repo, "sentiment_tokenizer", "TYPE_INT64", "TYPE_INT32")
+    (problem,) = _problems(repo)
+    assert "step 2 (`sentiment_engine`) input `input_ids`" in problem
+    assert "TYPE_INT32 [-1], expected TYPE_INT64 [-1]" in problem
+
+
+def test_checker_names_a_dims_mismatch(repo: Path) -> None:
+    _edit(repo, "sentiment_postprocess", "dims: 3", "dims: 4")
+    problems = _problems(repo)
+    assert any("`sentiment_postprocess`" in p and "expected TYPE_FP32 [4]" in p for p in problems)
+
+
+def test_checker_names_a_batch_size_mismatch(repo: Path) -> None:
+    _edit(repo, "sentiment_engine", "max_batch_size: 8", "max_batch_size: 4")
+    (problem,) = _problems(repo)
+    assert "step 2 (`sentiment_engine`): max_batch_size 4 is below the ensemble's 8" in problem
+
+
+def test_checker_names_a_missing_step_model(repo: Path) -> None:
+    shutil.rmtree(repo / "sentiment_postprocess")
+    assert any(
+        "model `sentiment_postprocess` is not in the repository" in p for p in _problems(repo)
+    )
+
+
+def test_checker_names_a_missing_model_file(repo: Path) -> None:
+    (repo / "sentiment_engine" / "1" / "model.py").unlink()
+    assert _problems(repo) == ["model `sentiment_engine` version 1: `model.py` is missing"]
+
+
+def test_checker_names_an_unparsable_config(repo: Path) -> None:
+    _edit(repo, "sentiment_tokenizer", "max_batch_size: 8", "max_batch_size: ${max_batch}")
+    problems = _problems(repo)
+    assert any("model `sentiment_tokenizer`: config.pbtxt does not parse" in p for p in problems)
+
+
+def test_checker_rejects_an_empty_directory(tmp_path: Path) -> None:
+    assert _problems(tmp_path) == [f"`{tmp_path}` holds no models"]
+
+
+def test_labels_travel_as_a_parameter(classifier_repository: Path) -> None:
+    config = configs.from_text(
+        (classifier_repository / "sentiment_postprocess" / "config.pbtxt").read_text()
+    )
+    assert json.loads(config.parameters["labels"].string_value) == [
+        "negative",
+        "neutral",
+        "positive",
+    ]

@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+
+from tritonize.errors import SpecError
+from tritonize.spec import BuildSpec, Precision, Target, Task
+
+
+def test_defaults_are_valid_and_typed() -> None:
+    spec = BuildSpec(name="minilm", task="embedding")
+    assert spec.task is Task.EMBEDDING
+    assert spec.target is Target.LOCAL
+    assert spec.precision is Precision.FP32
+    assert spec.model_dir.is_dir()  # the bundled checkpoint
+    assert spec.to_dict()["task"] == "embedding"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("name", "bad name!", "letters, digits"),
+        ("name", "", "letters, digits"),
+        ("task", "translation", "embedding, classification"),
+        ("target", "gpu", "local, onnxruntime, tensorrt"),
+        ("precision", "int4", "fp32, fp16, bf16"),
+        ("max_batch_size", 0, "[1, 4096]"),
+        ("max_batch_size", True, "[1, 4096]"),
+        ("max_seq_len", 2, "[4, 32768]"),
+        ("max_queue_delay_us", -1, "[0, 10000000]"),
+        ("engine_instances", 0, "[1, 64]"),
+        ("version", 0, "[1, 2147483647]"),
+        ("opset", 9, "[14, 21]"),
+        ("preferred_batch_sizes", (4, 64), "[1, 32]"),
+        ("model", Path("/does/not/exist"), "checkpoint directory"),
+    ],
+)
+def test_invalid_values_are_named(field: str, value: object, allowed: str) -> None:
+    values = {"name": "m", "task": "embedding", field: value}
+    with pytest.raises(SpecError) as info:
+        BuildSpec.from_mapping(values)
+    message = str(info.value)
+    assert f"`{field}`" in message
+    assert allowed in message
+
+
+def test_message_shows_the_rejected_value() -> None:
+    with pytest.raises(SpecError, match=r"`max_seq_len` = 100000 is not allowed"):
+        BuildSpec(name="m", task="embedding", max_seq_len=100_000)
+
+
+def test_fp16_needs_a_gpu_target() -> None:
+    with pytest.raises(SpecError, match="`precision`.*target `local`"):
+        BuildSpec(name="m", task="embedding", precision="fp16")
+    assert BuildSpec(name="m", task="embedding", target="tensorrt", precision="fp16")
+
+
+def test_unknown_and_missing_keys_are_rejected() -> None:
+    with pytest.raises(SpecError, match="max_batch"):
+        BuildSpec.from_mapping({"name": "m", "task": "embedding", "max_batch": 8})
+    with pytest.raises(SpecError, match="`task`"):
+        BuildSpec.from_mapping({"name": "m"})
+
+
+def test_toml_file_with_overrides(tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    path = tmp_path / "spec.toml"
+    path.write_text(
+        '[build]\nname = "sentiment"\ntask = "classification"\nmodel = "ckpt"\n'
+        "max_batch_size = 16\npreferred_batch_sizes = [4, 8]\n"
+    )
+    spec = BuildSpec.from_toml(path, {"max_seq_len": 64})
+    assert spec.model == tmp_path / "ckpt"  # relative to the file
+    assert spec.max_batch_size == 16
+    assert spec.preferred_batch_sizes == (4, 8)
+    assert spec.max_seq_len == 64
+
+
+def test_unreadable_toml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("name = ")
+    with pytest.raises(SpecError, match="bad.toml"):
+        BuildSpec.from_toml(path)
