@@ -89,8 +89,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
     def shutdown(signum: int, _frame: Any) -> None:
+        # Only signal here: waiting inside a handler would deadlock with server.wait().
         print(f"\nstopping ({signal.Signals(signum).name}) ...", flush=True)
-        server.stop()
+        server.terminate()
 
     signal.signal(signal.SIGINT, shutdown)
     signal.signal(signal.SIGTERM, shutdown)

@@ -39,7 +39,7 @@ ARCHITECTURES: dict[str, EncoderArchitecture] = {
 
 def architecture_for(config: Any) -> EncoderArchitecture:
     """The registered family of a transformers config, or a clear error."""
-    model_type = getattr(config, "model_type", None)
+    model_type = str(getattr(config, "model_type", None))
     try:
         return ARCHITECTURES[model_type]
     except KeyError:

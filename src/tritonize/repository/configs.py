@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from tritonize.spec import BuildSpec, Task
 from tritonize.triton_models import common as names
-
-ModelConfig = mc.ModelConfig
 
 
 @dataclass(frozen=True)

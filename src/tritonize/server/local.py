@@ -116,11 +116,16 @@ class LocalServer:
         self._wait_ready(timeout_s)
         self.ready_after_s = time.perf_counter() - started
 
+    def terminate(self) -> None:
+        """Ask the server to stop (SIGTERM) without waiting: safe in a signal handler."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout_s`. Returns the exit code."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             return self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:

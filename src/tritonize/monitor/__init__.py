@@ -1,0 +1,1 @@
+"""Triton metrics: scraped straight from /metrics or queried through Prometheus."""

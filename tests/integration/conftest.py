@@ -1,0 +1,96 @@
+"""A real tritonserver (the bundled binary) serving a repository built by the tests."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tritonize.client import TritonizeClient
+from tritonize.repository.writer import build_repository
+from tritonize.server import LocalServer, ServerConfig
+from tritonize.spec import BuildSpec
+
+EMBEDDER = "minilm"
+CLASSIFIER = "sentiment"
+EMBEDDER_MAX_BATCH = 32
+EMBEDDER_MAX_SEQ = 256
+CLASSIFIER_MAX_SEQ = 64
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def server_config(repository: Path, **kwargs: object) -> ServerConfig:
+    http, grpc, metrics = free_ports(3)
+    return ServerConfig(
+        repository,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        exit_timeout_s=5,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path) -> Path:
+    """Two ensembles in one repository: the bundled MiniLM and the tiny classifier."""
+    output = tmp_path_factory.mktemp("model_repository")
+    build_repository(
+        BuildSpec(
+            name=EMBEDDER,
+            task="embedding",
+            output=output,
+            max_batch_size=EMBEDDER_MAX_BATCH,
+            max_seq_len=EMBEDDER_MAX_SEQ,
+        )
+    )
+    build_repository(
+        BuildSpec(
+            name=CLASSIFIER,
+            task="classification",
+            model=classifier_dir,
+            output=output,
+            max_batch_size=8,
+            max_seq_len=CLASSIFIER_MAX_SEQ,
+        )
+    )
+    return output
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path) -> Iterator[LocalServer]:
+    server = LocalServer(server_config(repository))
+    server.start(timeout_s=120)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["http", "grpc"])
+def client(request: pytest.FixtureRequest, server: LocalServer) -> Iterator[TritonizeClient]:
+    url = server.config.http_url if request.param == "http" else server.config.grpc_url
+    with TritonizeClient(url, request.param, api_key=server.config.api_key) as client:
+        yield client
+
+
+@pytest.fixture
+def http_client(server: LocalServer) -> Iterator[TritonizeClient]:
+    with TritonizeClient(server.config.http_url, "http", api_key=server.config.api_key) as c:
+        yield c

@@ -1,0 +1,124 @@
+"""The local server's life cycle: ports, repository checks, the API key, stopping, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tritonize.client import TritonizeClient
+from tritonize.errors import InferenceError, RepositoryError, ServerError
+from tritonize.server import LocalServer
+
+from .conftest import CLASSIFIER, EMBEDDER, server_config
+
+CLI = [sys.executable, "-m", "tritonize.cli"]
+
+
+def test_busy_port_is_named(repository: Path) -> None:
+    config = server_config(repository)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", config.grpc_port))
+        taken.listen()
+        busy = f"grpc port {config.grpc_port} on 127.0.0.1 is in use"
+        with pytest.raises(ServerError, match=busy):
+            LocalServer(config).start()
+
+
+def test_invalid_repository_is_refused_before_launch(repository: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "repo"
+    (broken / "minilm").mkdir(parents=True)
+    (broken / "minilm" / "config.pbtxt").write_text('name: "minilm"\nmax_batch_size: ${n}\n')
+    server = LocalServer(server_config(broken))
+    with pytest.raises(RepositoryError, match="model `minilm`: config.pbtxt does not parse"):
+        server.start()
+    assert server.process is None
+
+
+def test_server_binds_loopback_only(server: LocalServer) -> None:
+    assert server.config.host == "127.0.0.1"
+    assert "--http-address=127.0.0.1" in server.config.arguments(Path("b"), Path("d"))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_model_repository_api_needs_the_key(server: LocalServer, protocol: str) -> None:
+    url = server.config.http_url if protocol == "http" else server.config.grpc_url
+    with TritonizeClient(url, protocol, api_key="wrong-key") as intruder:
+        with pytest.raises(InferenceError, match="(?i)restricted|permission|authoriz"):
+            intruder.unload_model(CLASSIFIER)
+        assert intruder.classify(CLASSIFIER, ["still loaded"])[0].label
+    with TritonizeClient(url, protocol, api_key=server.config.api_key) as operator:
+        operator.unload_model(CLASSIFIER)
+        with pytest.raises(InferenceError):
+            operator.classify(CLASSIFIER, ["unloaded"])
+        operator.load_model(CLASSIFIER)
+        assert operator.classify(CLASSIFIER, ["back again"])[0].label
+
+
+def test_server_dies_with_its_parent(repository: Path) -> None:
+    config = server_config(repository)
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from tritonize.server import LocalServer, ServerConfig\n"
+        f"s = LocalServer(ServerConfig(Path({str(repository)!r}), http_port={config.http_port}, "
+        f"grpc_port={config.grpc_port}, metrics_port={config.metrics_port}))\n"
+        "s.start()\n"
+        "print(s.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()  # SIGKILL: no chance to clean up
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child), "tritonserver outlived its parent"
+
+
+def test_cli_serve_infer_and_sigterm(repository: Path) -> None:
+    config = server_config(repository)
+    serve = subprocess.Popen(
+        [*CLI, "serve", str(repository), "--http-port", str(config.http_port),
+         "--grpc-port", str(config.grpc_port), "--metrics-port", str(config.metrics_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert serve.stdout is not None
+    try:
+        banner = [serve.stdout.readline() for _ in range(3)]
+        assert banner[1].startswith("ready in"), banner
+        for protocol, url in (("http", config.http_url), ("grpc", config.grpc_url)):
+            infer = subprocess.run(
+                [*CLI, "infer", EMBEDDER, "hello", "world", "--protocol", protocol, "--url", url,
+                 "--json"],
+                capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            assert '"EMBEDDING": [[' in infer.stdout
+        bad = subprocess.run(
+            [*CLI, "infer", EMBEDDER, "", "--url", config.http_url], capture_output=True, text=True
+        )
+        assert bad.returncode == 1
+        assert "`TEXT`[0] is empty" in bad.stderr
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0
+    assert "stopping (SIGTERM)" in serve.stdout.read()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead but not yet reaped by init
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
