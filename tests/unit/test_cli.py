@@ -1,0 +1,40 @@
+"""The CLI is a thin layer: exit codes and messages of build and check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tritonize.cli import main
+
+
+def test_build_then_check(
+    classifier_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'name = "sentiment"\ntask = "classification"\nmodel = "{classifier_dir}"\n')
+    output = tmp_path / "repo"
+    assert (
+        main(["build", "--config", str(spec), "--output", str(output), "--max-batch-size", "4"])
+        == 0
+    )
+    assert "built sentiment, sentiment_tokenizer, sentiment_engine" in capsys.readouterr().out
+    assert main(["check", str(output)]) == 0
+    assert "ok  sentiment_engine" in capsys.readouterr().out
+
+    config = output / "sentiment_engine" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 4", "max_batch_size: 2"))
+    assert main(["check", str(output)]) == 1
+    assert "step 2 (`sentiment_engine`): max_batch_size 2" in capsys.readouterr().err
+
+
+def test_invalid_flag_value_is_named(capsys: pytest.CaptureFixture) -> None:
+    assert main(["build", "--task", "embedding", "--name", "no spaces allowed"]) == 1
+    assert "`name` = 'no spaces allowed' is not allowed" in capsys.readouterr().err
+
+
+def test_fp16_on_the_local_target_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["build", "--task", "embedding", "--name", "m", "--output", str(tmp_path / "r")]
+    assert main([*args, "--target", "local", "--precision", "fp16"]) == 1
+    assert "`precision` = 'fp16'" in capsys.readouterr().err
