@@ -11,4 +11,25 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch==2.13.0 is pinned: the CPU wheel, not a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+
+
+# TensorRT type stubs for mypy, unpacked into .stubs/ rather than installed: installed, their
+# stub-only `tensorrt` directory would import as an empty namespace package.
+STUBS=tensorrt_stubs-10.13.0.35.1-py3-none-any.whl
+if [ ! -f .stubs/tensorrt/__init__.pyi ]; then
+    tmp=$(mktemp -d)
+    .venv/bin/python -m pip download --quiet --no-deps -d "$tmp" "tensorrt-stubs==10.13.0.35.1"
+    .venv/bin/python - "$tmp/$STUBS" <<'PY'
+import pathlib, re, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    wheel.extractall(".stubs", [n for n in wheel.namelist() if n.endswith(".pyi")])
+# Two generated defects that mypy's parser rejects: a parameter named `in`, and a required
+# parameter after defaulted ones (add_scale_nd).
+bindings = pathlib.Path(".stubs/tensorrt_bindings/tensorrt.pyi")
+text = re.sub(r"\bin: list\[", "in_: list[", bindings.read_text())
+text = text.replace("power: Weights = None, channel_axis: int)", "power: Weights = None, channel_axis: int = 0)")
+bindings.write_text(text)
+PY
+    rm -rf "$tmp"
+fi
 echo "set up: $(.venv/bin/python --version), tritonize $(.venv/bin/python -c 'import tritonize; print(tritonize.__version__)')"

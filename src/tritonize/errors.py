@@ -13,6 +13,10 @@ class ExportError(TritonizeError):
     """The checkpoint could not be loaded or exported to ONNX."""
 
 
+class EngineError(TritonizeError):
+    """An engine could not be built or run, or its runtime is missing."""
+
+
 class ValidationError(TritonizeError):
     """An exported artefact does not reproduce its reference within tolerance."""
 

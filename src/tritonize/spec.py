@@ -35,6 +35,14 @@ class Precision(StrEnum):
     BF16 = "bf16"
 
 
+class HardwareCompatibility(StrEnum):
+    """Which GPUs a TensorRT plan may run on besides the one that built it."""
+
+    NONE = "none"  # the building GPU's compute capability only (fastest)
+    AMPERE_PLUS = "ampere_plus"  # any Ampere or newer GPU
+    SAME_COMPUTE_CAPABILITY = "same_compute_capability"
+
+
 @dataclass(frozen=True)
 class BuildSpec:
     """What to build. Every field is validated on construction."""
@@ -54,6 +62,14 @@ class BuildSpec:
     version: int = 1
     opset: int = 17
     trust_remote_code: bool = False
+    # Target `tensorrt`: the optimisation profile (min is 1 x 1) and builder settings.
+    opt_batch_size: int | None = None  # default: half of max_batch_size
+    opt_seq_len: int | None = None  # default: min(128, max_seq_len)
+    workspace_mib: int = 4096
+    builder_optimization_level: int = 3
+    hardware_compatibility: HardwareCompatibility = HardwareCompatibility.NONE
+    version_compatible: bool = False
+    timing_cache: Path | None = None  # default: ~/.cache/tritonize/tensorrt-timing.cache
 
     def __post_init__(self) -> None:
         _coerce_enums(self)
@@ -74,6 +90,14 @@ class BuildSpec:
                 self.precision.value,
                 "fp32 with target `local` (fp16/bf16 need a GPU target)",
             )
+        if self.target is Target.ONNXRUNTIME and self.precision is Precision.BF16:
+            _fail("precision", "bf16", "fp32 or fp16 with target `onnxruntime`")
+        if self.opt_batch_size is not None:
+            _check_range("opt_batch_size", self.opt_batch_size, 1, self.max_batch_size)
+        if self.opt_seq_len is not None:
+            _check_range("opt_seq_len", self.opt_seq_len, 1, self.max_seq_len)
+        _check_range("workspace_mib", self.workspace_mib, 64, 1 << 20)
+        _check_range("builder_optimization_level", self.builder_optimization_level, 0, 5)
         if self.model is not None and not Path(self.model).is_dir():
             _fail("model", str(self.model), "a local Hugging Face checkpoint directory")
 
@@ -92,6 +116,7 @@ class BuildSpec:
             out[f.name] = value.value if isinstance(value, Enum) else value
         out["model"] = str(self.model_dir)
         out["output"] = str(self.output)
+        out["timing_cache"] = None if self.timing_cache is None else str(self.timing_cache)
         out["preferred_batch_sizes"] = list(self.preferred_batch_sizes)
         return out
 
@@ -106,7 +131,7 @@ class BuildSpec:
             if required not in values:
                 _fail(required, None, "a value (it is required)")
         values = dict(values)
-        for key in ("model", "output"):
+        for key in ("model", "output", "timing_cache"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         if "preferred_batch_sizes" in values:
@@ -140,7 +165,13 @@ def bundled_model_dir() -> Path:
 
 
 def _coerce_enums(spec: BuildSpec) -> None:
-    for name, enum in (("task", Task), ("target", Target), ("precision", Precision)):
+    enums: tuple[tuple[str, type[StrEnum]], ...] = (
+        ("task", Task),
+        ("target", Target),
+        ("precision", Precision),
+        ("hardware_compatibility", HardwareCompatibility),
+    )
+    for name, enum in enums:
         value = getattr(spec, name)
         if isinstance(value, enum):
             continue

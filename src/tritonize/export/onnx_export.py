@@ -48,7 +48,7 @@ def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
         tokenizer, pad_id = load_tokenizer(spec.model_dir, spec.trust_remote_code)
     onnx_path = workdir / "model.onnx"
     with step(f"Exporting ONNX (opset {spec.opset}, dynamic batch and sequence axes)"):
-        _export(model, definition.output_name, onnx_path, spec.opset)
+        export_graph(model, definition.output_name, onnx_path, spec.opset)
     exported = ExportedModel(
         onnx_path=onnx_path,
         task=definition,
@@ -139,7 +139,8 @@ def _labels(config: Any) -> list[str]:
     return [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
 
 
-def _export(model: torch.nn.Module, output: str, path: Path, opset: int) -> None:
+def export_graph(model: torch.nn.Module, output: str, path: Path, opset: int) -> None:
+    """Trace `model` to ONNX at `path` with dynamic batch and sequence axes, then check it."""
     # Example shapes > 1 so that the tracer cannot specialise a dynamic axis to 1.
     example = (torch.ones((2, 8), dtype=torch.int64), torch.ones((2, 8), dtype=torch.int64))
     axes = {"batch": 0, "sequence": 1}

@@ -19,6 +19,7 @@ class MeanPooledEmbedding(nn.Module):
     """Encoder + masked mean pooling + L2 normalisation, exported as one graph.
 
     Pooling inside the graph saves a model hop and a copy of the hidden states per request.
+    Pooling and normalisation run in fp32 whatever the encoder's precision.
     """
 
     def __init__(self, encoder: nn.Module) -> None:
@@ -27,20 +28,21 @@ class MeanPooledEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden.float()
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return nn.functional.normalize(pooled, p=2.0, dim=1)
 
 
 class SequenceLogits(nn.Module):
-    """Classifier returning raw logits; softmax runs in fp32 in the postprocess step."""
+    """Classifier returning raw fp32 logits; softmax runs in the postprocess step."""
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
         self.classifier = classifier
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.classifier(input_ids=input_ids, attention_mask=attention_mask).logits.float()
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,12 @@ class TaskDefinition:
     head: Callable[[nn.Module], nn.Module]
     output_dim: Callable[[Any], int]  # from the transformers config
 
-    def load(self, model_dir: Path, trust_remote_code: bool) -> nn.Module:
+    def load(self, model_dir: Path, trust_remote_code: bool, **kwargs: Any) -> nn.Module:
         import transformers
 
         loader = getattr(transformers, self.auto_class)
         model = loader.from_pretrained(
-            model_dir, local_files_only=True, trust_remote_code=trust_remote_code
+            model_dir, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs
         )
         return self.head(model).eval()
 

@@ -8,8 +8,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tritonize.engine.compat import EngineRuntime, plan_problems
 from tritonize.errors import RepositoryError
 from tritonize.repository.configs import ModelConfig, from_text
+from tritonize.repository.manifest import read_manifest
 
 # Files each kind of model needs in every version directory.
 _MODEL_FILES = {
@@ -42,7 +44,8 @@ def load_configs(repository: Path) -> tuple[dict[str, ModelConfig], list[str]]:
         return {}, [f"`{repository}` is not a directory"]
     configs: dict[str, ModelConfig] = {}
     problems: list[str] = []
-    for directory in sorted(p for p in repository.iterdir() if p.is_dir()):
+    models = (p for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for directory in sorted(models):
         path = directory / "config.pbtxt"
         if not path.exists():
             problems.append(f"model `{directory.name}`: no config.pbtxt")
@@ -63,12 +66,19 @@ def load_configs(repository: Path) -> tuple[dict[str, ModelConfig], list[str]]:
     return configs, problems
 
 
-def check_repository(repository: Path) -> dict[str, ModelConfig]:
-    """Return the parsed configs, or raise `RepositoryError` listing every problem."""
+def check_repository(
+    repository: Path, runtime: EngineRuntime | None = None
+) -> dict[str, ModelConfig]:
+    """Return the parsed configs, or raise `RepositoryError` listing every problem.
+
+    With a `runtime`, TensorRT plans are also checked to load under it.
+    """
     configs, problems = load_configs(Path(repository))
     for name, config in configs.items():
         if config.platform == "ensemble":
             problems += check_ensemble(name, config, configs)
+        if config.platform == "tensorrt_plan" and runtime is not None:
+            problems += _check_plans(Path(repository) / name, runtime)
     if problems:
         raise RepositoryError(problems)
     return configs
@@ -128,6 +138,19 @@ def _match(
     if not wanted.accepts(got):
         return [f"{where}: tensor `{tensor}` is {got.describe()}, expected {wanted.describe()}"]
     return []
+
+
+def _check_plans(directory: Path, runtime: EngineRuntime) -> list[str]:
+    problems = []
+    for version in sorted(p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()):
+        where = f"model `{directory.name}` version {version.name}"
+        try:
+            manifest = read_manifest(version)
+        except (OSError, ValueError):
+            problems.append(f"{where}: no readable manifest.json beside the plan")
+            continue
+        problems += plan_problems(where, manifest, runtime)
+    return problems
 
 
 def _spec(tensor: mc.ModelInput | mc.ModelOutput) -> TensorSpec:

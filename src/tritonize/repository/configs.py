@@ -13,7 +13,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-from tritonize.spec import BuildSpec, Task
+from tritonize.engine.profiles import ShapeProfile, padding_buckets
+from tritonize.spec import BuildSpec, Precision, Target, Task
 from tritonize.triton_models import common as names
 
 
@@ -56,9 +57,14 @@ class StepNames:
 
 TEXT = Tensor(names.TEXT, mc.TYPE_STRING, (1,))
 TRUNCATED = Tensor(names.TRUNCATED, mc.TYPE_BOOL, (1,))
-# Ragged: each request arrives padded to its own longest text; the engine step pads across them.
-INPUT_IDS = Tensor(names.INPUT_IDS, mc.TYPE_INT64, (-1,), ragged=True)
-ATTENTION_MASK = Tensor(names.ATTENTION_MASK, mc.TYPE_INT64, (-1,), ragged=True)
+INPUT_IDS = Tensor(names.INPUT_IDS, mc.TYPE_INT64, (-1,))
+ATTENTION_MASK = Tensor(names.ATTENTION_MASK, mc.TYPE_INT64, (-1,))
+# Target `local`: each request arrives padded to its own longest text and the engine step pads
+# across the requests it batches, so the batcher may merge requests of any length.
+RAGGED_INPUTS = [
+    Tensor(names.INPUT_IDS, mc.TYPE_INT64, (-1,), ragged=True),
+    Tensor(names.ATTENTION_MASK, mc.TYPE_INT64, (-1,), ragged=True),
+]
 
 
 def public_outputs(spec: BuildSpec, output_dim: int) -> list[Tensor]:
@@ -74,32 +80,79 @@ def public_outputs(spec: BuildSpec, output_dim: int) -> list[Tensor]:
 
 
 def tokenizer_config(spec: BuildSpec, pad_token_id: int) -> ModelConfig:
+    parameters: dict[str, object] = {"max_seq_len": spec.max_seq_len, "pad_token_id": pad_token_id}
+    if spec.target is not Target.LOCAL:  # fixed-shape engines batch equal shapes only
+        parameters["pad_buckets"] = json.dumps(padding_buckets(spec.max_seq_len))
     return _python_model(
         StepNames(spec.name).tokenizer,
         spec,
         inputs=[TEXT],
         outputs=[INPUT_IDS, ATTENTION_MASK, TRUNCATED],
-        parameters={"max_seq_len": spec.max_seq_len, "pad_token_id": pad_token_id},
+        parameters=parameters,
         instances=spec.tokenizer_instances,
         queue_delay_us=0,  # tokenizing is cheap: batch what is queued, never wait
     )
 
 
-def local_engine_config(
+def engine_config(
     spec: BuildSpec, output_name: str, output_dim: int, pad_token_id: int
 ) -> ModelConfig:
-    """Target `local`: ONNX Runtime in a Python-backend model."""
-    config = _python_model(
-        StepNames(spec.name).engine,
-        spec,
-        inputs=[INPUT_IDS, ATTENTION_MASK],
-        outputs=[Tensor(output_name, mc.TYPE_FP32, (output_dim,))],
-        parameters={"output_name": output_name, "pad_token_id": pad_token_id},
-        instances=spec.engine_instances,
-        queue_delay_us=spec.max_queue_delay_us,
-    )
+    """The engine step for `spec.target`; every target takes and returns the same tensors."""
+    output = Tensor(output_name, mc.TYPE_FP32, (output_dim,))
+    if spec.target is Target.LOCAL:
+        config = _python_model(
+            StepNames(spec.name).engine,
+            spec,
+            inputs=RAGGED_INPUTS,
+            outputs=[output],
+            parameters={"output_name": output_name, "pad_token_id": pad_token_id},
+            instances=spec.engine_instances,
+            queue_delay_us=spec.max_queue_delay_us,
+        )
+    elif spec.target is Target.TENSORRT:
+        config = _platform_model(spec, "tensorrt_plan", output, mc.ModelInstanceGroup.KIND_GPU)
+    else:
+        config = _platform_model(spec, "onnxruntime_onnx", output, mc.ModelInstanceGroup.KIND_AUTO)
+        if spec.precision is Precision.FP16:
+            _add_tensorrt_accelerator(config, spec)
     config.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
     return config
+
+
+def _platform_model(spec: BuildSpec, platform: str, output: Tensor, kind: int) -> ModelConfig:
+    """A TensorRT or ONNX Runtime backend model, warmed up at the profile's opt and max shapes."""
+    config = ModelConfig(
+        name=StepNames(spec.name).engine,
+        platform=platform,
+        max_batch_size=spec.max_batch_size,
+        input=[INPUT_IDS.as_input(), ATTENTION_MASK.as_input()],
+        output=[output.as_output()],
+        dynamic_batching=mc.ModelDynamicBatching(
+            max_queue_delay_microseconds=spec.max_queue_delay_us
+        ),
+        instance_group=[mc.ModelInstanceGroup(kind=kind, count=spec.engine_instances)],
+    )
+    profile = ShapeProfile.from_spec(spec)
+    for name in ("opt", "max"):
+        batch, seq = profile.named()[name]
+        warm = mc.ModelWarmup.Input(data_type=mc.TYPE_INT64, dims=[seq], zero_data=True)
+        config.model_warmup.add(
+            name=f"{name}_shape",
+            batch_size=batch,
+            inputs={names.INPUT_IDS: warm, names.ATTENTION_MASK: warm},
+        )
+    return config
+
+
+def _add_tensorrt_accelerator(config: ModelConfig, spec: BuildSpec) -> None:
+    """ONNX Runtime's TensorRT execution provider in fp16 (falls back to CUDA per node)."""
+    config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+        name="tensorrt",
+        parameters={
+            "precision_mode": "FP16",
+            "max_workspace_size_bytes": str(spec.workspace_mib << 20),
+        },
+    )
 
 
 def postprocess_config(spec: BuildSpec, labels: list[str]) -> ModelConfig:

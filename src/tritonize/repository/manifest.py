@@ -8,11 +8,13 @@ import importlib.metadata
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tritonize import __version__
-from tritonize.export import ExportedModel
 from tritonize.spec import BuildSpec
+
+if TYPE_CHECKING:  # the export stack (torch) is not needed to read a manifest
+    from tritonize.export import ExportedModel
 
 MANIFEST = "manifest.json"
 _PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "tensorrt")

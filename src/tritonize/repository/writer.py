@@ -63,7 +63,7 @@ def write_models(spec: BuildSpec, exported: ExportedModel, repository: Path) -> 
     exported.tokenizer.save(str(tokenizer_dir / "tokenizer.json"))
 
     engine_dir = _write_python_model(
-        repository, configs.local_engine_config(spec, output, dim, pad), spec.version, "onnx_runner"
+        repository, configs.engine_config(spec, output, dim, pad), spec.version, "onnx_runner"
     )
     shutil.copy2(exported.onnx_path, engine_dir / "model.onnx")
     write_manifest(engine_dir, spec, exported, tokenizer_dir / "tokenizer.json")

@@ -18,6 +18,13 @@ except ImportError:  # outside Triton: the logic below stays importable and test
     pb_utils = None
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 class Classifier:
     """Maps logits to labels through the checkpoint's `id2label`."""
 
@@ -26,9 +33,7 @@ class Classifier:
 
     def postprocess(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(labels BYTES [B, 1], scores FP32 [B, 1], probabilities FP32 [B, N])."""
-        shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        probabilities = exp / exp.sum(axis=1, keepdims=True)
+        probabilities = softmax(logits)
         best = probabilities.argmax(axis=1)
         scores = probabilities[np.arange(len(best)), best]
         return (

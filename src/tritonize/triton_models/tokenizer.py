@@ -1,8 +1,10 @@
 """Tokenizer step: TEXT (BYTES [B, 1]) -> input_ids, attention_mask (INT64 [B, L]), TRUNCATED.
 
 All texts of all requests in one `execute` are encoded in a single `encode_batch` call. Each
-request is padded to its own longest text only: the engine step declares its inputs ragged and
-pads across the requests it batches, so requests of any length merge there.
+request is padded to its own longest text only: the `local` engine step declares its inputs
+ragged and pads across the requests it batches, so requests of any length merge there. For
+fixed-shape engines (TensorRT, ONNX Runtime backend) `pad_buckets` rounds each request up to
+the next bucket length, so that requests of similar length share a shape and merge.
 
 Texts longer than `max_seq_len` tokens are truncated (the documented choice, as
 sentence-transformers does); each truncation is logged, counted in a metric and flagged in the
@@ -11,6 +13,7 @@ TRUNCATED output, never silent.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +58,7 @@ class TextTokenizer:
         max_seq_len: int,
         pad_id: int,
         max_text_bytes: int = 1_000_000,
+        pad_buckets: tuple[int, ...] = (),
     ) -> None:
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_seq_len)
@@ -62,6 +66,7 @@ class TextTokenizer:
         self.max_seq_len = max_seq_len
         self.pad_id = pad_id
         self.max_text_bytes = max_text_bytes
+        self.pad_buckets = tuple(sorted(pad_buckets))
 
     @classmethod
     def from_file(cls, path: Path, **kwargs: Any) -> TextTokenizer:
@@ -99,6 +104,7 @@ class TextTokenizer:
 
     def _pad(self, encodings: list[tokenizers.Encoding]) -> EncodedBatch:
         width = max(len(enc.ids) for enc in encodings)
+        width = next((b for b in self.pad_buckets if b >= width), width)
         ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
         for row, enc in enumerate(encodings):
@@ -119,6 +125,7 @@ class TritonPythonModel:
             max_seq_len=int(params["max_seq_len"]),
             pad_id=int(params["pad_token_id"]),
             max_text_bytes=int(params.get("max_text_bytes", 1_000_000)),
+            pad_buckets=tuple(json.loads(params.get("pad_buckets", "[]"))),
         )
         self.metrics = _TokenizerMetrics(self.name)
 

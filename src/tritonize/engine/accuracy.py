@@ -1,0 +1,111 @@
+"""Accuracy gates for reduced-precision graphs and engines, with per-precision tolerances.
+
+The reference is always the fp32 ONNX graph on ONNX Runtime, itself validated against PyTorch.
+Embeddings are compared by cosine similarity; classifiers by their labels and probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tokenizers
+
+from tritonize.engine.profiles import ShapeProfile
+from tritonize.errors import ValidationError
+from tritonize.export.validation import SAMPLE_TEXTS, ValidationCase, encode_padded
+from tritonize.progress import note
+from tritonize.spec import Precision, Task
+from tritonize.triton_models.classifier import softmax
+
+Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, attention_mask) -> output
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    min_cosine: float  # embeddings, per row
+    max_probability_diff: float  # classifiers, with identical labels
+
+
+TOLERANCES = {
+    Precision.FP32: Tolerance(min_cosine=0.99999, max_probability_diff=1e-3),
+    Precision.FP16: Tolerance(min_cosine=0.999, max_probability_diff=1e-2),
+    Precision.BF16: Tolerance(min_cosine=0.999, max_probability_diff=1e-2),
+}
+
+
+def cases_at_profile(
+    tokenizer: tokenizers.Tokenizer, profile: ShapeProfile, pad_id: int
+) -> list[ValidationCase]:
+    """Real text, cut or padded to exactly the profile's min, opt and max shapes."""
+    cases = []
+    for name, (batch, seq) in profile.named().items():
+        texts = [" ".join(SAMPLE_TEXTS[i:] + SAMPLE_TEXTS[:i]) * 4 for i in range(batch)]
+        if batch > 1:  # mixed lengths, so that padding is exercised too
+            texts[-1] = SAMPLE_TEXTS[0]
+        ids, mask = encode_padded(tokenizer, texts, seq, pad_id)
+        width = ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, seq - width)), constant_values=pad_id)[:, :seq]
+        mask = np.pad(mask, ((0, 0), (0, seq - width)))[:, :seq]
+        cases.append(ValidationCase(f"{name} shape {batch}x{seq}", ids, mask))
+    return cases
+
+
+def compare(
+    task: Task, tolerance: Tolerance, case: str, reference: np.ndarray, actual: np.ndarray
+) -> tuple[list[str], float]:
+    """(every miss, the figure compared: worst cosine or worst probability difference)."""
+    if actual.shape != reference.shape:
+        return [f"{case}: shape {actual.shape}, expected {reference.shape}"], float("nan")
+    if not np.isfinite(actual).all():
+        return [f"{case}: {int((~np.isfinite(actual)).sum())} non-finite values"], float("nan")
+    if task is Task.EMBEDDING:
+        cosine = _cosine(reference, actual)
+        worst = float(cosine.min())
+        misses = [
+            f"{case}: row {i} cosine {c:.6f} < {tolerance.min_cosine}"
+            for i, c in enumerate(cosine)
+            if c < tolerance.min_cosine
+        ]
+        return misses, worst
+    expected, got = softmax(reference), softmax(actual)
+    worst = float(np.abs(expected - got).max())
+    misses = [
+        f"{case}: row {i} label {b} differs from reference label {a}"
+        for i, (a, b) in enumerate(zip(expected.argmax(1), got.argmax(1), strict=True))
+        if a != b
+    ]
+    if worst > tolerance.max_probability_diff:
+        misses.append(f"{case}: probability diff {worst:.2e} > {tolerance.max_probability_diff}")
+    return misses, worst
+
+
+def gate(
+    what: str,
+    candidate: Runner,
+    reference: Runner,
+    cases: list[ValidationCase],
+    task: Task,
+    precision: Precision,
+) -> dict[str, float]:
+    """Run both on every case; raise one `ValidationError` listing every miss."""
+    tolerance = TOLERANCES[precision]
+    misses: list[str] = []
+    figures: dict[str, float] = {}
+    label = "min cosine" if task is Task.EMBEDDING else "max probability diff"
+    for case in cases:
+        expected = reference(case.input_ids, case.attention_mask)
+        actual = candidate(case.input_ids, case.attention_mask)
+        case_misses, figures[case.name] = compare(task, tolerance, case.name, expected, actual)
+        misses += case_misses
+        note(f"{case.name}: {label} {figures[case.name]:.6g}")
+    if misses:
+        raise ValidationError(f"{what} ({precision.value}) is not accurate enough", misses)
+    return figures
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)

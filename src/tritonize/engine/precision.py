@@ -1,0 +1,77 @@
+"""Reduced-precision (fp16 / bf16) graphs for strongly typed TensorRT networks.
+
+TensorRT 10.12 deprecated the weak-typing builder flags (FP16, BF16) and TensorRT 11 removes
+them: a strongly typed network runs every tensor in the dtype the ONNX graph gives it. So the
+precision is decided here, in PyTorch, before export: weights and matmuls in fp16/bf16, while
+the numerically fragile parts stay in fp32: layer normalisation (fp16 overflow), the attention
+softmax (and the additive mask, whose large negative values are not safe in fp16), pooling,
+L2 normalisation and the logits.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from tritonize.spec import Precision
+
+DTYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+ATTENTION = "tritonize_fp32_softmax"
+
+
+class Fp32LayerNorm(nn.Module):
+    """LayerNorm computed in fp32 with fp32 parameters; returns the input's dtype."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.norm = copy.deepcopy(norm).float()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden.float()).to(hidden.dtype)
+
+
+def fp32_softmax_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention with scores, mask and softmax in fp32 (a transformers attention function)."""
+    scale = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)).float() * scale
+    if attention_mask is not None:
+        scores = scores + attention_mask.float()
+    weights = nn.functional.softmax(scores, dim=-1).to(value.dtype)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+def register_attention() -> None:
+    """Make `attn_implementation="tritonize_fp32_softmax"` loadable by transformers.
+
+    It takes the eager (additive float) mask, which the function adds in fp32.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTENTION, fp32_softmax_attention)
+    AttentionMaskInterface.register(ATTENTION, eager_mask)
+
+
+def to_precision(model: nn.Module, precision: Precision) -> nn.Module:
+    """A copy of `model` in `precision`, with every LayerNorm kept in fp32."""
+    if precision is Precision.FP32:
+        return model
+    typed = copy.deepcopy(model).to(DTYPES[precision])
+    for parent in list(typed.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.LayerNorm):
+                setattr(parent, name, Fp32LayerNorm(child))
+    return typed.eval()
