@@ -51,12 +51,20 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from tritonize.engine.compat import EngineRuntime
     from tritonize.repository.checker import check_repository
 
-    configs = check_repository(Path(args.repository))
+    runtime = EngineRuntime.detect()
+    configs = check_repository(Path(args.repository), runtime)
     for name, config in sorted(configs.items()):
         kind = config.platform or config.backend
-        print(f"ok  {name:<32} {kind:<12} max_batch_size={config.max_batch_size}")
+        print(f"ok  {name:<32} {kind:<16} max_batch_size={config.max_batch_size}")
+    plans = [name for name, c in configs.items() if c.platform == "tensorrt_plan"]
+    if plans and not runtime.known:
+        print(
+            f"note: no TensorRT runtime or GPU here, so whether {', '.join(sorted(plans))} "
+            "load was not checked; run `tritonize check` where they are served"
+        )
     return 0
 
 

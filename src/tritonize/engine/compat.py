@@ -24,7 +24,7 @@ class EngineRuntime:
 
     @classmethod
     def detect(cls) -> EngineRuntime:
-        return cls(_tensorrt_version(), _compute_capabilities())
+        return cls(_tensorrt_version(), compute_capabilities())
 
     @property
     def known(self) -> bool:
@@ -85,15 +85,20 @@ def _gpu_loads(built: str, runtime: str, level: str) -> bool:
     return float(runtime) == float(built)
 
 
-def _tensorrt_version() -> str | None:
+def python_tensorrt_version() -> str | None:
+    """The version of the importable `tensorrt` Python package, if there is a real one."""
     try:
         import tensorrt
-
-        version = getattr(tensorrt, "__version__", None)  # stubs alone have no version
-        if version:
-            return str(version)
     except ImportError:
-        pass
+        return None
+    version = getattr(tensorrt, "__version__", None)  # a stubs-only directory has none
+    return str(version) if version else None
+
+
+def _tensorrt_version() -> str | None:
+    version = python_tensorrt_version()
+    if version:
+        return version
     # The Triton image has the TensorRT library but not its Python bindings.
     for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"):
         try:
@@ -104,7 +109,8 @@ def _tensorrt_version() -> str | None:
     return None
 
 
-def _compute_capabilities() -> tuple[str, ...]:
+def compute_capabilities() -> tuple[str, ...]:
+    """Compute capabilities of the visible NVIDIA GPUs (empty without a GPU)."""
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],

@@ -11,12 +11,18 @@ L2 normalisation and the logits.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from tritonize.spec import Precision
+from tritonize.export.onnx_export import export_graph
+from tritonize.export.tasks import TaskDefinition
+from tritonize.progress import note
+from tritonize.spec import BuildSpec, Precision
 
 DTYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
 ATTENTION = "tritonize_fp32_softmax"
@@ -75,3 +81,30 @@ def to_precision(model: nn.Module, precision: Precision) -> nn.Module:
             if isinstance(child, nn.LayerNorm):
                 setattr(parent, name, Fp32LayerNorm(child))
     return typed.eval()
+
+
+def export_typed_graph(
+    spec: BuildSpec, task: TaskDefinition, workdir: Path
+) -> tuple[Path, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """Export `spec`'s model in `spec.precision`; return the graph and a PyTorch runner of it.
+
+    The runner lets the typed model be checked on any machine: ONNX Runtime on CPU has no
+    kernels for many bf16 operators.
+    """
+    register_attention()
+    try:
+        model = task.load(spec.model_dir, spec.trust_remote_code, attn_implementation=ATTENTION)
+    except (ValueError, TypeError, KeyError):
+        note(
+            f"this architecture keeps its own attention: its softmax runs in {spec.precision.value}"
+        )
+        model = task.load(spec.model_dir, spec.trust_remote_code)
+    typed = to_precision(model, spec.precision)
+    path = workdir / f"model.{spec.precision.value}.onnx"
+    export_graph(typed, task.output_name, path, spec.opset)
+
+    def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return typed(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).numpy()
+
+    return path, run

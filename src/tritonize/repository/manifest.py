@@ -39,15 +39,21 @@ def sha256(path: Path) -> str:
 
 
 def write_manifest(
-    directory: Path, spec: BuildSpec, exported: ExportedModel, tokenizer: Path
+    directory: Path,
+    spec: BuildSpec,
+    exported: ExportedModel,
+    files: list[Path],
+    extra: dict[str, Any] | None = None,
 ) -> Path:
+    """Record the spec, package versions, file hashes, validation figures and `extra`."""
     manifest: dict[str, Any] = {
         "tritonize": __version__,
         "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "spec": spec.to_dict(),
         "versions": package_versions(),
-        "files": {"model.onnx": sha256(exported.onnx_path), "tokenizer.json": sha256(tokenizer)},
-        "validation_max_abs_diff": exported.max_abs_diff,
+        "files": {path.name: sha256(path) for path in files},
+        "onnx_validation_max_abs_diff": exported.max_abs_diff,
+        **(extra or {}),
     }
     path = directory / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")

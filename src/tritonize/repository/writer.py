@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tritonize.triton_models as triton_models
-from tritonize.errors import SpecError
+from tritonize.engine.build import ENGINE_FILES, EngineArtifact, build_engine, require_tensorrt
 from tritonize.export import ExportedModel, export_onnx
 from tritonize.progress import note, step
 from tritonize.repository import configs
@@ -33,15 +33,16 @@ class BuildResult:
 
 def build_repository(spec: BuildSpec) -> BuildResult:
     """Export `spec`'s checkpoint and install its ensemble into `spec.output`."""
-    if spec.target is not Target.LOCAL:
-        raise SpecError(f"`target` = {spec.target.value!r} is not built yet: expected `local`")
+    if spec.target is Target.TENSORRT:
+        require_tensorrt()  # before any work: never half a build
     spec.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spec.output, prefix=".staging-") as tmp:
         staging = Path(tmp)
         exported = export_onnx(spec, staging)
+        engine = build_engine(spec, exported, staging)
         with step("Writing the model repository"):
             stage = staging / "repository"
-            models = write_models(spec, exported, stage)
+            models = write_models(spec, exported, engine, stage)
             check_repository(stage)
             for model in models:
                 _install(stage / model, spec.output / model, spec.version)
@@ -51,7 +52,9 @@ def build_repository(spec: BuildSpec) -> BuildResult:
     return BuildResult(spec.output, models, exported.max_abs_diff)
 
 
-def write_models(spec: BuildSpec, exported: ExportedModel, repository: Path) -> list[str]:
+def write_models(
+    spec: BuildSpec, exported: ExportedModel, engine: EngineArtifact, repository: Path
+) -> list[str]:
     """Write the ensemble and its steps for `spec` into `repository`; return their names."""
     names = StepNames(spec.name)
     output, dim = exported.task.output_name, exported.output_dim
@@ -62,11 +65,18 @@ def write_models(spec: BuildSpec, exported: ExportedModel, repository: Path) -> 
     )
     exported.tokenizer.save(str(tokenizer_dir / "tokenizer.json"))
 
-    engine_dir = _write_python_model(
-        repository, configs.engine_config(spec, output, dim, pad), spec.version, "onnx_runner"
+    engine_config = configs.engine_config(spec, output, dim, pad)
+    if spec.target is Target.LOCAL:
+        engine_dir = _write_python_model(repository, engine_config, spec.version, "onnx_runner")
+    else:  # served by Triton's own TensorRT or ONNX Runtime backend
+        _write_config(repository, engine_config)
+        engine_dir = repository / engine_config.name / str(spec.version)
+        engine_dir.mkdir(parents=True)
+    engine_file = engine_dir / ENGINE_FILES[spec.target]
+    shutil.copy2(engine.path, engine_file)
+    write_manifest(
+        engine_dir, spec, exported, [engine_file, tokenizer_dir / "tokenizer.json"], engine.manifest
     )
-    shutil.copy2(exported.onnx_path, engine_dir / "model.onnx")
-    write_manifest(engine_dir, spec, exported, tokenizer_dir / "tokenizer.json")
 
     written = [names.ensemble, names.tokenizer, names.engine]
     if spec.task is Task.CLASSIFICATION:

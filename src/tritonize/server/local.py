@@ -19,9 +19,13 @@ from types import TracebackType
 
 from tritonize.errors import ServerError
 from tritonize.repository.checker import check_repository
+from tritonize.repository.configs import ModelConfig
 from tritonize.server.bundled import BundledTriton
 
-API_KEY_HEADER = "tritonize-key"  # gRPC clients send it as `triton-grpc-protocol-tritonize-key`
+# The model-repository API key header; gRPC clients send `triton-grpc-protocol-tritonize-key`.
+API_KEY_HEADER = "tritonize-key"
+# Backends the bundled CPU server lacks.
+_GPU_PLATFORMS = ("tensorrt_plan", "onnxruntime_onnx")
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class LocalServer:
 
     def start(self, timeout_s: float = 120.0) -> None:
         """Check the repository and ports, launch, and wait until every model is ready."""
-        check_repository(self.config.repository)
+        _ensure_bundled_backends(check_repository(self.config.repository))
         for name, port in (
             ("http", self.config.http_port),
             ("grpc", self.config.grpc_port),
@@ -179,6 +183,18 @@ class LocalServer:
         raise ServerError(
             f"tritonserver was not ready within {timeout_s:.0f} s; "
             f"log {self.config.log_path}:\n{self.log_tail()}"
+        )
+
+
+def _ensure_bundled_backends(configs: dict[str, ModelConfig]) -> None:
+    """The bundled server has the Python backend only: say so before it fails to load."""
+    others = {name: c.platform for name, c in configs.items() if c.platform in _GPU_PLATFORMS}
+    if others:
+        listing = ", ".join(f"`{name}` ({platform})" for name, platform in sorted(others.items()))
+        raise ServerError(
+            f"the bundled CPU tritonserver runs Python-backend models only, not {listing}: "
+            "serve this repository with the official Triton container (`docker compose up "
+            "triton`), or build with `--target local`"
         )
 
 
