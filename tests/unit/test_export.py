@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
 from tritonize.errors import ExportError, SpecError, ValidationError
 from tritonize.export import ARCHITECTURES, export_onnx
 from tritonize.export.onnx_export import validate_onnx
@@ -18,6 +17,7 @@ from tritonize.export.tasks import TASKS
 from tritonize.spec import BuildSpec, Task
 from tritonize.triton_models.onnx_runner import OnnxEncoder
 
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 TINY_CONFIGS = {p.stem for p in (FIXTURES / "tiny_configs").glob("*.json")}
 
 
