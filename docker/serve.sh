@@ -8,6 +8,7 @@ exec tritonserver \
     --model-repository=/models \
     --model-control-mode=explicit --load-model='*' \
     --strict-readiness=true \
+    --metrics-config=summary_latencies=true \
     --http-restricted-api="model-repository:tritonize-key=${TRITONIZE_API_KEY}" \
     --grpc-restricted-protocol="model-repository:tritonize-key=${TRITONIZE_API_KEY}" \
     "$@"

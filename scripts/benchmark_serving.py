@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from tritonize.client import TritonizeClient
-from tritonize.monitor.scrape import per_model, scrape
+from tritonize.monitor.scrape import read
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
 from tritonize.spec import BuildSpec
@@ -96,10 +96,10 @@ def concurrent_load(server: LocalServer, clients: int, per_client: int) -> tuple
                 client.embed("minilm", [" ".join(WORDS[: 1 + (index + i) % len(WORDS)])])
 
     def engine() -> tuple[float, float]:
-        text = scrape(server.config.metrics_url)
+        reading = read(server.config.metrics_url)
         return (
-            per_model(text, "nv_inference_count")["minilm_engine"],
-            per_model(text, "nv_inference_exec_count")["minilm_engine"],
+            reading.total("nv_inference_count", "minilm_engine"),
+            reading.total("nv_inference_exec_count", "minilm_engine"),
         )
 
     count0, exec0 = engine()

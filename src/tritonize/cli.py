@@ -21,6 +21,7 @@ EPILOG = """examples:
   tritonize check model_repository
   tritonize serve model_repository --http-port 8000
   tritonize infer minilm "first sentence" "second sentence" --protocol grpc --json
+  tritonize loadtest minilm --scenario steady --users 16 --duration 2m --slo loadtests/slo.yaml
 """
 
 
@@ -128,6 +129,50 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from tritonize.loadtest.runner import LoadTest, run_load_test
+
+    test = LoadTest(
+        model=args.model,
+        url=args.url or ("127.0.0.1:8000" if args.protocol == "http" else "127.0.0.1:8001"),
+        protocol=args.protocol,
+        scenario=args.scenario,
+        users=args.users,
+        seconds=args.duration,
+        step_seconds=args.step_duration,
+        slo_file=args.slo,
+        prometheus_url=args.prometheus,
+        metrics_url=args.metrics_url,
+        workers=args.workers,
+        out=args.out,
+        texts_file=args.texts_file,
+        texts_per_request=args.texts_per_request,
+    )
+    result = run_load_test(test)
+    print(f"\nreport: {test.out / 'summary.md'}")
+    for gate in result.gates:
+        print(f"  {gate.describe()}")
+    if result.ramp:
+        knee = result.ramp.get("knee")
+        print(f"  ramp knee: {knee['users']} users" if knee else "  ramp: no knee found")
+    if not result.passed:
+        print("load test FAILED:\n  " + "\n  ".join(result.failures()), file=sys.stderr)
+        return 1
+    print("load test passed")
+    return 0
+
+
+def duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `2m`, `1h30m`."""
+    import re
+
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?", text.strip())
+    if not text.strip() or parts is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 2m or 1h30m")
+    hours, minutes, seconds = (float(p) if p else 0.0 for p in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
 # -- parser -----------------------------------------------------------------------------------
 _SPEC_FLAGS = {
     "name",
@@ -161,6 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("repository", help="model repository directory")
     _add_serve(commands)
     _add_infer(commands)
+    _add_loadtest(commands)
     return parser
 
 
@@ -239,6 +285,32 @@ def _add_infer(commands: Any) -> None:
     )
     infer.add_argument("--timeout", type=float, default=60.0)
     infer.add_argument("--json", action="store_true", help="print all outputs as JSON")
+
+
+def _add_loadtest(commands: Any) -> None:
+    load = _command(commands, "loadtest", cmd_loadtest, "run a Locust scenario and gate it on SLOs")
+    load.add_argument("model", help="model (ensemble) to load")
+    target = load.add_argument_group("target")
+    target.add_argument(
+        "--url",
+        default=os.environ.get("TRITONIZE_URL"),
+        help="HOST:PORT (default 127.0.0.1:8000 http, :8001 grpc)",
+    )
+    target.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    target.add_argument("--metrics-url", help="Triton metrics (default http://HOST:8002/metrics)")
+    target.add_argument("--prometheus", help="Prometheus URL for the server-side figures")
+    shape = load.add_argument_group("load")
+    shape.add_argument(
+        "--scenario", choices=["smoke", "steady", "ramp", "spike", "soak"], default="steady"
+    )
+    shape.add_argument("--users", type=int, default=8, help="users (ramp: the ceiling)")
+    shape.add_argument("--duration", type=duration, default=60.0, help="e.g. 90s, 2m, 1h")
+    shape.add_argument("--step-duration", type=duration, default=15.0, help="ramp step length")
+    shape.add_argument("--workers", type=int, default=0, help="Locust workers (0: one process)")
+    shape.add_argument("--texts-file", type=Path, help="input texts, one per line")
+    shape.add_argument("--texts-per-request", type=int, default=1)
+    load.add_argument("--slo", type=Path, help="SLO YAML (see loadtests/slo.yaml)")
+    load.add_argument("--out", type=Path, default=Path("reports/loadtest"), help="report folder")
 
 
 def _jsonable(value: np.ndarray) -> Any:

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from tritonize.client import TritonizeClient
-from tritonize.monitor.scrape import per_model, scrape
+from tritonize.monitor.scrape import read
 from tritonize.server import LocalServer
 
 from .conftest import EMBEDDER
@@ -30,10 +30,11 @@ WORDS = [
 
 
 def engine_counts(server: LocalServer) -> tuple[float, float]:
-    text = scrape(server.config.metrics_url)
+    reading = read(server.config.metrics_url)
     engine = f"{EMBEDDER}_engine"
-    inferences = per_model(text, "nv_inference_count")[engine]
-    return inferences, per_model(text, "nv_inference_exec_count")[engine]
+    return reading.total("nv_inference_count", engine), reading.total(
+        "nv_inference_exec_count", engine
+    )
 
 
 def test_sixteen_concurrent_clients_batch_at_least_four(server: LocalServer) -> None:

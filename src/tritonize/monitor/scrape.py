@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import urllib.request
-from collections import defaultdict
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from tritonize.errors import TritonizeError
+from tritonize.monitor.figures import Reading
 
 
 def scrape(url: str, timeout_s: float = 5.0) -> str:
@@ -19,18 +17,11 @@ def scrape(url: str, timeout_s: float = 5.0) -> str:
         raise TritonizeError(f"cannot scrape metrics at {url}: {exc}") from exc
 
 
-def per_model(text: str, metric: str) -> dict[str, float]:
-    """Sum of `metric`'s samples by `model` label (versions and GPUs added up)."""
-    # The parser names counter samples `<name>_total`, whether Triton wrote the suffix or not.
-    names = {metric, f"{metric}_total"}
-    totals: dict[str, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in names and "model" in sample.labels:
-                totals[sample.labels["model"]] += sample.value
-    return dict(totals)
+def read(url: str) -> Reading:
+    """Triton's metrics now, parsed."""
+    return Reading.from_text(scrape(url))
 
 
 def model_value(url: str, metric: str, model: str) -> float:
-    """One model's current value of `metric` (0 when it has no sample yet)."""
-    return per_model(scrape(url), metric).get(model, 0.0)
+    """One model's current value of `metric`, summed over its series (0 without any)."""
+    return read(url).total(metric, model)

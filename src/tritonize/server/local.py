@@ -73,6 +73,8 @@ class ServerConfig:
             "--allow-gpu-metrics=false",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            # Latency summaries (p50..p99 over a sliding minute) give server-side percentiles.
+            "--metrics-config=summary_latencies=true",
             # Explicit control so that load/unload work, behind the key below.
             "--model-control-mode=explicit",
             "--load-model=*",

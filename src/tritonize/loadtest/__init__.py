@@ -1,0 +1,1 @@
+"""Locust load tests: users, scenarios, SLO gates, server-side figures and the report."""

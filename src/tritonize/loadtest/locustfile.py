@@ -1,0 +1,39 @@
+"""Locust entry point for Triton models: `tritonize loadtest` runs it, or run it yourself.
+
+    locust -f src/tritonize/loadtest/locustfile.py --host 127.0.0.1:8000 \\
+        --triton-model minilm TritonHttpUser
+
+With TRITONIZE_SCENARIO=smoke|steady|ramp|spike|soak in the environment, that load shape
+drives the users (sized by --scenario-users and --scenario-seconds).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from locust import events
+
+from tritonize.loadtest.shapes import SCENARIOS
+from tritonize.loadtest.users import TritonGrpcUser, TritonHttpUser
+
+__all__ = ["TritonGrpcUser", "TritonHttpUser"]
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser: Any) -> None:
+    group = parser.add_argument_group("tritonize")
+    group.add_argument("--triton-model", default="minilm", help="model (ensemble) to call")
+    group.add_argument("--texts-file", default=None, help="one input text per line")
+    group.add_argument("--texts-per-request", type=int, default=1)
+    group.add_argument("--scenario-users", type=int, default=8)
+    group.add_argument("--scenario-seconds", type=float, default=60)
+    group.add_argument("--step-seconds", type=float, default=15, help="ramp: seconds per step")
+    group.add_argument("--ramp-p95-ms", type=float, default=float("inf"))
+    group.add_argument("--ramp-max-failure-ratio", type=float, default=0.01)
+    group.add_argument("--ramp-report", default=None, help="ramp: JSON file for steps and knee")
+
+
+_scenario = os.environ.get("TRITONIZE_SCENARIO")
+if _scenario:  # exactly one shape class in this module, or none
+    Scenario = type("Scenario", (SCENARIOS[_scenario],), {"abstract": False})

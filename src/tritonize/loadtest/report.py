@@ -1,0 +1,179 @@
+"""The report folder of a load test: summary.md and summary.json, plus plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tritonize.loadtest.runner import LoadTestResult
+
+THROUGHPUT_PLOT = "throughput_latency.png"
+BREAKDOWN_PLOT = "latency_breakdown.png"
+
+
+def write_report(result: LoadTestResult, out: Path) -> Path:
+    """Write the plots, summary.json and summary.md into `out`; return the Markdown path."""
+    history = _history(out / "locust_stats_history.csv")
+    if history:
+        plot_throughput_latency(history, out / THROUGHPUT_PLOT)
+    plot_latency_breakdown(result, out / BREAKDOWN_PLOT)
+    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    path = out / "summary.md"
+    path.write_text(summary_markdown(result, with_throughput_plot=bool(history)))
+    return path
+
+
+def summary_markdown(result: LoadTestResult, with_throughput_plot: bool = True) -> str:
+    test, client, server = result.test, result.client, result.server
+    lines = [
+        f"# Load test: `{test.model}`, scenario `{test.scenario}`",
+        "",
+        f"{'PASSED' if result.passed else 'FAILED'}: {test.protocol.upper()} to {test.url}, "
+        f"{test.users} users, {result.seconds:.0f} s"
+        + (f", {test.workers} Locust workers" if test.workers else "")
+        + f"; server figures from {result.server_source}.",
+        "",
+        "## Gates",
+        "",
+        *[f"- {gate.describe()}" for gate in result.gates],
+        "",
+        "## Client (Locust)",
+        "",
+        "| requests | failures | throughput | avg | p50 | p95 | p99 |",
+        "|---|---|---|---|---|---|---|",
+        f"| {client.requests} | {client.failures} ({client.failure_ratio:.2%}) | "
+        f"{client.rps:.1f} req/s | {client.avg_ms:.1f} ms | {client.p50_ms:.0f} ms | "
+        f"{client.p95_ms:.0f} ms | {client.p99_ms:.0f} ms |",
+        "",
+        "## Server (Triton metrics)",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| successes / failures | {server.successes:.0f} / {_failures(server.failures)} |",
+        f"| throughput | {server.throughput_rps:.1f} req/s |",
+        f"| average request latency | {server.avg_latency_ms:.2f} ms |",
+        f"| queue / compute input / infer / output | {server.queue_ms:.2f} / "
+        f"{server.compute_input_ms:.2f} / {server.compute_infer_ms:.2f} / "
+        f"{server.compute_output_ms:.2f} ms |",
+        f"| queue share | {server.queue_share:.1%} |",
+        f"| achieved engine batch size | {_number(server.achieved_batch_size, '.2f')} |",
+        f"| p95 (Triton's latency summary, last minute) | {_number(server.p95_ms, '.1f')} ms |",
+        f"| max pending requests | {_number(server.max_pending, '.0f')} |",
+        "",
+        f"Consistency: Locust successes {result.client_successes} vs server successes "
+        f"{server.successes:.0f}: {'within' if result.consistent else 'NOT within'} 2%.",
+        "",
+    ]
+    if result.ramp:
+        lines += _ramp_lines(result.ramp)
+    if with_throughput_plot:
+        lines += [f"![throughput and latency]({THROUGHPUT_PLOT})", ""]
+    lines += [f"![latency breakdown]({BREAKDOWN_PLOT})", ""]
+    lines += ["Locust's own output: `locust.html`, `locust_stats*.csv`, `locust_failures.csv`.", ""]
+    return "\n".join(lines)
+
+
+def plot_throughput_latency(history: list[dict[str, float]], path: Path) -> None:
+    plt = _pyplot()
+    t0 = history[0]["Timestamp"]
+    seconds = [row["Timestamp"] - t0 for row in history]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    top.plot(seconds, [r["Requests/s"] for r in history], label="requests/s")
+    top.plot(seconds, [r["Failures/s"] for r in history], label="failures/s", color="tab:red")
+    top.set_ylabel("per second")
+    users = top.twinx()
+    users.step(seconds, [r["User Count"] for r in history], color="tab:gray", where="post")
+    users.set_ylabel("users", color="tab:gray")
+    top.legend(loc="upper left")
+    for key, label in (("50%", "p50"), ("95%", "p95")):
+        bottom.plot(seconds, [r[key] for r in history], label=label)
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_xlabel("seconds")
+    bottom.legend(loc="upper left")
+    figure.suptitle("Throughput and client latency over time")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_latency_breakdown(result: LoadTestResult, path: Path) -> None:
+    """Average client latency split into Triton's queue/compute phases and the rest."""
+    plt = _pyplot()
+    server = result.server
+    phases = [
+        ("queue", server.queue_ms),
+        ("compute input", server.compute_input_ms),
+        ("compute infer", server.compute_infer_ms),
+        ("compute output", server.compute_output_ms),
+    ]
+    phases.append(("other server", max(0.0, server.avg_latency_ms - sum(v for _, v in phases))))
+    phases.append(("network + client", max(0.0, result.client.avg_ms - server.avg_latency_ms)))
+    figure, axis = plt.subplots(figsize=(9, 2.6))
+    left = 0.0
+    for label, value in phases:
+        axis.barh(["average request"], [value], left=left, label=f"{label} {value:.1f} ms")
+        left += value
+    axis.set_xlabel("ms")
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize="small")
+    axis.set_title("Client latency versus server latency breakdown")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
+    knee = ramp.get("knee")
+    if knee:
+        verdict = (
+            f"knee at {knee['users']} users ({knee['rps']:.1f} req/s, p95 {knee['p95_ms']:.0f} ms)"
+        )
+    elif ramp.get("breached"):
+        verdict = "the SLO broke at the first step"
+    else:
+        verdict = "no knee: the SLO held up to the last step"
+    lines = ["## Ramp", "", f"Result: {verdict}.", "", "| users | req/s | p95 | failures |",
+             "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        f"| {s['users']} | {s['rps']:.1f} | {s['p95_ms']:.0f} ms | {s['failure_ratio']:.2%} |"
+        for s in ramp.get("steps", [])
+    ]
+    return [*lines, ""]
+
+
+def _history(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    keys = ("Timestamp", "User Count", "Requests/s", "Failures/s", "50%", "95%")
+    rows = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("Name") == "Aggregated":
+                rows.append({k: _float(row.get(k)) for k in keys})
+    return rows
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "", "N/A") else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _failures(failures: dict[str, float]) -> str:
+    return ", ".join(f"{n:.0f} {r}" for r, n in failures.items()) or "0"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

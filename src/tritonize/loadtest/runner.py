@@ -1,0 +1,258 @@
+"""Run a Locust scenario headless against Triton, read Triton's figures, gate, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tritonize.errors import SpecError, TritonizeError
+from tritonize.loadtest.slo import ClientFigures, Gate, Slo, evaluate, load_client_figures
+from tritonize.monitor.figures import PENDING, ServerFigures, figures
+from tritonize.monitor.prometheus import PrometheusSource
+from tritonize.monitor.scrape import read
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+SCENARIO_NAMES = ("smoke", "steady", "ramp", "spike", "soak")
+CONSISTENCY = 0.02  # Locust successes vs Triton's success count
+
+
+@dataclass(frozen=True)
+class LoadTest:
+    """One load test run."""
+
+    model: str
+    url: str = "127.0.0.1:8000"
+    protocol: str = "http"
+    scenario: str = "steady"
+    users: int = 8
+    seconds: float = 60.0
+    step_seconds: float = 15.0  # ramp
+    slo_file: Path | None = None
+    prometheus_url: str | None = None
+    metrics_url: str | None = None  # default: http://<url host>:8002/metrics
+    workers: int = 0  # 0: one local Locust process; N: a master and N workers
+    out: Path = Path("reports/loadtest")
+    texts_file: Path | None = None
+    texts_per_request: int = 1
+    engine_model: str | None = None  # default: <model>_engine
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIO_NAMES:
+            raise SpecError(
+                f"`scenario` = {self.scenario!r}: expected one of {', '.join(SCENARIO_NAMES)}"
+            )
+        if self.protocol not in ("http", "grpc"):
+            raise SpecError(f"`protocol` = {self.protocol!r}: expected http or grpc")
+        if self.users < 1 or self.seconds <= 0 or self.workers < 0:
+            raise SpecError("`users` >= 1, `duration` > 0 and `workers` >= 0 are required")
+
+    @property
+    def metrics(self) -> str:
+        host = self.url.split("://")[-1].rsplit(":", 1)[0]
+        return self.metrics_url or f"http://{host}:8002/metrics"
+
+    @property
+    def engine(self) -> str:
+        return self.engine_model or f"{self.model}_engine"
+
+
+@dataclass
+class LoadTestResult:
+    test: LoadTest
+    seconds: float
+    client: ClientFigures
+    server: ServerFigures  # from Prometheus when given, else scraped directly
+    server_source: str
+    gates: list[Gate]
+    direct: ServerFigures  # always: counters scraped straight from Triton
+    ramp: dict[str, Any] | None = None
+    locust_exit_code: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def client_successes(self) -> int:
+        return self.client.requests - self.client.failures
+
+    @property
+    def consistent(self) -> bool:
+        return abs(self.client_successes - self.server.successes) <= CONSISTENCY * max(
+            1.0, self.server.successes
+        )
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates) and self.consistent and self.locust_exit_code == 0
+
+    def failures(self) -> list[str]:
+        """Every failed gate, named."""
+        failed = [g.describe() for g in self.gates if not g.passed]
+        if not self.consistent:
+            failed.append(
+                f"FAIL  consistency: Locust successes {self.client_successes} vs Triton "
+                f"successes {self.server.successes:.0f} differ by more than {CONSISTENCY:.0%}"
+            )
+        if self.locust_exit_code:
+            failed.append(f"FAIL  locust exited with code {self.locust_exit_code}")
+        return failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "test": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.test).items()},
+            "passed": self.passed,
+            "seconds": self.seconds,
+            "client": {**asdict(self.client), "failure_ratio": self.client.failure_ratio},
+            "server": self.server.to_dict(),
+            "server_source": self.server_source,
+            "server_direct": self.direct.to_dict(),
+            "gates": [asdict(g) for g in self.gates],
+            "consistent": self.consistent,
+            "ramp": self.ramp,
+        }
+
+
+def run_load_test(test: LoadTest) -> LoadTestResult:
+    """Run `test`, write its report folder, and return the result (check `.passed`)."""
+    from tritonize.loadtest.report import write_report
+
+    slo = Slo.from_file(test.slo_file, test.scenario) if test.slo_file else Slo()
+    test.out.mkdir(parents=True, exist_ok=True)
+    prometheus = PrometheusSource(test.prometheus_url) if test.prometheus_url else None
+    if prometheus:
+        time.sleep(2.5)  # let a scrape land after any earlier traffic: counters are still now
+    steps = ensemble_steps(test)
+    engine = test.engine if test.engine in steps or test.engine_model else None
+    before = read(test.metrics)
+    sampler = _PendingSampler(test.metrics, test.model)
+    start = time.time()
+    with sampler:
+        code = _run_locust(test)
+    end = time.time()
+    after = read(test.metrics)
+
+    direct = figures(before, after, end - start, test.model, engine, steps)
+    direct = _with(direct, max_pending=sampler.peak)
+    server, source = direct, f"Triton's /metrics ({test.metrics})"
+    if prometheus:
+        time.sleep(2.5)  # Prometheus scrapes the final counters
+        models = [test.model, *steps]
+        first, last = prometheus.reading_at(start, models), prometheus.reading_at(end + 2, models)
+        server = figures(first, last, end - start, test.model, engine, steps)
+        server = _with(server, max_pending=prometheus.max_pending(test.model, start, end))
+        source = f"Prometheus ({test.prometheus_url})"
+
+    client = load_client_figures(test.out / "locust_stats.csv")
+    ramp_file = test.out / "ramp.json"
+    result = LoadTestResult(
+        test=test,
+        seconds=end - start,
+        client=client,
+        server=server,
+        server_source=source,
+        gates=evaluate(slo, client, server),
+        direct=direct,
+        ramp=json.loads(ramp_file.read_text()) if ramp_file.exists() else None,
+        locust_exit_code=code,
+    )
+    write_report(result, test.out)
+    return result
+
+
+def ensemble_steps(test: LoadTest) -> tuple[str, ...]:
+    """The step models of `test.model` if it is an ensemble (from its served config)."""
+    from tritonize.client import TritonizeClient
+
+    with TritonizeClient(test.url, test.protocol) as client:
+        config = client.config(test.model)
+    scheduling = config.get("ensemble_scheduling") or config.get("ensembleScheduling") or {}
+    return tuple(step.get("model_name") or step["modelName"] for step in scheduling.get("step", []))
+
+
+def _with(server: ServerFigures, **changes: Any) -> ServerFigures:
+    return replace(server, **changes)
+
+
+def _locust_args(test: LoadTest) -> list[str]:
+    return [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
+        "--triton-model", test.model,
+        "--texts-per-request", str(test.texts_per_request),
+        *(["--texts-file", str(test.texts_file)] if test.texts_file else []),
+    ]  # fmt: skip
+
+
+def _run_locust(test: LoadTest) -> int:
+    """Locust headless (local, or a master and workers on loopback); returns its exit code."""
+    env = {**os.environ, "TRITONIZE_SCENARIO": test.scenario}
+    user_class = "TritonHttpUser" if test.protocol == "http" else "TritonGrpcUser"
+    prefix = test.out / "locust"
+    master = [
+        *_locust_args(test), "--headless", "--host", test.url,
+        "--scenario-users", str(test.users), "--scenario-seconds", str(test.seconds),
+        "--step-seconds", str(test.step_seconds),
+        "--ramp-report", str(test.out / "ramp.json"),
+        "--csv", str(prefix), "--csv-full-history", "--html", f"{prefix}.html",
+        "--exit-code-on-error", "0",  # failures are judged by the SLO gates
+        "--stop-timeout", "10",
+    ]  # fmt: skip
+    if test.scenario == "ramp" and test.slo_file:
+        ramp = Slo.from_file(test.slo_file, "ramp")
+        if ramp.p95_ms is not None:
+            master += ["--ramp-p95-ms", str(ramp.p95_ms)]
+        if ramp.max_failure_ratio is not None:
+            master += ["--ramp-max-failure-ratio", str(ramp.max_failure_ratio)]
+    workers: list[subprocess.Popen[bytes]] = []
+    if test.workers:
+        port = _free_port()
+        master += ["--master", "--expect-workers", str(test.workers),
+                   "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)]  # fmt: skip
+        worker = [*_locust_args(test), "--worker", "--master-host", "127.0.0.1",
+                  "--master-port", str(port), user_class]  # fmt: skip
+        workers = [subprocess.Popen(worker, env=env) for _ in range(test.workers)]
+    try:
+        return subprocess.run([*master, user_class], env=env, check=False).returncode
+    finally:
+        for process in workers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+class _PendingSampler:
+    """Samples Triton's pending-request gauge for `model` once a second during the run."""
+
+    def __init__(self, metrics_url: str, model: str) -> None:
+        self.metrics_url, self.model = metrics_url, model
+        self.peak: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                value = read(self.metrics_url).total(PENDING, self.model)
+            except TritonizeError:
+                continue
+            self.peak = value if self.peak is None else max(self.peak, value)
+
+    def __enter__(self) -> _PendingSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -1,0 +1,97 @@
+"""Locust users that call a Triton model through `TritonizeClient` and check every response.
+
+Each call is reported as one Locust request event, timed with `perf_counter`; a response that
+fails its checks (shape, finite values, normalisation, empty text) is reported as a failure.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc.experimental.gevent
+from locust import User, constant, task
+
+from tritonize.client import TritonizeClient
+from tritonize.errors import InferenceError
+from tritonize.loadtest.checks import response_problem
+
+# Without this, gRPC's C core blocks the gevent loop: calls are serialised and latencies are
+# under-reported. It must run after Locust (which monkey-patches) is imported.
+grpc.experimental.gevent.init_gevent()
+
+DEFAULT_TEXTS = Path(__file__).with_name("texts.txt")
+
+
+class ResponseCheckError(Exception):
+    """A response arrived but is wrong."""
+
+
+def load_texts(path: str | None) -> list[str]:
+    lines = Path(path or DEFAULT_TEXTS).read_text(encoding="utf-8").splitlines()
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise ValueError(f"no texts in {path or DEFAULT_TEXTS}")
+    return texts
+
+
+class TritonUser(User):
+    """Sends `--texts-per-request` random texts per request, back to back."""
+
+    abstract = True
+    protocol = "http"
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.model: str = options.triton_model
+        self.texts = load_texts(options.texts_file)
+        self.per_request: int = options.texts_per_request
+        self.client = TritonizeClient(_address(self.host), self.protocol)
+        self.metadata: dict[str, Any] = self.client.metadata(self.model)
+
+    def on_stop(self) -> None:
+        self.client.close()  # an open gRPC channel makes Locust hang at shutdown
+
+    @task
+    def infer(self) -> None:
+        texts = random.sample(self.texts, min(self.per_request, len(self.texts)))
+        start = time.perf_counter()
+        error: Exception | None = None
+        size = 0
+        try:
+            outputs = self.client.infer(self.model, texts)
+            size = sum(v.nbytes for v in outputs.values())
+            problem = response_problem(outputs, len(texts), self.metadata)
+            if problem:
+                error = ResponseCheckError(problem)
+        except InferenceError as exc:
+            error = exc
+        self.environment.events.request.fire(
+            request_type=self.protocol.upper(),
+            name=self.model,
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=size,
+            exception=error,
+            context={},
+        )
+
+
+class TritonHttpUser(TritonUser):
+    protocol = "http"
+
+
+class TritonGrpcUser(TritonUser):
+    protocol = "grpc"
+
+
+USERS = {"http": TritonHttpUser, "grpc": TritonGrpcUser}
+
+
+def _address(host: str | None) -> str:
+    """Locust's --host, with or without a scheme, as tritonclient's HOST:PORT."""
+    if not host:
+        raise ValueError("set the Triton address with --host HOST:PORT")
+    return host.split("://", 1)[-1].rstrip("/")

@@ -1,0 +1,125 @@
+"""Prometheus: a local server scraping the local Triton, and readings queried from any server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tritonize.errors import TritonizeError
+from tritonize.monitor.figures import COUNTERS, PENDING, Reading, Sample
+
+MONITORING_DIR = Path(__file__).resolve().parents[3] / "monitoring"
+
+
+class PrometheusSource:
+    """Readings of Triton's counters from a Prometheus server, at any past moment."""
+
+    def __init__(self, url: str) -> None:
+        from prometheus_api_client import PrometheusConnect
+
+        self.url = url
+        self.client = PrometheusConnect(url=url, disable_ssl=True)
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query; `at` is a Unix time (default: now)."""
+        params = {"time": f"{at:.3f}"} if at is not None else None
+        try:
+            return list(self.client.custom_query(promql, params=params))
+        except Exception as exc:  # the client raises its own and requests' errors
+            raise TritonizeError(f"Prometheus at {self.url} failed on `{promql}`: {exc}") from exc
+
+    def reading_at(self, at: float, models: list[str]) -> Reading:
+        """Every counter `figures()` needs, for `models`, as Prometheus had them at `at`."""
+        names = "|".join(COUNTERS)
+        selector = f'{{__name__=~"{names}",model=~"{"|".join(models)}"}}'
+        return Reading(
+            Sample(r["metric"]["__name__"], r["metric"], float(r["value"][1]))
+            for r in self.query(selector, at)
+        )
+
+    def max_pending(self, model: str, start: float, end: float) -> float | None:
+        window = max(1, round(end - start))
+        promql = f'max_over_time(sum({PENDING}{{model="{model}"}})[{window}s:1s])'
+        result = self.query(promql, end)
+        return float(result[0]["value"][1]) if result else None
+
+
+class LocalPrometheus:
+    """A Prometheus process on loopback that scrapes a local Triton every second."""
+
+    def __init__(self, metrics_target: str, port: int = 9090, host: str = "127.0.0.1") -> None:
+        self.metrics_target = metrics_target  # host:port of Triton's metrics endpoint
+        self.host, self.port = host, port
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir = Path(tempfile.mkdtemp(prefix="tritonize-prometheus-"))
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def config(self) -> dict[str, Any]:
+        rules = MONITORING_DIR / "alerts.yml"
+        return {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(rules)] if rules.exists() else [],
+            "scrape_configs": [
+                {"job_name": "triton", "static_configs": [{"targets": [self.metrics_target]}]}
+            ],
+        }
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise TritonizeError(
+                "`prometheus` is not installed: `apt-get install prometheus` (Debian/Ubuntu) "
+                "or use the compose `monitoring` profile"
+            )
+        config = self._dir / "prometheus.yml"
+        config.write_text(yaml.safe_dump(self.config()))
+        log = (self._dir / "prometheus.log").open("wb")
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--web.listen-address={self.host}:{self.port}",
+             f"--storage.tsdb.path={self._dir / 'data'}", "--storage.tsdb.retention.time=1d"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TritonizeError(
+                    f"prometheus exited: {(self._dir / 'prometheus.log').read_text()[-2000:]}"
+                )
+            if self._ready():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise TritonizeError(f"prometheus was not ready within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalPrometheus:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
