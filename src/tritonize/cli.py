@@ -22,6 +22,7 @@ EPILOG = """examples:
   tritonize serve model_repository --http-port 8000
   tritonize infer minilm "first sentence" "second sentence" --protocol grpc --json
   tritonize loadtest minilm --scenario steady --users 16 --duration 2m --slo loadtests/slo.yaml
+  tritonize verify --model minilm --golden model_repository/minilm/golden.json
 """
 
 
@@ -162,6 +163,27 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tritonize.verify import Deployment, verify
+
+    deployment = Deployment(
+        url=args.url or ("127.0.0.1:8000" if args.protocol == "http" else "127.0.0.1:8001"),
+        model=args.model,
+        golden=args.golden,
+        protocol=args.protocol,
+        metrics_url=args.metrics_url,
+        smoke_requests=args.smoke_requests,
+    )
+    checks = verify(deployment)
+    for check in checks:
+        print(check.describe())
+    if all(c.passed for c in checks):
+        print(f"deployment of `{args.model}` verified")
+        return 0
+    print(f"deployment of `{args.model}` FAILED verification", file=sys.stderr)
+    return 1
+
+
 def duration(text: str) -> float:
     """Seconds from `90`, `90s`, `2m`, `1h30m`."""
     import re
@@ -207,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_infer(commands)
     _add_loadtest(commands)
+    _add_verify(commands)
     return parser
 
 
@@ -311,6 +334,21 @@ def _add_loadtest(commands: Any) -> None:
     shape.add_argument("--texts-per-request", type=int, default=1)
     load.add_argument("--slo", type=Path, help="SLO YAML (see loadtests/slo.yaml)")
     load.add_argument("--out", type=Path, default=Path("reports/loadtest"), help="report folder")
+
+
+def _add_verify(commands: Any) -> None:
+    check = _command(commands, "verify", cmd_verify, "the deployment gate: one exit code")
+    check.add_argument("--model", required=True)
+    check.add_argument(
+        "--golden",
+        type=Path,
+        required=True,
+        help="golden.json written by build (in the ensemble's directory)",
+    )
+    check.add_argument("--url", default=os.environ.get("TRITONIZE_URL"))
+    check.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    check.add_argument("--metrics-url", help="Triton metrics (default http://HOST:8002/metrics)")
+    check.add_argument("--smoke-requests", type=int, default=64)
 
 
 def _jsonable(value: np.ndarray) -> Any:

@@ -99,6 +99,12 @@ class TritonizeClient:
         except Exception:  # unreachable counts as not ready
             return False
 
+    def is_model_ready(self, model: str) -> bool:
+        try:
+            return bool(self._client.is_model_ready(model))
+        except Exception:  # unreachable counts as not ready
+            return False
+
     def metadata(self, model: str) -> dict[str, Any]:
         """Model metadata (name, versions, inputs, outputs) as a dict."""
         extra = {"as_json": True} if self.protocol is Protocol.GRPC else {}

@@ -16,7 +16,7 @@ import torch
 from tritonize.errors import ExportError, SpecError, ValidationError
 from tritonize.export.architectures import architecture_for
 from tritonize.export.tasks import ONNX_INPUTS, TASKS, TaskDefinition
-from tritonize.export.validation import compare, validation_cases
+from tritonize.export.validation import GOLDEN_TEXTS, compare, encode_padded, validation_cases
 from tritonize.progress import note, step
 from tritonize.spec import BuildSpec, Task
 
@@ -36,6 +36,8 @@ class ExportedModel:
     pad_token_id: int
     labels: list[str] = field(default_factory=list)  # classification: index -> label
     max_abs_diff: dict[str, float] = field(default_factory=dict)
+    # PyTorch's outputs for GOLDEN_TEXTS: what a deployment is verified against later.
+    golden_outputs: np.ndarray | None = None
 
 
 def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
@@ -59,6 +61,9 @@ def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
     )
     with step("Validating ONNX Runtime against PyTorch"):
         exported.max_abs_diff = validate_onnx(model, exported, spec)
+    ids, mask = encode_padded(tokenizer, list(GOLDEN_TEXTS), spec.max_seq_len, pad_id)
+    with torch.inference_mode():
+        exported.golden_outputs = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     return exported
 
 

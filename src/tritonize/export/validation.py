@@ -20,6 +20,9 @@ SAMPLE_TEXTS = (
     "short",
 )
 
+# Texts whose reference outputs are stored at build time (golden.json) for `tritonize verify`.
+GOLDEN_TEXTS = SAMPLE_TEXTS
+
 
 @dataclass(frozen=True)
 class ValidationCase:

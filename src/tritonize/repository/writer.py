@@ -14,10 +14,12 @@ from pathlib import Path
 import tritonize.triton_models as triton_models
 from tritonize.engine.build import ENGINE_FILES, EngineArtifact, build_engine, require_tensorrt
 from tritonize.export import ExportedModel, export_onnx
+from tritonize.export.validation import GOLDEN_TEXTS
 from tritonize.progress import note, step
 from tritonize.repository import configs
 from tritonize.repository.checker import check_repository
 from tritonize.repository.configs import ModelConfig, StepNames
+from tritonize.repository.golden import golden_record, write_golden
 from tritonize.repository.manifest import write_manifest
 from tritonize.spec import BuildSpec, Target, Task
 
@@ -86,6 +88,8 @@ def write_models(
 
     ensemble = configs.ensemble_config(spec, output, dim)
     _write_config(repository, ensemble)
+    record = golden_record(spec, exported, ensemble, list(GOLDEN_TEXTS))
+    write_golden(repository / spec.name, record)
     (repository / spec.name / str(spec.version)).mkdir(parents=True, exist_ok=True)
     return written
 
@@ -115,10 +119,12 @@ def _write_config(repository: Path, config: ModelConfig) -> None:
 
 
 def _install(staged: Path, target: Path, version: int) -> None:
-    """Replace `target`'s config and this version; other versions stay (for rollback)."""
+    """Replace `target`'s files and this version; other versions stay (for rollback)."""
     target.mkdir(parents=True, exist_ok=True)
     version_dir = target / str(version)
     if version_dir.exists():
         shutil.rmtree(version_dir)
     shutil.move(staged / str(version), version_dir)
-    shutil.copy2(staged / "config.pbtxt", target / "config.pbtxt")
+    for item in staged.iterdir():  # config.pbtxt, golden.json
+        if item.is_file():
+            shutil.copy2(item, target / item.name)

@@ -1,0 +1,77 @@
+"""golden.json beside an ensemble: PyTorch's outputs for fixed texts and the public interface.
+
+Written at build time; `tritonize verify` checks a live deployment against it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tritonize.repository.configs import ModelConfig
+from tritonize.spec import BuildSpec, Precision, Task
+from tritonize.triton_models.classifier import softmax
+
+if TYPE_CHECKING:  # the export stack (torch) is not needed to read a golden file
+    from tritonize.export import ExportedModel
+
+GOLDEN = "golden.json"
+# How close a served output must be to PyTorch's, by the engine's precision.
+TOLERANCES = {
+    Precision.FP32: {"min_cosine": 0.9999, "max_probability_diff": 1e-3},
+    Precision.FP16: {"min_cosine": 0.999, "max_probability_diff": 1e-2},
+    Precision.BF16: {"min_cosine": 0.999, "max_probability_diff": 1e-2},
+}
+
+
+def interface(config: ModelConfig) -> dict[str, list[dict[str, Any]]]:
+    """Inputs and outputs as Triton's model metadata reports them."""
+
+    def describe(tensor: mc.ModelInput | mc.ModelOutput) -> dict[str, Any]:
+        dtype = mc.DataType.Name(tensor.data_type).removeprefix("TYPE_")
+        batch = [-1] if config.max_batch_size > 0 else []
+        return {
+            "name": tensor.name,
+            "datatype": "BYTES" if dtype == "STRING" else dtype,
+            "shape": [*batch, *tensor.dims],
+        }
+
+    return {
+        "inputs": [describe(t) for t in config.input],
+        "outputs": [describe(t) for t in config.output],
+    }
+
+
+def golden_record(
+    spec: BuildSpec, exported: ExportedModel, config: ModelConfig, texts: list[str]
+) -> dict[str, Any]:
+    assert exported.golden_outputs is not None
+    record: dict[str, Any] = {
+        "model": spec.name,
+        "task": spec.task.value,
+        "version": spec.version,
+        "precision": spec.precision.value,
+        "tolerance": TOLERANCES[spec.precision],
+        "interface": interface(config),
+        "texts": texts,
+    }
+    if spec.task is Task.EMBEDDING:
+        record["embeddings"] = exported.golden_outputs.round(6).tolist()
+    else:
+        probabilities = softmax(exported.golden_outputs)
+        record["probabilities"] = probabilities.round(6).tolist()
+        record["labels"] = [exported.labels[i] for i in probabilities.argmax(axis=1)]
+    return record
+
+
+def write_golden(directory: Path, record: dict[str, Any]) -> Path:
+    path = directory / GOLDEN
+    path.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n")
+    return path
+
+
+def read_golden(path: Path) -> dict[str, Any]:
+    return dict(json.loads(Path(path).read_text()))

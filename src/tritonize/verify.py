@@ -1,0 +1,164 @@
+"""`tritonize verify`: the deployment gate. One exit code for readiness, interface, golden
+outputs, a short smoke load and the metrics that load should have moved."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonize.client import TritonizeClient
+from tritonize.errors import TritonizeError
+from tritonize.loadtest.checks import response_problem
+from tritonize.monitor.figures import Reading
+from tritonize.monitor.scrape import read
+from tritonize.repository.golden import read_golden
+from tritonize.triton_models.common import EMBEDDING, LABEL, PROBABILITIES
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def describe(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    url: str
+    model: str
+    golden: Path
+    protocol: str = "http"
+    metrics_url: str | None = None  # default: http://<url host>:8002/metrics
+    smoke_requests: int = 64
+    smoke_concurrency: int = 4
+
+    @property
+    def metrics(self) -> str:
+        host = self.url.split("://")[-1].rsplit(":", 1)[0]
+        return self.metrics_url or f"http://{host}:8002/metrics"
+
+
+def verify(deployment: Deployment) -> list[Check]:
+    """Run every check in order; later checks are skipped once the model is not ready."""
+    golden = read_golden(deployment.golden)
+    with TritonizeClient(deployment.url, deployment.protocol) as client:
+        ready = _readiness(client, deployment.model)
+        if not ready.passed:
+            return [ready]
+        before = _reading(deployment.metrics)
+        checks = [ready, _interface(client, deployment.model, golden)]
+        checks.append(_golden(client, deployment.model, golden))
+        checks.append(_smoke(deployment, golden))
+    checks.append(_metrics(deployment, before))
+    return checks
+
+
+def _readiness(client: TritonizeClient, model: str) -> Check:
+    if not client.is_server_ready():
+        return Check("readiness", False, f"server at {client.url} is not ready")
+    if not client.is_model_ready(model):
+        return Check("readiness", False, f"model `{model}` is not ready")
+    return Check("readiness", True, f"server and `{model}` ready")
+
+
+def _interface(client: TritonizeClient, model: str, golden: dict[str, Any]) -> Check:
+    metadata = client.metadata(model)
+    served = {
+        kind: [
+            {"name": t["name"], "datatype": t["datatype"], "shape": [int(d) for d in t["shape"]]}
+            for t in metadata[kind]
+        ]
+        for kind in ("inputs", "outputs")
+    }
+    expected = golden["interface"]
+    if served != expected:
+        return Check("interface", False, f"served {served}, built {expected}")
+    versions = metadata.get("versions", [])
+    return Check("interface", True, f"tensors match the build; versions served {versions}")
+
+
+def _golden(client: TritonizeClient, model: str, golden: dict[str, Any]) -> Check:
+    outputs = client.infer(model, golden["texts"])
+    tolerance = golden["tolerance"]
+    if golden["task"] == "embedding":
+        served = outputs[EMBEDDING].astype(np.float64)
+        reference = np.asarray(golden["embeddings"], dtype=np.float64)
+        cosine = np.sum(served * reference, axis=1) / (
+            np.linalg.norm(served, axis=1) * np.linalg.norm(reference, axis=1)
+        )
+        worst = float(cosine.min())
+        passed = worst >= tolerance["min_cosine"]
+        return Check(
+            "golden outputs", passed, f"min cosine {worst:.6f} (>= {tolerance['min_cosine']})"
+        )
+    labels = [label.decode() for label in outputs[LABEL][:, 0]]
+    diff = float(np.abs(outputs[PROBABILITIES] - np.asarray(golden["probabilities"])).max())
+    same = labels == golden["labels"]
+    passed = same and diff <= tolerance["max_probability_diff"]
+    verdict = "labels match" if same else f"labels differ: {labels} vs {golden['labels']}"
+    return Check("golden outputs", passed, f"{verdict}, max probability diff {diff:.2e}")
+
+
+def _smoke(deployment: Deployment, golden: dict[str, Any]) -> Check:
+    texts = golden["texts"]
+
+    def one(index: int) -> tuple[float, str | None]:
+        text = [texts[index % len(texts)]]
+        with TritonizeClient(deployment.url, deployment.protocol) as client:
+            metadata = client.metadata(deployment.model)
+            start = time.perf_counter()
+            try:
+                outputs = client.infer(deployment.model, text)
+            except TritonizeError as exc:
+                return time.perf_counter() - start, str(exc)
+            return time.perf_counter() - start, response_problem(outputs, 1, metadata)
+
+    with ThreadPoolExecutor(deployment.smoke_concurrency) as pool:
+        results = list(pool.map(one, range(deployment.smoke_requests)))
+    problems = [p for _, p in results if p]
+    latencies = sorted(seconds * 1000 for seconds, _ in results)
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    detail = (
+        f"{len(results) - len(problems)}/{len(results)} good, "
+        f"p50 {latencies[len(latencies) // 2]:.1f} ms, p95 {p95:.1f} ms"
+    )
+    if problems:
+        detail += f"; first problem: {problems[0]}"
+    return Check("smoke load", not problems, detail)
+
+
+def _reading(url: str) -> Reading | None:
+    try:
+        return read(url)
+    except TritonizeError:
+        return None
+
+
+def _metrics(deployment: Deployment, before: Reading | None) -> Check:
+    after = _reading(deployment.metrics)
+    if before is None or after is None:
+        return Check("metrics", False, f"cannot scrape {deployment.metrics}")
+    model = deployment.model
+
+    def delta(name: str) -> float:
+        return after.total(name, model) - before.total(name, model)
+
+    sent = deployment.smoke_requests + 1  # the smoke load plus one golden request
+    successes, failures = (
+        delta("nv_inference_request_success"),
+        delta("nv_inference_request_failure"),
+    )
+    passed = successes >= sent and failures == 0
+    return Check(
+        "metrics",
+        passed,
+        f"success count +{successes:.0f} (expected >= {sent}), failure count +{failures:.0f}",
+    )
