@@ -88,24 +88,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = LocalServer(config)
     print(f"starting tritonserver on {config.repository} (log: {config.log_path}) ...", flush=True)
     server.start(timeout_s=args.timeout)
-    print(
-        f"ready in {server.ready_after_s:.1f} s\n"
-        f"  HTTP    http://{config.http_url}\n"
-        f"  gRPC    {config.grpc_url}\n"
-        f"  metrics {config.metrics_url}\n"
-        f"  model-repository API key (header `tritonize-key`): {config.api_key}\n"
-        "Ctrl-C stops it.",
-        flush=True,
-    )
+    prometheus = None
+    try:
+        prometheus = _start_prometheus(config, args.prometheus_port) if args.prometheus else None
+        print(
+            f"ready in {server.ready_after_s:.1f} s\n"
+            f"  HTTP       http://{config.http_url}\n"
+            f"  gRPC       {config.grpc_url}\n"
+            f"  metrics    {config.metrics_url}\n"
+            + (f"  Prometheus {prometheus.url} (scrapes every second, alert rules loaded)\n"
+               if prometheus else "")
+            + f"  model-repository API key (header `tritonize-key`): {config.api_key}\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )  # fmt: skip
 
-    def shutdown(signum: int, _frame: Any) -> None:
-        # Only signal here: waiting inside a handler would deadlock with server.wait().
-        print(f"\nstopping ({signal.Signals(signum).name}) ...", flush=True)
-        server.terminate()
+        def shutdown(signum: int, _frame: Any) -> None:
+            # Only signal here: waiting inside a handler would deadlock with server.wait().
+            print(f"\nstopping ({signal.Signals(signum).name}) ...", flush=True)
+            server.terminate()
 
-    signal.signal(signal.SIGINT, shutdown)
-    signal.signal(signal.SIGTERM, shutdown)
-    code = server.wait()
+        signal.signal(signal.SIGINT, shutdown)
+        signal.signal(signal.SIGTERM, shutdown)
+        code = server.wait()
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        server.stop()
     if code not in (0, -signal.SIGTERM):
         print(
             f"error: tritonserver exited with {code}; log tail:\n{server.log_tail()}",
@@ -113,6 +122,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _start_prometheus(config: Any, port: int) -> Any:
+    from tritonize.monitor.prometheus import LocalPrometheus
+
+    prometheus = LocalPrometheus(
+        f"{config.host}:{config.metrics_port}", port=port, host=config.host
+    )
+    prometheus.start()
+    return prometheus
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -292,6 +311,12 @@ def _add_serve(commands: Any) -> None:
     )
     serve.add_argument("--log-file", help="server log (default: in the temp dir)")
     serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    serve.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run a local Prometheus (the `prometheus` binary) scraping it",
+    )
+    serve.add_argument("--prometheus-port", type=int, default=9090)
 
 
 def _add_infer(commands: Any) -> None:

@@ -130,29 +130,31 @@ def run_load_test(test: LoadTest) -> LoadTestResult:
     steps = ensemble_steps(test)
     engine = test.engine if test.engine in steps or test.engine_model else None
     before = read(test.metrics)
-    sampler = _PendingSampler(test.metrics, test.model)
+    sampler = _PendingSampler(test.metrics, (test.model, *steps))
     start = time.time()
     with sampler:
         code = _run_locust(test)
     end = time.time()
     after = read(test.metrics)
 
-    direct = figures(before, after, end - start, test.model, engine, steps)
+    client = load_client_figures(test.out / "locust_stats.csv")
+    # Rates over the time Locust had users running (start-up and shutdown excluded).
+    seconds = client.requests / client.rps if client.rps else end - start
+    direct = figures(before, after, seconds, test.model, engine, steps)
     direct = _with(direct, max_pending=sampler.peak)
     server, source = direct, f"Triton's /metrics ({test.metrics})"
     if prometheus:
         time.sleep(2.5)  # Prometheus scrapes the final counters
         models = [test.model, *steps]
         first, last = prometheus.reading_at(start, models), prometheus.reading_at(end + 2, models)
-        server = figures(first, last, end - start, test.model, engine, steps)
-        server = _with(server, max_pending=prometheus.max_pending(test.model, start, end))
+        server = figures(first, last, seconds, test.model, engine, steps)
+        server = _with(server, max_pending=prometheus.max_pending(models, start, end))
         source = f"Prometheus ({test.prometheus_url})"
 
-    client = load_client_figures(test.out / "locust_stats.csv")
     ramp_file = test.out / "ramp.json"
     result = LoadTestResult(
         test=test,
-        seconds=end - start,
+        seconds=seconds,
         client=client,
         server=server,
         server_source=source,
@@ -227,10 +229,10 @@ def _run_locust(test: LoadTest) -> int:
 
 
 class _PendingSampler:
-    """Samples Triton's pending-request gauge for `model` once a second during the run."""
+    """Samples Triton's pending requests of `models` (summed) once a second during the run."""
 
-    def __init__(self, metrics_url: str, model: str) -> None:
-        self.metrics_url, self.model = metrics_url, model
+    def __init__(self, metrics_url: str, models: tuple[str, ...]) -> None:
+        self.metrics_url, self.models = metrics_url, models
         self.peak: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -238,7 +240,8 @@ class _PendingSampler:
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             try:
-                value = read(self.metrics_url).total(PENDING, self.model)
+                reading = read(self.metrics_url)
+                value = sum(reading.total(PENDING, model) for model in self.models)
             except TritonizeError:
                 continue
             self.peak = value if self.peak is None else max(self.peak, value)

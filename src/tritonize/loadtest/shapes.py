@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import locust.stats
 from locust import LoadTestShape
 
 Tick = tuple[int, float] | None
@@ -91,6 +92,8 @@ class Ramp(ScenarioShape):
     def tick(self) -> Tick:
         elapsed = self.get_run_time()
         step_seconds = float(self.options.step_seconds)
+        # Locust's "current" percentiles cover a sliding window: make it one step long.
+        locust.stats.CURRENT_RESPONSE_TIME_PERCENTILE_WINDOW = max(2, int(step_seconds))
         index = int(elapsed // step_seconds)
         # When a step has just ended, measure it before starting the next one.
         step_ended = index > len(self.steps)

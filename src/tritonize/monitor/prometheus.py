@@ -44,9 +44,11 @@ class PrometheusSource:
             for r in self.query(selector, at)
         )
 
-    def max_pending(self, model: str, start: float, end: float) -> float | None:
+    def max_pending(self, models: list[str], start: float, end: float) -> float | None:
+        """The most requests pending in `models` (summed) at any second of the window."""
         window = max(1, round(end - start))
-        promql = f'max_over_time(sum({PENDING}{{model="{model}"}})[{window}s:1s])'
+        selector = f'{PENDING}{{model=~"{"|".join(models)}"}}'
+        promql = f"max_over_time(sum({selector})[{window}s:1s])"
         result = self.query(promql, end)
         return float(result[0]["value"][1]) if result else None
 
