@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may download
+# Tests import Locust shapes as plain classes: keep gevent from patching the test process.
+os.environ.setdefault("LOCUST_SKIP_MONKEY_PATCH", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZER_FILES = (

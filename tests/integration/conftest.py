@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tritonize.client import TritonizeClient
+from tritonize.monitor.prometheus import LocalPrometheus
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
 from tritonize.spec import BuildSpec
@@ -51,7 +53,8 @@ def server_config(repository: Path, **kwargs: object) -> ServerConfig:
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path) -> Path:
-    """Two ensembles in one repository: the bundled MiniLM and the tiny classifier."""
+    """Two ensembles in one repository (the bundled MiniLM, the tiny classifier) and a
+    hand-made broken model for the load tests' response checks."""
     output = tmp_path_factory.mktemp("model_repository")
     build_repository(
         BuildSpec(
@@ -72,6 +75,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path) -
             max_seq_len=CLASSIFIER_MAX_SEQ,
         )
     )
+    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "mangled", output / "mangled")
     return output
 
 
@@ -81,6 +85,14 @@ def server(repository: Path) -> Iterator[LocalServer]:
     server.start(timeout_s=120)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(server: LocalServer) -> Iterator[LocalPrometheus]:
+    """A real Prometheus scraping the session's Triton every second."""
+    (port,) = free_ports(1)
+    with LocalPrometheus(f"127.0.0.1:{server.config.metrics_port}", port=port) as running:
+        yield running
 
 
 @pytest.fixture(params=["http", "grpc"])

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from tritonize.client import TritonizeClient
-from tritonize.errors import InferenceError, RepositoryError, ServerError
+from tritonize.errors import InferenceError, RepositoryError, ServerError, TritonizeError
+from tritonize.monitor.prometheus import PrometheusSource
 from tritonize.server import LocalServer
 
-from .conftest import CLASSIFIER, EMBEDDER, server_config
+from .conftest import CLASSIFIER, EMBEDDER, free_ports, server_config
 
 CLI = [sys.executable, "-m", "tritonize.cli"]
 
@@ -84,17 +85,22 @@ def test_server_dies_with_its_parent(repository: Path) -> None:
     assert not _alive(child), "tritonserver outlived its parent"
 
 
-def test_cli_serve_infer_and_sigterm(repository: Path) -> None:
+def test_cli_serve_with_prometheus_infer_and_sigterm(repository: Path) -> None:
     config = server_config(repository)
+    (prometheus_port,) = free_ports(1)
     serve = subprocess.Popen(
         [*CLI, "serve", str(repository), "--http-port", str(config.http_port),
-         "--grpc-port", str(config.grpc_port), "--metrics-port", str(config.metrics_port)],
+         "--grpc-port", str(config.grpc_port), "--metrics-port", str(config.metrics_port),
+         "--prometheus", "--prometheus-port", str(prometheus_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert serve.stdout is not None
     try:
-        banner = [serve.stdout.readline() for _ in range(3)]
+        banner = list(iter(serve.stdout.readline, "Ctrl-C stops it.\n"))
         assert banner[1].startswith("ready in"), banner
+        assert f"Prometheus http://127.0.0.1:{prometheus_port}" in "".join(banner)
+        up = PrometheusSource(f"http://127.0.0.1:{prometheus_port}").query('up{job="triton"}')
+        assert up[0]["value"][1] == "1"
         for protocol, url in (("http", config.http_url), ("grpc", config.grpc_url)):
             infer = subprocess.run(
                 [*CLI, "infer", EMBEDDER, "hello", "world", "--protocol", protocol, "--url", url,
@@ -111,6 +117,8 @@ def test_cli_serve_infer_and_sigterm(repository: Path) -> None:
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=30) == 0
     assert "stopping (SIGTERM)" in serve.stdout.read()
+    with pytest.raises(TritonizeError):  # Prometheus went with it
+        PrometheusSource(f"http://127.0.0.1:{prometheus_port}").query("up")
 
 
 def _alive(pid: int) -> bool:

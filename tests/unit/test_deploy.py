@@ -75,3 +75,16 @@ def test_serving_entry_point_requires_a_key_and_checks_first() -> None:
     result = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env)
     assert result.returncode != 0
     assert "set TRITONIZE_API_KEY" in result.stderr
+
+
+def test_monitoring_and_loadtest_profiles(services: dict) -> None:
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert services["grafana"]["profiles"] == ["monitoring"]
+    assert services["locust-master"]["profiles"] == ["loadtest"]
+    assert services["locust-worker"]["profiles"] == ["loadtest"]
+    assert (
+        "./monitoring/alerts.yml:/etc/prometheus/alerts.yml:ro" in services["prometheus"]["volumes"]
+    )
+    for name in ("prometheus", "grafana", "locust-master"):
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"])
+    assert "--worker" in services["locust-worker"]["command"]

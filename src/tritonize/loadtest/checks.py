@@ -23,7 +23,7 @@ def response_problem(
             want not in (-1, got) for want, got in zip(expected, value.shape, strict=True)
         ):
             return f"output `{name}` has shape {list(value.shape)}, expected {expected}"
-        if value.dtype == object:
+        if value.dtype.kind in "OSU":  # BYTES
             if any(not item for item in value.reshape(-1)):
                 return f"output `{name}` has an empty string"
         elif not np.isfinite(value).all():

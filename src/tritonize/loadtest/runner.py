@@ -193,6 +193,7 @@ def _locust_args(test: LoadTest) -> list[str]:
 def _run_locust(test: LoadTest) -> int:
     """Locust headless (local, or a master and workers on loopback); returns its exit code."""
     env = {**os.environ, "TRITONIZE_SCENARIO": test.scenario}
+    env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # Locust's users need gevent's patching
     user_class = "TritonHttpUser" if test.protocol == "http" else "TritonGrpcUser"
     prefix = test.out / "locust"
     master = [

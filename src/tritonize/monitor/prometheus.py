@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -97,11 +99,13 @@ class LocalPrometheus:
                 raise TritonizeError(
                     f"prometheus exited: {(self._dir / 'prometheus.log').read_text()[-2000:]}"
                 )
-            if self._ready():
+            if self._scraping():
                 return
             time.sleep(0.2)
         self.stop()
-        raise TritonizeError(f"prometheus was not ready within {timeout_s:.0f} s")
+        raise TritonizeError(
+            f"prometheus did not scrape {self.metrics_target} within {timeout_s:.0f} s"
+        )
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -119,9 +123,11 @@ class LocalPrometheus:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _ready(self) -> bool:
+    def _scraping(self) -> bool:
+        """Ready and holding a first sample of Triton (the first scrape comes a few s late)."""
+        query = urllib.parse.urlencode({"query": 'up{job="triton"} == 1'})
         try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
+            with urllib.request.urlopen(f"{self.url}/api/v1/query?{query}", timeout=1) as response:
+                return bool(json.loads(response.read())["data"]["result"])
+        except (OSError, ValueError, KeyError):
             return False

@@ -1,0 +1,99 @@
+"""Real Locust against the real Triton, with server figures from Triton and a real Prometheus."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tritonize.loadtest.runner import LoadTest, run_load_test
+from tritonize.monitor.prometheus import LocalPrometheus
+from tritonize.server import LocalServer
+
+from .conftest import EMBEDDER
+
+
+def load_test(server: LocalServer, tmp_path: Path, **kwargs: object) -> LoadTest:
+    protocol = str(kwargs.pop("protocol", "http"))
+    values: dict = {
+        "model": EMBEDDER,
+        "url": server.config.http_url if protocol == "http" else server.config.grpc_url,
+        "protocol": protocol,
+        "metrics_url": server.config.metrics_url,
+        "scenario": "steady",
+        "users": 4,
+        "seconds": 6.0,
+        "out": tmp_path / "report",
+        **kwargs,
+    }
+    return LoadTest(**values)
+
+
+def write_slo(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "slo.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_steady_run_passes_with_a_report_and_prometheus_agrees(
+    server: LocalServer, prometheus: LocalPrometheus, tmp_path: Path
+) -> None:
+    slo = write_slo(tmp_path, "scenarios: {steady: {p95_ms: 2000, max_failure_ratio: 0,"
+                              " min_batch_size: 1, max_queue_share: 1}}")  # fmt: skip
+    test = load_test(server, tmp_path, slo_file=slo, prometheus_url=prometheus.url)
+    result = run_load_test(test)
+    assert result.passed, result.failures()
+    assert result.client.requests > 50 and result.client.failures == 0
+    assert result.consistent  # Locust successes within 2% of Triton's count
+    # The Prometheus path and the direct scrape read the same counters.
+    direct, via_prometheus = result.direct, result.server
+    assert result.server_source.startswith("Prometheus")
+    assert via_prometheus.successes == direct.successes
+    # At most the requests in flight when Locust stopped its users went unrecorded by Locust.
+    assert 0 <= direct.successes - result.client.requests <= test.users
+    assert via_prometheus.achieved_batch_size == pytest.approx(direct.achieved_batch_size)
+    assert via_prometheus.avg_latency_ms == pytest.approx(direct.avg_latency_ms)
+    assert via_prometheus.queue_ms == pytest.approx(direct.queue_ms)
+    assert direct.p95_ms is not None and direct.p95_ms > 0
+    report = test.out
+    for name in ("summary.md", "summary.json", "throughput_latency.png", "latency_breakdown.png",
+                 "locust.html", "locust_stats.csv"):  # fmt: skip
+        assert (report / name).stat().st_size > 0, name
+    assert "PASSED" in (report / "summary.md").read_text()
+
+
+def test_impossible_slo_fails_naming_the_gate(server: LocalServer, tmp_path: Path) -> None:
+    slo = write_slo(tmp_path, "defaults: {p95_ms: 0.01, max_failure_ratio: 0.5}")
+    result = run_load_test(load_test(server, tmp_path, scenario="smoke", seconds=3.0, slo_file=slo))
+    assert not result.passed
+    assert [f.split(":")[0] for f in result.failures()] == ["FAIL  p95_ms"]
+
+
+def test_wrong_shaped_responses_count_as_failures(server: LocalServer, tmp_path: Path) -> None:
+    result = run_load_test(load_test(server, tmp_path, model="mangled", scenario="smoke",
+                                     seconds=3.0, engine_model="none"))  # fmt: skip
+    assert result.client.requests > 0
+    assert result.client.failures == result.client.requests
+    failures = (test_dir := tmp_path / "report" / "locust_failures.csv").read_text()
+    assert "output `EMBEDDING` has shape [2, 8], expected [1, -1]" in failures, test_dir
+    assert not result.consistent  # Triton counted successes Locust refused
+    assert not result.passed
+
+
+def test_grpc_with_locust_workers(server: LocalServer, tmp_path: Path) -> None:
+    result = run_load_test(load_test(server, tmp_path, protocol="grpc", workers=2, seconds=5.0))
+    assert result.passed, result.failures()
+    assert result.client.requests > 50
+
+
+def test_ramp_records_steps(server: LocalServer, tmp_path: Path) -> None:
+    slo = write_slo(tmp_path, "scenarios: {ramp: {p95_ms: 100000, max_failure_ratio: 0.5}}")
+    start = time.monotonic()
+    result = run_load_test(load_test(server, tmp_path, scenario="ramp", users=24, seconds=60.0,
+                                     step_seconds=2.0, slo_file=slo))  # fmt: skip
+    assert result.ramp is not None
+    users = [step["users"] for step in result.ramp["steps"]]
+    assert users == [3, 6, 9, 12, 15, 18, 21, 24]
+    assert result.ramp["breached"] is False and result.ramp["knee"] is None
+    assert time.monotonic() - start < 45  # the ramp stopped after its last step
