@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command on a fresh machine: set up, build the repository for the bundled
-# all-MiniLM-L6-v2, start a local Triton, call it over HTTP and gRPC, print, stop.
+# all-MiniLM-L6-v2, start a local Triton (and a Prometheus scraping it), call it over HTTP and
+# gRPC, verify the deployment, run a short load test with its report, stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,16 +10,19 @@ export HF_HUB_OFFLINE=1
 TRITONIZE=.venv/bin/tritonize
 REPO=${REPO:-model_repository}
 HTTP_PORT=${HTTP_PORT:-8000} GRPC_PORT=${GRPC_PORT:-8001} METRICS_PORT=${METRICS_PORT:-8002}
+PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
 
 $TRITONIZE build --task embedding --target local --name minilm --output "$REPO"
 $TRITONIZE check "$REPO"
 
 $TRITONIZE serve "$REPO" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" \
-    --metrics-port "$METRICS_PORT" --log-file "$REPO/.triton.log" &
+    --metrics-port "$METRICS_PORT" --log-file "$REPO/.triton.log" \
+    --prometheus --prometheus-port "$PROMETHEUS_PORT" &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 120); do
-    curl -sf "http://127.0.0.1:$HTTP_PORT/v2/health/ready" >/dev/null && break
+for _ in $(seq 120); do  # Triton ready, and Prometheus scraping it
+    curl -sf "http://127.0.0.1:$HTTP_PORT/v2/health/ready" >/dev/null \
+        && curl -sf "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" >/dev/null && break
     kill -0 $SERVER 2>/dev/null || exit 1
     sleep 0.5
 done
@@ -27,5 +31,15 @@ echo; echo "== HTTP =="
 $TRITONIZE infer minilm "Triton serves transformers." "今天天气很好" --url "127.0.0.1:$HTTP_PORT"
 echo; echo "== gRPC =="
 $TRITONIZE infer minilm "Triton serves transformers." --protocol grpc --url "127.0.0.1:$GRPC_PORT"
-echo; echo "== tokenizer metrics =="
-curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^tritonize_(input_tokens|truncated)' || true
+echo; echo "== deployment gate =="
+$TRITONIZE verify --model minilm --golden "$REPO/minilm/golden.json" --url "127.0.0.1:$HTTP_PORT" \
+    --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics"
+echo; echo "== load test (steady, 16 users, 20 s) =="
+$TRITONIZE loadtest minilm --url "127.0.0.1:$GRPC_PORT" --protocol grpc --scenario steady \
+    --users 16 --duration 20s --slo loadtests/slo.yaml \
+    --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" \
+    --prometheus "http://127.0.0.1:$PROMETHEUS_PORT" --out reports/demo
+echo; echo "== from Prometheus (http://127.0.0.1:$PROMETHEUS_PORT) =="
+curl -s "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/query" \
+    --data-urlencode 'query=sum by (model) (increase(nv_inference_request_success[5m]))'
+echo; echo "report: reports/demo/summary.md (plots beside it)"

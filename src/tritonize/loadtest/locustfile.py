@@ -1,7 +1,6 @@
 """Locust entry point for Triton models: `tritonize loadtest` runs it, or run it yourself.
 
-    locust -f src/tritonize/loadtest/locustfile.py --host 127.0.0.1:8000 \\
-        --triton-model minilm TritonHttpUser
+    locust -f loadtests/locustfile.py --host 127.0.0.1:8000 --triton-model minilm TritonHttpUser
 
 With TRITONIZE_SCENARIO=smoke|steady|ramp|spike|soak in the environment, that load shape
 drives the users (sized by --scenario-users and --scenario-seconds).
@@ -37,3 +36,4 @@ def _arguments(parser: Any) -> None:
 _scenario = os.environ.get("TRITONIZE_SCENARIO")
 if _scenario:  # exactly one shape class in this module, or none
     Scenario = type("Scenario", (SCENARIOS[_scenario],), {"abstract": False})
+    __all__ += ["Scenario"]
