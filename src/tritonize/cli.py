@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tritonize.errors import TritonizeError
+from tritonize.spec import BuildSpec
 
 EPILOG = """examples:
   tritonize build --task embedding --name minilm --output model_repository
@@ -41,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
 # -- commands ---------------------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
     from tritonize.repository.writer import build_repository
-    from tritonize.spec import BuildSpec
 
     flags = {
         key: value for key, value in vars(args).items() if key in _SPEC_FLAGS and value is not None
@@ -215,23 +216,8 @@ def duration(text: str) -> float:
 
 
 # -- parser -----------------------------------------------------------------------------------
-_SPEC_FLAGS = {
-    "name",
-    "task",
-    "model",
-    "target",
-    "output",
-    "precision",
-    "max_batch_size",
-    "max_seq_len",
-    "max_queue_delay_us",
-    "preferred_batch_sizes",
-    "engine_instances",
-    "tokenizer_instances",
-    "version",
-    "opset",
-    "trust_remote_code",
-}
+# Every build flag is named after its BuildSpec field.
+_SPEC_FLAGS = {f.name for f in dataclasses.fields(BuildSpec)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -291,6 +277,21 @@ def _add_build(commands: Any) -> None:
     runtime.add_argument("--engine-instances", type=int)
     runtime.add_argument("--tokenizer-instances", type=int)
     runtime.add_argument("--opset", type=int)
+    trt = build.add_argument_group("TensorRT (--target tensorrt)")
+    trt.add_argument("--opt-batch-size", type=int, help="profile opt batch (default: max/2)")
+    trt.add_argument("--opt-seq-len", type=int, help="profile opt length (default: min(128, max))")
+    trt.add_argument("--workspace-mib", type=int, help="builder workspace limit (default 4096)")
+    trt.add_argument("--builder-optimization-level", type=int, choices=range(6))
+    trt.add_argument(
+        "--hardware-compatibility", choices=["none", "ampere_plus", "same_compute_capability"]
+    )
+    trt.add_argument(
+        "--version-compatible",
+        action="store_true",
+        default=None,
+        help="plan loads on later TensorRT releases of the same major version",
+    )
+    trt.add_argument("--timing-cache", help="default ~/.cache/tritonize/tensorrt-timing.cache")
 
 
 def _add_serve(commands: Any) -> None:

@@ -108,21 +108,27 @@ def _golden(client: TritonizeClient, model: str, golden: dict[str, Any]) -> Chec
 
 
 def _smoke(deployment: Deployment, golden: dict[str, Any]) -> Check:
+    """Concurrent single-text requests; every response must pass the load-test checks."""
     texts = golden["texts"]
+    per_client = -(-deployment.smoke_requests // deployment.smoke_concurrency)
 
-    def one(index: int) -> tuple[float, str | None]:
-        text = [texts[index % len(texts)]]
+    def one_client(offset: int) -> list[tuple[float, str | None]]:
+        results: list[tuple[float, str | None]] = []
         with TritonizeClient(deployment.url, deployment.protocol) as client:
             metadata = client.metadata(deployment.model)
-            start = time.perf_counter()
-            try:
-                outputs = client.infer(deployment.model, text)
-            except TritonizeError as exc:
-                return time.perf_counter() - start, str(exc)
-            return time.perf_counter() - start, response_problem(outputs, 1, metadata)
+            for i in range(offset, offset + per_client):
+                start = time.perf_counter()
+                try:
+                    outputs = client.infer(deployment.model, [texts[i % len(texts)]])
+                    problem = response_problem(outputs, 1, metadata)
+                except TritonizeError as exc:
+                    problem = str(exc)
+                results.append((time.perf_counter() - start, problem))
+        return results
 
+    offsets = range(0, per_client * deployment.smoke_concurrency, per_client)
     with ThreadPoolExecutor(deployment.smoke_concurrency) as pool:
-        results = list(pool.map(one, range(deployment.smoke_requests)))
+        results = [r for chunk in pool.map(one_client, offsets) for r in chunk]
     problems = [p for _, p in results if p]
     latencies = sorted(seconds * 1000 for seconds, _ in results)
     p95 = latencies[int(0.95 * (len(latencies) - 1))]
@@ -151,7 +157,8 @@ def _metrics(deployment: Deployment, before: Reading | None) -> Check:
     def delta(name: str) -> float:
         return after.total(name, model) - before.total(name, model)
 
-    sent = deployment.smoke_requests + 1  # the smoke load plus one golden request
+    per_client = -(-deployment.smoke_requests // deployment.smoke_concurrency)
+    sent = per_client * deployment.smoke_concurrency + 1  # the smoke load and the golden call
     successes, failures = (
         delta("nv_inference_request_success"),
         delta("nv_inference_request_failure"),

@@ -38,3 +38,15 @@ def test_fp16_on_the_local_target_is_refused(tmp_path: Path, capsys: pytest.Capt
     args = ["build", "--task", "embedding", "--name", "m", "--output", str(tmp_path / "r")]
     assert main([*args, "--target", "local", "--precision", "fp16"]) == 1
     assert "`precision` = 'fp16'" in capsys.readouterr().err
+
+
+def test_tensorrt_flags_reach_the_spec(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["build", "--task", "embedding", "--name", "m", "--output", str(tmp_path / "r"),
+            "--target", "tensorrt", "--max-seq-len", "128"]  # fmt: skip
+    assert main([*args, "--opt-seq-len", "512"]) == 1
+    assert "`opt_seq_len` = 512 is not allowed: expected an integer in [1, 128]" in (
+        capsys.readouterr().err
+    )
+    assert main([*args, "--hardware-compatibility", "ampere_plus", "--version-compatible"]) == 1
+    assert "needs the `tensorrt` Python package" in capsys.readouterr().err  # no GPU here
+    assert not (tmp_path / "r").exists()

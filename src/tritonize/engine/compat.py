@@ -63,7 +63,17 @@ def rebuild_command(manifest: dict[str, Any]) -> str:
     """The build command that recreates this engine inside the compose `build` service."""
     spec = manifest.get("spec", {})
     args = ["docker", "compose", "run", "--rm", "build", "tritonize", "build"]
-    for key in ("model", "task", "name", "target", "precision", "max_batch_size", "max_seq_len"):
+    keys = (
+        "model",
+        "task",
+        "name",
+        "target",
+        "precision",
+        "max_batch_size",
+        "max_seq_len",
+        "output",
+    )
+    for key in keys:
         if spec.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(spec[key])]
     return shlex.join(args)

@@ -37,9 +37,10 @@ class _Logger(trt.ILogger):
         self.errors: list[str] = []
 
     def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-        if severity <= trt.ILogger.Severity.ERROR:
+        errors = (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR)
+        if severity in errors:
             self.errors.append(msg)
-        if severity <= trt.ILogger.Severity.WARNING:
+        if severity in (*errors, trt.ILogger.Severity.WARNING):
             note(f"TensorRT: {msg}")
 
 

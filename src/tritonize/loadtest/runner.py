@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,6 @@ class LoadTestResult:
     direct: ServerFigures  # always: counters scraped straight from Triton
     ramp: dict[str, Any] | None = None
     locust_exit_code: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def client_successes(self) -> int:
