@@ -175,11 +175,11 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         print(f"  {gate.describe()}")
     if result.ramp:
         knee = result.ramp.get("knee")
-        print(
-            f"  ramp knee: {knee['users']} users ({knee['rps']:.1f} req/s, p95 {knee['p95_ms']:.0f} ms)"
-            if knee
-            else "  ramp: no knee found (see the report's steps)"
-        )
+        if knee:
+            figures = f"{knee['rps']:.1f} req/s, p95 {knee['p95_ms']:.0f} ms"
+            print(f"  ramp knee: {knee['users']} users ({figures})")
+        else:
+            print("  ramp: no knee found (see the report's steps)")
     if not result.passed:
         print("load test FAILED:\n  " + "\n  ".join(result.failures()), file=sys.stderr)
         return 1
