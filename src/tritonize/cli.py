@@ -151,11 +151,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
+    from tritonize.client import DEFAULT_URLS, Protocol
     from tritonize.loadtest.runner import LoadTest, run_load_test
 
     test = LoadTest(
         model=args.model,
-        url=args.url or ("127.0.0.1:8000" if args.protocol == "http" else "127.0.0.1:8001"),
+        url=args.url or DEFAULT_URLS[Protocol(args.protocol)],
         protocol=args.protocol,
         scenario=args.scenario,
         users=args.users,
@@ -188,10 +189,11 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from tritonize.client import DEFAULT_URLS, Protocol
     from tritonize.verify import Deployment, verify
 
     deployment = Deployment(
-        url=args.url or ("127.0.0.1:8000" if args.protocol == "http" else "127.0.0.1:8001"),
+        url=args.url or DEFAULT_URLS[Protocol(args.protocol)],
         model=args.model,
         golden=args.golden,
         protocol=args.protocol,

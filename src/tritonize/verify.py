@@ -15,7 +15,7 @@ from tritonize.client import TritonizeClient
 from tritonize.errors import TritonizeError
 from tritonize.loadtest.checks import response_problem
 from tritonize.monitor.figures import Reading
-from tritonize.monitor.scrape import read
+from tritonize.monitor.scrape import default_metrics_url, read
 from tritonize.repository.golden import read_golden
 from tritonize.triton_models.common import EMBEDDING, LABEL, PROBABILITIES
 
@@ -42,8 +42,7 @@ class Deployment:
 
     @property
     def metrics(self) -> str:
-        host = self.url.split("://")[-1].rsplit(":", 1)[0]
-        return self.metrics_url or f"http://{host}:8002/metrics"
+        return self.metrics_url or default_metrics_url(self.url)
 
 
 def verify(deployment: Deployment) -> list[Check]:

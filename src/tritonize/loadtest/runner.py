@@ -17,7 +17,7 @@ from tritonize.errors import SpecError, TritonizeError
 from tritonize.loadtest.slo import ClientFigures, Gate, Slo, evaluate, load_client_figures
 from tritonize.monitor.figures import PENDING, ServerFigures, figures
 from tritonize.monitor.prometheus import PrometheusSource
-from tritonize.monitor.scrape import read
+from tritonize.monitor.scrape import default_metrics_url, read
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 SCENARIO_NAMES = ("smoke", "steady", "ramp", "spike", "soak")
@@ -56,8 +56,7 @@ class LoadTest:
 
     @property
     def metrics(self) -> str:
-        host = self.url.split("://")[-1].rsplit(":", 1)[0]
-        return self.metrics_url or f"http://{host}:8002/metrics"
+        return self.metrics_url or default_metrics_url(self.url)
 
     @property
     def engine(self) -> str:

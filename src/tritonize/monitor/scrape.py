@@ -8,6 +8,12 @@ from tritonize.errors import TritonizeError
 from tritonize.monitor.figures import Reading
 
 
+def default_metrics_url(server_url: str) -> str:
+    """Triton's metrics endpoint on the host of `server_url` (HOST:PORT), default port 8002."""
+    host = server_url.split("://")[-1].rsplit(":", 1)[0]
+    return f"http://{host}:8002/metrics"
+
+
 def scrape(url: str, timeout_s: float = 5.0) -> str:
     """The text exposition served at `url` (e.g. http://127.0.0.1:8002/metrics)."""
     try:
