@@ -16,6 +16,7 @@ import yaml
 
 from tritonize.errors import TritonizeError
 from tritonize.monitor.figures import COUNTERS, PENDING, Reading, Sample
+from tritonize.processes import die_with_parent, stop_process
 
 MONITORING_DIR = Path(__file__).resolve().parents[3] / "monitoring"
 
@@ -87,12 +88,13 @@ class LocalPrometheus:
             )
         config = self._dir / "prometheus.yml"
         config.write_text(yaml.safe_dump(self.config()))
-        log = (self._dir / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--web.listen-address={self.host}:{self.port}",
-             f"--storage.tsdb.path={self._dir / 'data'}", "--storage.tsdb.retention.time=1d"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        with (self._dir / "prometheus.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [binary, f"--config.file={config}", f"--web.listen-address={self.host}:{self.port}",
+                 f"--storage.tsdb.path={self._dir / 'data'}", "--storage.tsdb.retention.time=1d"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -108,12 +110,8 @@ class LocalPrometheus:
         )
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop_process(self.process, timeout_s=10)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> LocalPrometheus:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import secrets
 import signal
@@ -18,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tritonize.errors import ServerError
+from tritonize.processes import die_with_parent, stop_process
 from tritonize.repository.checker import check_repository
 from tritonize.repository.configs import ModelConfig
 from tritonize.server.bundled import BundledTriton
@@ -117,7 +116,7 @@ class LocalServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=bundled.environment(),
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self._wait_ready(timeout_s)
         self.ready_after_s = time.perf_counter() - started
@@ -129,14 +128,7 @@ class LocalServer:
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout_s`. Returns the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.terminate()
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return None if self.process is None else stop_process(self.process, timeout_s)
 
     def wait(self) -> int:
         """Block until the server exits."""
@@ -211,12 +203,6 @@ def _ensure_port_free(host: str, port: int, name: str) -> None:
                 f"{name} port {port} on {host} is in use ({exc.strerror}): "
                 f"choose another with --{name}-port"
             ) from None
-
-
-def _die_with_parent() -> None:
-    """In the child: ask Linux to SIGTERM us when the parent dies (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def _cache_dir(root: Path) -> Path:
