@@ -68,7 +68,7 @@ RAGGED_INPUTS = [
 
 
 def public_outputs(spec: BuildSpec, output_dim: int) -> list[Tensor]:
-    """The ensemble's outputs (DESIGN.md): the same for every target."""
+    """The ensemble's outputs (the README lists them): the same for every target."""
     if spec.task is Task.EMBEDDING:
         return [Tensor(names.EMBEDDING, mc.TYPE_FP32, (output_dim,)), TRUNCATED]
     return [

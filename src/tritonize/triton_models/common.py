@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Public tensors of the ensembles (DESIGN.md) and the internal ones between steps.
+# Public tensors of the ensembles (see the README) and the internal ones between steps.
 TEXT = "TEXT"
 EMBEDDING = "EMBEDDING"
 LABEL = "LABEL"
