@@ -97,3 +97,13 @@ def test_ramp_records_steps(server: LocalServer, tmp_path: Path) -> None:
     assert users == [3, 6, 9, 12, 15, 18, 21, 24]
     assert result.ramp["breached"] is False and result.ramp["knee"] is None
     assert time.monotonic() - start < 45  # the ramp stopped after its last step
+
+
+def test_spike_scenario_recovers(server: LocalServer, tmp_path: Path) -> None:
+    slo = write_slo(tmp_path, "scenarios: {spike: {max_failure_ratio: 0, p99_ms: 5000}}")
+    result = run_load_test(load_test(server, tmp_path, scenario="spike", users=10, seconds=6.0,
+                                     slo_file=slo))  # fmt: skip
+    assert result.passed, result.failures()
+    history = (tmp_path / "report" / "locust_stats_history.csv").read_text().splitlines()
+    users = [int(row.split(",")[1]) for row in history[1:] if ",Aggregated," in row]
+    assert max(users) == 10 and users[-1] == 2  # up to all users, then back to a fifth
