@@ -85,7 +85,10 @@ def _interface(client: TritonizeClient, model: str, golden: dict[str, Any]) -> C
 
 
 def _golden(client: TritonizeClient, model: str, golden: dict[str, Any]) -> Check:
-    outputs = client.infer(model, golden["texts"])
+    try:
+        outputs = client.infer(model, golden["texts"])
+    except TritonizeError as exc:
+        return Check("golden outputs", False, str(exc))
     tolerance = golden["tolerance"]
     if golden["task"] == "embedding":
         served = outputs[EMBEDDING].astype(np.float64)
