@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,93 @@ def classifier_repository(tmp_path_factory: pytest.TempPathFactory, classifier_d
         max_seq_len=64,
     )
     return build_repository(spec).repository
+
+
+def train_tokenizer(style: str) -> Any:
+    """A small tokenizer trained on fixtures/corpus.txt.
+
+    `byte_level`: GPT-2's byte-level BPE. `sentencepiece`: Llama's layout (a `▁` word marker,
+    BPE with byte fallback through `<0xXX>` tokens in the vocabulary, a decoder that fuses bytes).
+    """
+    import json as _json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    corpus = (FIXTURES / "corpus.txt").read_text(encoding="utf-8").splitlines() * 10
+    if style == "byte_level":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tokenizer.train_from_iterator(corpus, trainer)
+        return tokenizer
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+         decoders.Strip(" ", 1, 0)]
+    )  # fmt: skip
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<eot>"])
+    tokenizer.train_from_iterator(corpus, trainer)
+    data = _json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    for byte in range(256):  # byte fallback needs the byte tokens inside the model's vocab
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    return Tokenizer.from_str(_json.dumps(data))
+
+
+def build_tiny_decoder(config_name: str, dest: Path) -> Path:
+    """A random causal LM with a trained tokenizer and a generation_config.json."""
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        GenerationConfig,
+        PreTrainedTokenizerFast,
+    )
+
+    style = "byte_level" if config_name.startswith("gpt2") else "sentencepiece"
+    tokenizer = train_tokenizer(style)
+    if style == "byte_level":
+        eos = [tokenizer.token_to_id("<|endoftext|>")]
+        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+    else:  # two end ids, as recent Llama checkpoints have
+        eos = [tokenizer.token_to_id("</s>"), tokenizer.token_to_id("<eot>")]
+        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>",
+                                       eos_token="</s>", unk_token="<unk>")  # fmt: skip
+    values = json.loads((FIXTURES / "tiny_configs" / f"{config_name}.json").read_text())
+    config = AutoConfig.for_model(
+        **values,
+        vocab_size=tokenizer.get_vocab_size(),
+        eos_token_id=eos,
+        bos_token_id=eos[0],
+        pad_token_id=eos[0],
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(dest)
+    fast.save_pretrained(dest)
+    GenerationConfig(eos_token_id=eos, bos_token_id=eos[0], pad_token_id=eos[0]).save_pretrained(
+        dest
+    )
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Factory: `gpt2-decoder` or `llama-decoder`, built once per session."""
+    built: dict[str, Path] = {}
+
+    def make(config_name: str) -> Path:
+        if config_name not in built:
+            dest = tmp_path_factory.mktemp(config_name)
+            built[config_name] = build_tiny_decoder(config_name, dest)
+        return built[config_name]
+
+    return make

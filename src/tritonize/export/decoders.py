@@ -1,0 +1,199 @@
+"""Decoder-only LLMs with their KV cache as explicit ONNX inputs and outputs.
+
+The graph takes `input_ids`, `attention_mask` (past + new positions), `position_ids` and
+`past_key_values.<layer>.key|value`, and returns the last position's `logits` and
+`present.<layer>.key|value`. One graph serves both prefill (past length 0) and decode steps:
+no merged decoder with an `If` node, which TensorRT cannot build.
+
+Adding a family is one entry in DECODERS: how it names its layer, head and size fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tritonize.errors import ExportError, ValidationError
+from tritonize.progress import note
+
+INPUTS = ("input_ids", "attention_mask", "position_ids")
+ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class DecoderArchitecture:
+    """Where a transformers config keeps the sizes of the KV cache."""
+
+    model_type: str
+    layers: str = "num_hidden_layers"
+    heads: str = "num_attention_heads"
+    kv_heads: str | None = "num_key_value_heads"  # grouped-query attention; None: = heads
+    hidden: str = "hidden_size"
+    positions: str = "max_position_embeddings"
+
+    def cache_shape(self, config: Any) -> tuple[int, int, int]:
+        """(layers, kv heads, head dim)."""
+        heads = int(getattr(config, self.heads))
+        kv_heads = int(getattr(config, self.kv_heads, None) or heads) if self.kv_heads else heads
+        head_dim = int(getattr(config, "head_dim", None) or getattr(config, self.hidden) // heads)
+        return int(getattr(config, self.layers)), kv_heads, head_dim
+
+    def max_positions(self, config: Any) -> int:
+        return int(getattr(config, self.positions))
+
+
+DECODERS: dict[str, DecoderArchitecture] = {
+    arch.model_type: arch
+    for arch in (
+        DecoderArchitecture(
+            "gpt2",
+            layers="n_layer",
+            heads="n_head",
+            kv_heads=None,
+            hidden="n_embd",
+            positions="n_positions",
+        ),
+        DecoderArchitecture("llama"),
+        DecoderArchitecture("mistral"),
+        DecoderArchitecture("qwen2"),
+    )
+}
+
+
+def decoder_for(config: Any) -> DecoderArchitecture:
+    model_type = str(getattr(config, "model_type", None))
+    if model_type not in DECODERS:
+        raise ExportError(
+            f"model_type `{model_type}` is not supported for generation: "
+            f"expected one of {', '.join(sorted(DECODERS))}"
+        )
+    return DECODERS[model_type]
+
+
+def past_names(layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def present_names(layers: int) -> list[str]:
+    return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+class DecoderWithCache(nn.Module):
+    """A causal LM with a flat KV cache: logits of the last position, then the new cache."""
+
+    def __init__(self, model: nn.Module, layers: int) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = layers
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        *past: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(self.layers)])
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+        )
+        cache = getattr(out, "cache", None) or out.past_key_values
+        presents = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        return (out.logits[:, -1, :].float(), *presents)
+
+
+def load_decoder(model_dir: Path, trust_remote_code: bool) -> tuple[DecoderWithCache, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(
+        model_dir, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    layers, _, _ = decoder_for(config).cache_shape(config)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, local_files_only=True, trust_remote_code=trust_remote_code,
+        attn_implementation="eager",
+    )  # fmt: skip
+    # eval() on the wrapper itself: the exporter restores its training flag afterwards.
+    return DecoderWithCache(model, layers).eval(), config
+
+
+def export_decoder(wrapper: DecoderWithCache, config: Any, path: Path, opset: int) -> None:
+    """Trace to ONNX with dynamic batch, sequence and past axes."""
+    import contextlib
+    import io
+    import warnings
+
+    layers, kv_heads, head_dim = decoder_for(config).cache_shape(config)
+    batch, seq, past_len = 2, 3, 4  # sizes > 1 so that no dynamic axis is specialised
+    example = (
+        torch.ones((batch, seq), dtype=torch.int64),
+        torch.ones((batch, past_len + seq), dtype=torch.int64),
+        torch.arange(past_len, past_len + seq).repeat(batch, 1),
+        *[torch.zeros((batch, kv_heads, past_len, head_dim)) for _ in range(2 * layers)],
+    )
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total"},
+        "position_ids": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch"},
+    }
+    axes.update({name: {0: "batch", 2: "past"} for name in past_names(layers)})
+    axes.update({name: {0: "batch", 2: "total"} for name in present_names(layers)})
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(chatter), warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper, example, str(path),
+                input_names=[*INPUTS, *past_names(layers)],
+                output_names=["logits", *present_names(layers)],
+                dynamic_axes=axes, opset_version=opset, dynamo=False,
+            )  # fmt: skip
+    except Exception as exc:  # the exporter raises many unrelated types
+        raise ExportError(f"decoder export failed: {exc}\n{chatter.getvalue()[-2000:]}") from exc
+    wrapper.eval()
+
+
+def validate_decoder(wrapper: DecoderWithCache, config: Any, path: Path) -> dict[str, float]:
+    """ONNX Runtime against PyTorch: prefill steps and decode steps over padded caches."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    layers, kv_heads, head_dim = decoder_for(config).cache_shape(config)
+    vocab = int(config.vocab_size)
+    generator = torch.Generator().manual_seed(0)
+    cases = {"prefill 1x7": (1, 7, 0), "prefill 3x4": (3, 4, 0), "decode 4x1, past 9": (4, 1, 9),
+             "decode 2x1, past 1": (2, 1, 1)}  # fmt: skip
+    misses, diffs = [], {}
+    for name, (batch, seq, past_len) in cases.items():
+        ids = torch.randint(0, vocab, (batch, seq), generator=generator)
+        mask = torch.ones((batch, past_len + seq), dtype=torch.int64)
+        if past_len > 1:
+            mask[0, : past_len // 2] = 0  # a left-padded cache, as in a batched decode step
+        positions = torch.arange(past_len, past_len + seq).repeat(batch, 1)
+        past = [torch.randn((batch, kv_heads, past_len, head_dim), generator=generator)
+                for _ in range(2 * layers)]  # fmt: skip
+        with torch.inference_mode():
+            expected = [t.numpy() for t in wrapper(ids, mask, positions, *past)]
+        feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                 "position_ids": positions.numpy()}  # fmt: skip
+        feeds.update({n: t.numpy() for n, t in zip(past_names(layers), past, strict=True)})
+        actual = session.run(None, feeds)
+        diffs[name] = max(float(np.abs(a - e).max()) for a, e in zip(actual, expected, strict=True))
+        note(f"{name}: max abs diff {diffs[name]:.2e}")
+        if diffs[name] > ATOL or not all(np.isfinite(a).all() for a in actual):
+            misses.append(f"{name}: max abs diff {diffs[name]:.3g} exceeds atol={ATOL:g}")
+    if misses:
+        raise ValidationError("decoder ONNX export does not match PyTorch", misses)
+    return diffs
