@@ -7,15 +7,15 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from helpers import FIXTURES, train_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may download
 # Tests import Locust shapes as plain classes: keep gevent from patching the test process.
 os.environ.setdefault("LOCUST_SKIP_MONKEY_PATCH", "1")
 
-FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -90,45 +90,6 @@ def classifier_repository(tmp_path_factory: pytest.TempPathFactory, classifier_d
         max_seq_len=64,
     )
     return build_repository(spec).repository
-
-
-def train_tokenizer(style: str) -> Any:
-    """A small tokenizer trained on fixtures/corpus.txt.
-
-    `byte_level`: GPT-2's byte-level BPE. `sentencepiece`: Llama's layout (a `▁` word marker,
-    BPE with byte fallback through `<0xXX>` tokens in the vocabulary, a decoder that fuses bytes).
-    """
-    import json as _json
-
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    corpus = (FIXTURES / "corpus.txt").read_text(encoding="utf-8").splitlines() * 10
-    if style == "byte_level":
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=400,
-            special_tokens=["<|endoftext|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        )
-        tokenizer.train_from_iterator(corpus, trainer)
-        return tokenizer
-    tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
-    )
-    tokenizer.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-         decoders.Strip(" ", 1, 0)]
-    )  # fmt: skip
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<eot>"])
-    tokenizer.train_from_iterator(corpus, trainer)
-    data = _json.loads(tokenizer.to_str())
-    vocab = data["model"]["vocab"]
-    for byte in range(256):  # byte fallback needs the byte tokens inside the model's vocab
-        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
-    return Tokenizer.from_str(_json.dumps(data))
 
 
 def build_tiny_decoder(config_name: str, dest: Path) -> Path:
