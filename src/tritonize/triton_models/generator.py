@@ -1,0 +1,368 @@
+"""Generator step: a decoupled Python model decoding many requests together.
+
+Continuous batching: new requests are prefilled and join the running batch between decode
+steps; finished or cancelled ones leave it. Every active sequence advances by one token per
+step in a single ONNX Runtime call, its KV cache kept between steps (left-padded to the longest
+in the batch, the padding masked out). Public tensors use TensorRT-LLM's names.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tokenizers
+
+from .common import RequestError, model_parameters, version_dir
+from .generation import GenerationParams, IncrementalDetokenizer, Sampler, StopMatcher
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # outside Triton: the logic below stays importable and testable
+    pb_utils = None
+
+Cache = list[np.ndarray]  # per layer key, value: [1, kv_heads, length, head_dim]
+
+
+class DecoderSession:
+    """The exported decoder: prefill one prompt, or decode one token for many sequences."""
+
+    def __init__(self, path: Path, layers: int, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.layers = layers
+        self.past_names = [
+            f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")
+        ]
+        past = {i.name: i.shape for i in self.session.get_inputs()}[self.past_names[0]]
+        self.kv_heads, self.head_dim = int(past[1]), int(past[3])
+
+    def prefill(self, prompt: list[int]) -> tuple[np.ndarray, Cache]:
+        ids = np.array([prompt], dtype=np.int64)
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(len(prompt), dtype=np.int64)[None, :],
+            **{name: empty for name in self.past_names},
+        }
+        logits, *presents = self.session.run(None, feeds)
+        return logits[0], presents
+
+    def decode(self, tokens: list[int], caches: list[Cache]) -> tuple[np.ndarray, list[Cache]]:
+        """One step for every sequence; caches are left-padded to the longest and masked."""
+        lengths = [cache[0].shape[2] for cache in caches]
+        longest, batch = max(lengths), len(caches)
+        mask = np.zeros((batch, longest + 1), dtype=np.int64)
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": np.array(tokens, dtype=np.int64)[:, None],
+            "position_ids": np.array(lengths, dtype=np.int64)[:, None],
+        }
+        for layer, name in enumerate(self.past_names):
+            past = np.zeros((batch, self.kv_heads, longest, self.head_dim), dtype=np.float32)
+            for row, (cache, length) in enumerate(zip(caches, lengths, strict=True)):
+                past[row, :, longest - length :] = cache[layer][0]
+            feeds[name] = past
+        for row, length in enumerate(lengths):
+            mask[row, longest - length :] = 1
+        feeds["attention_mask"] = mask
+        logits, *presents = self.session.run(None, feeds)
+        updated = [
+            [present[row : row + 1, :, longest - length :] for present in presents]
+            for row, length in enumerate(lengths)
+        ]
+        return logits, updated
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request being generated."""
+
+    prompt: list[int]
+    params: GenerationParams
+    tokenizer: tokenizers.Tokenizer
+    owner: Any = None  # the Triton response sender
+    prompt_text: str = ""
+    text: str = ""  # what a non-streamed response will carry
+    generated: list[int] = field(default_factory=list)
+    cache: Cache | None = None
+    finished: bool = False
+    cancelled: bool = False
+    created: float = field(default_factory=time.perf_counter)
+    last_token_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.sampler = Sampler(self.params)
+        self.detokenizer = IncrementalDetokenizer(self.tokenizer, self.prompt)
+        self.stop = StopMatcher(self.params.stop_words)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Text for one sequence after a step; `final` when it has finished."""
+
+    sequence: Sequence
+    text: str
+    final: bool
+    first_token_s: float | None = None  # time to first token, on the first event
+    inter_token_s: float | None = None
+
+
+class Scheduler:
+    """Continuous batching over a `DecoderSession` (thread-safe `submit`, `step` in one thread)."""
+
+    def __init__(self, session: DecoderSession, max_active: int, context_window: int) -> None:
+        self.session = session
+        self.max_active = max_active
+        self.context_window = context_window
+        self.waiting: queue.Queue[Sequence] = queue.Queue()
+        self.active: list[Sequence] = []
+
+    def submit(self, sequence: Sequence) -> None:
+        self.waiting.put(sequence)
+
+    def step(self, idle_wait_s: float = 0.05) -> list[Event]:
+        """Admit waiting sequences (prefill), then advance every active one by one token."""
+        events: list[Event] = []
+        self.active = [s for s in self.active if not s.cancelled]
+        while len(self.active) < self.max_active:
+            try:
+                sequence = self.waiting.get(timeout=idle_wait_s if not self.active else 0)
+            except queue.Empty:
+                break
+            logits, sequence.cache = self.session.prefill(sequence.prompt)
+            events.append(self._advance(sequence, sequence.sampler.next_token(logits)))
+            if not sequence.finished:
+                self.active.append(sequence)
+            idle_wait_s = 0
+        joined = [
+            s for s in self.active if s.generated and not any(e.sequence is s for e in events)
+        ]
+        if joined:
+            tokens = [s.generated[-1] for s in joined]
+            logits, caches = self.session.decode(tokens, [s.cache for s in joined])  # type: ignore[misc]
+            for row, sequence in enumerate(joined):
+                sequence.cache = caches[row]
+                events.append(self._advance(sequence, sequence.sampler.next_token(logits[row])))
+        self.active = [s for s in self.active if not s.finished]
+        return events
+
+    def _advance(self, sequence: Sequence, token: int) -> Event:
+        now = time.perf_counter()
+        first = now - sequence.created if sequence.last_token_at is None else None
+        gap = None if sequence.last_token_at is None else now - sequence.last_token_at
+        sequence.last_token_at = now
+        if token in sequence.params.end_ids:
+            return self._finish(sequence, "", first, gap)
+        sequence.generated.append(token)
+        text, stopped = sequence.stop.feed(sequence.detokenizer.push(token))
+        if stopped:
+            return self._finish(sequence, text, first, gap, flush=False)
+        full = len(sequence.prompt) + len(sequence.generated) >= self.context_window
+        if len(sequence.generated) >= sequence.params.max_tokens or full:
+            return self._finish(sequence, text, first, gap)
+        return Event(sequence, text, False, first, gap)
+
+    def _finish(
+        self, sequence: Sequence, text: str, first: float | None, gap: float | None,
+        flush: bool = True,
+    ) -> Event:  # fmt: skip
+        if flush:
+            text += sequence.stop.feed(sequence.detokenizer.flush())[0] + sequence.stop.flush()
+        sequence.finished = True
+        sequence.cache = None
+        return Event(sequence, text, True, first, gap)
+
+
+# -- the Triton adapter -------------------------------------------------------------------------
+INPUTS_INT = {"max_tokens", "top_k", "end_id", "pad_id"}
+
+
+class TritonPythonModel:
+    """Decoupled: `execute` queues requests; a thread steps the scheduler and sends responses."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        params = model_parameters(args)
+        directory = version_dir(args)
+        self.name = args["model_name"]
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self.end_ids = frozenset(json.loads(params["end_ids"]))
+        self.context_window = int(params["context_window"])
+        self.max_tokens_limit = int(params["max_tokens_limit"])
+        session = DecoderSession(directory / "model.onnx", int(params["layers"]))
+        self.scheduler = Scheduler(session, int(params["max_active"]), self.context_window)
+        self.metrics = _GeneratorMetrics(self.name)
+        self.pending: dict[int, Sequence] = {}
+        self.running = True
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                sequence = self._sequence(request)
+            except RequestError as exc:
+                sender.send(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                )
+                continue
+            sequence.owner = sender
+            self.scheduler.submit(sequence)
+        return None
+
+    def finalize(self) -> None:
+        self.running = False
+        self.thread.join(timeout=10)
+
+    def _sequence(self, request: Any) -> Sequence:
+        values = _read_inputs(request)
+        prompt_text = values.get("text_input")
+        if not isinstance(prompt_text, str) or not prompt_text.strip():
+            raise RequestError("`text_input` is empty: expected a prompt")
+        prompt = self.tokenizer.encode(prompt_text).ids
+        if len(prompt) >= self.context_window:
+            raise RequestError(
+                f"`text_input` is {len(prompt)} tokens: the context window is "
+                f"{self.context_window}, so at most {self.context_window - 1} fit"
+            )
+        end_ids = self.end_ids | ({values["end_id"]} if "end_id" in values else set())
+        params = GenerationParams(
+            max_tokens=int(values.get("max_tokens", 16)),
+            temperature=float(values.get("temperature", 0.0)),
+            top_k=int(values.get("top_k", 0)),
+            top_p=float(values.get("top_p", 1.0)),
+            seed=int(values["seed"]) if "seed" in values else None,
+            stop_words=tuple(values.get("stop_words", ())),
+            end_ids=frozenset(end_ids),
+            stream=bool(values.get("stream", False)),
+            exclude_input_in_output=bool(values.get("exclude_input_in_output", True)),
+        )
+        params.check(self.max_tokens_limit)
+        text = "" if params.exclude_input_in_output else prompt_text
+        return Sequence(prompt, params, self.tokenizer, prompt_text=prompt_text, text=text)
+
+    def _loop(self) -> None:
+        while self.running:
+            for sequence in self.scheduler.active:
+                if sequence.owner.is_cancelled():
+                    sequence.cancelled = True
+                    sequence.owner.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            try:
+                events = self.scheduler.step()
+            except Exception as exc:  # answer every active request rather than hang them
+                pb_utils.Logger.log_error(f"{self.name}: {exc!r}")
+                self._fail_all(str(exc))
+                continue
+            for event in events:
+                self._emit(event)
+            self.metrics.active.set(len(self.scheduler.active))
+
+    def _emit(self, event: Event) -> None:
+        sequence, sender = event.sequence, event.sequence.owner
+        self.metrics.observe(event)
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if event.final else 0
+        if sequence.params.stream:
+            text = event.text
+            if not sequence.params.exclude_input_in_output and len(sequence.generated) <= 1:
+                text = sequence.prompt_text + text
+            if text or event.final:
+                sender.send(self._response(sequence, text), flags=final)
+            return
+        sequence.text += event.text
+        if event.final:
+            sender.send(self._response(sequence, sequence.text), flags=final)
+
+    def _response(self, sequence: Sequence, text: str) -> Any:
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("text_output", np.array([[text.encode()]], dtype=object)),
+                pb_utils.Tensor("num_input_tokens", np.array([[len(sequence.prompt)]], np.int32)),
+                pb_utils.Tensor(
+                    "num_output_tokens", np.array([[len(sequence.generated)]], np.int32)
+                ),
+            ]
+        )
+
+    def _fail_all(self, message: str) -> None:
+        for sequence in self.scheduler.active:
+            sequence.owner.send(
+                pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"generation failed: {message}")
+                ),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+        self.scheduler.active = []
+
+
+def _read_inputs(request: Any) -> dict[str, Any]:
+    """The request's tensors as Python values; a batch of several prompts is refused."""
+    values: dict[str, Any] = {}
+    for name in ("text_input", "max_tokens", "stream", "temperature", "top_k", "top_p", "seed",
+                 "stop_words", "end_id", "pad_id", "exclude_input_in_output"):  # fmt: skip
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            continue
+        array = tensor.as_numpy()
+        if array.shape[0] != 1:
+            raise RequestError(
+                f"`{name}` has batch size {array.shape[0]}: send one prompt per request "
+                "(concurrent requests are batched by the generator)"
+            )
+        flat = array.reshape(-1)
+        if name == "stop_words":
+            values[name] = [w.decode() if isinstance(w, bytes) else str(w) for w in flat]
+        elif name == "text_input":
+            raw = flat[0]
+            try:
+                values[name] = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+            except UnicodeDecodeError as exc:
+                raise RequestError(f"`text_input` is not valid UTF-8 (byte {exc.start})") from None
+        elif flat.size:
+            values[name] = flat[0].item()
+    return values
+
+
+class _GeneratorMetrics:
+    """tritonize_* generation metrics (families kept alive beside their metrics)."""
+
+    def __init__(self, model: str) -> None:
+        family = pb_utils.MetricFamily
+        labels = {"model": model}
+        seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+        declared = [
+            (
+                "tritonize_time_to_first_token_seconds",
+                "Request arrival to first token",
+                "HISTOGRAM",
+            ),
+            ("tritonize_inter_token_latency_seconds", "Between tokens of a request", "HISTOGRAM"),
+            ("tritonize_generated_tokens_total", "Tokens generated", "COUNTER"),
+            ("tritonize_active_sequences", "Sequences in the running batch", "GAUGE"),
+        ]
+        self.families = [
+            family(name=name, description=text, kind=getattr(family, kind))
+            for name, text, kind in declared
+        ]
+        self.ttft = self.families[0].Metric(labels=labels, buckets=seconds)
+        self.itl = self.families[1].Metric(labels=labels, buckets=seconds)
+        self.tokens = self.families[2].Metric(labels=labels)
+        self.active = self.families[3].Metric(labels=labels)
+
+    def observe(self, event: Event) -> None:
+        if event.first_token_s is not None:
+            self.ttft.observe(event.first_token_s)
+        if event.inter_token_s is not None:
+            self.itl.observe(event.inter_token_s)
+        self.tokens.increment(1)
