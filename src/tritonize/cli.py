@@ -23,6 +23,7 @@ EPILOG = """examples:
   tritonize check model_repository
   tritonize serve model_repository --http-port 8000
   tritonize infer minilm "first sentence" "second sentence" --protocol grpc --json
+  tritonize generate tiny-llama "Once upon a time" --max-tokens 64 --stream
   tritonize loadtest minilm --scenario steady --users 16 --duration 2m --slo loadtests/slo.yaml
   tritonize verify --model minilm --golden model_repository/minilm/golden.json
 """
@@ -150,6 +151,23 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tritonize.client import TritonizeClient
+
+    parameters = {
+        key: value
+        for key, value in (("temperature", args.temperature), ("top_k", args.top_k),
+                           ("top_p", args.top_p), ("seed", args.seed), ("stop_words", args.stop))
+        if value is not None
+    }  # fmt: skip
+    with TritonizeClient(args.url, args.protocol, timeout_s=args.timeout) as client:
+        for text in client.generate(args.model, args.prompt, args.max_tokens, args.stream,
+                                    **parameters):  # fmt: skip
+            print(text, end="", flush=True)
+    print()
+    return 0
+
+
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from tritonize.client import DEFAULT_URLS, Protocol
     from tritonize.loadtest.runner import LoadTest, run_load_test
@@ -239,6 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("repository", help="model repository directory")
     _add_serve(commands)
     _add_infer(commands)
+    _add_generate(commands)
     _add_loadtest(commands)
     _add_verify(commands)
     return parser
@@ -259,7 +278,7 @@ def _add_build(commands: Any) -> None:
     what.add_argument(
         "--model", help="local Hugging Face checkpoint dir (default: bundled all-MiniLM-L6-v2)"
     )
-    what.add_argument("--task", choices=["embedding", "classification"])
+    what.add_argument("--task", choices=["embedding", "classification", "generation"])
     what.add_argument("--name", help="ensemble name; its step models are prefixed with it")
     what.add_argument("--target", choices=["local", "onnxruntime", "tensorrt"])
     what.add_argument("--output", help="model repository directory (default: model_repository)")
@@ -340,6 +359,24 @@ def _add_infer(commands: Any) -> None:
     )
     infer.add_argument("--timeout", type=float, default=60.0)
     infer.add_argument("--json", action="store_true", help="print all outputs as JSON")
+
+
+def _add_generate(commands: Any) -> None:
+    gen = _command(commands, "generate", cmd_generate, "generate text with a served LLM")
+    gen.add_argument("model")
+    gen.add_argument("prompt")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    gen.add_argument("--temperature", type=float, help="0 (default): greedy")
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--seed", type=int, help="makes sampling reproducible")
+    gen.add_argument("--stop", nargs="+", help="stop words")
+    gen.add_argument(
+        "--protocol", choices=["http", "grpc"], default=os.environ.get("TRITONIZE_PROTOCOL", "http")
+    )
+    gen.add_argument("--url", default=os.environ.get("TRITONIZE_URL"))
+    gen.add_argument("--timeout", type=float, default=120.0)
 
 
 def _add_loadtest(commands: Any) -> None:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -92,6 +92,69 @@ class TritonizeClient:
             for i in range(len(texts))
         ]
 
+    def generate(
+        self, model: str, prompt: str, max_tokens: int = 64, stream: bool = False,
+        **parameters: Any,
+    ) -> Iterator[str]:  # fmt: skip
+        """Text from a generation model: the deltas as they come (`stream`), or one whole text.
+
+        `parameters` are TensorRT-LLM's request fields: temperature, top_k, top_p, seed,
+        stop_words, end_id, exclude_input_in_output.
+        """
+        fields = {"text_input": prompt, "max_tokens": max_tokens, "stream": stream, **parameters}
+        if self.protocol is Protocol.HTTP:
+            yield from self._generate_http(model, fields)
+        else:
+            yield from self._generate_grpc(model, fields)
+
+    def _generate_http(self, model: str, fields: dict[str, Any]) -> Iterator[str]:
+        """Triton's generate extension: /generate, or /generate_stream (server-sent events)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        endpoint = "generate_stream" if fields["stream"] else "generate"
+        request = urllib.request.Request(
+            f"http://{self.url}/v2/models/{model}/{endpoint}",
+            data=json.dumps(fields).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+                for line in response:
+                    if fields["stream"] and not line.startswith(b"data:"):
+                        continue
+                    event = json.loads(line.removeprefix(b"data:"))
+                    if "error" in event:  # a stream can fail after it started
+                        raise InferenceError(f"model `{model}` at {self.url}: {event['error']}")
+                    yield event["text_output"]
+        except urllib.error.HTTPError as exc:
+            detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+            raise InferenceError(f"model `{model}` at {self.url}: {detail}") from None
+        except OSError as exc:
+            raise InferenceError(f"cannot reach Triton at {self.url} (http): {exc}") from exc
+
+    def _generate_grpc(self, model: str, fields: dict[str, Any]) -> Iterator[str]:
+        """A gRPC stream; the final (possibly empty) response closes it."""
+        import queue
+
+        results: queue.Queue[Any] = queue.Queue()
+        inputs = [_generation_input(self._module, name, value) for name, value in fields.items()]
+        self._client.start_stream(callback=lambda result, error: results.put((result, error)))
+        try:
+            self._client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+            while True:
+                result, error = results.get(timeout=self._timeout_s)
+                if error is not None:
+                    raise InferenceError(f"model `{model}` at {self.url}: {error.message()}")
+                response = result.get_response()
+                if response.outputs:
+                    yield result.as_numpy("text_output").reshape(-1)[0].decode()
+                if response.parameters["triton_final_response"].bool_param:
+                    return
+        finally:
+            self._client.stop_stream()
+
     # -- server and models -------------------------------------------------------------------
     def is_server_ready(self) -> bool:
         try:
@@ -168,3 +231,30 @@ class TritonizeClient:
             raise InferenceError(
                 f"cannot reach Triton at {self.url} ({self.protocol.value}): {exc}"
             ) from exc
+
+
+_GENERATION_TYPES = {
+    "text_input": ("BYTES", object),
+    "stop_words": ("BYTES", object),
+    "max_tokens": ("INT32", np.int32),
+    "top_k": ("INT32", np.int32),
+    "end_id": ("INT32", np.int32),
+    "pad_id": ("INT32", np.int32),
+    "temperature": ("FP32", np.float32),
+    "top_p": ("FP32", np.float32),
+    "seed": ("UINT64", np.uint64),
+    "stream": ("BOOL", bool),
+    "exclude_input_in_output": ("BOOL", bool),
+}
+
+
+def _generation_input(module: Any, name: str, value: Any) -> Any:
+    """A [1, n] tensor for one generation request field."""
+    datatype, dtype = _GENERATION_TYPES[name]
+    values = value if isinstance(value, list | tuple) else [value]
+    if dtype is object:
+        values = [v.encode() if isinstance(v, str) else v for v in values]
+    array = np.array([values], dtype=dtype)
+    tensor = module.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor

@@ -21,6 +21,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 class Task(StrEnum):
     EMBEDDING = "embedding"
     CLASSIFICATION = "classification"
+    GENERATION = "generation"  # decoder-only LLMs; `max_seq_len` is the context window
 
 
 class Target(StrEnum):
@@ -90,6 +91,8 @@ class BuildSpec:
                 self.precision.value,
                 "fp32 with target `local` (fp16/bf16 need a GPU target)",
             )
+        if self.task is Task.GENERATION and self.target is not Target.LOCAL:
+            _fail("target", self.target.value, "`local` for task `generation`")
         if self.target is Target.ONNXRUNTIME and self.precision is Precision.BF16:
             _fail("precision", "bf16", "fp32 or fp16 with target `onnxruntime`")
         if self.opt_batch_size is not None:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tritonize.errors import ExportError, ValidationError
-from tritonize.progress import note
+from tritonize.errors import ExportError, SpecError, ValidationError
+from tritonize.progress import note, step
 
 INPUTS = ("input_ids", "attention_mask", "position_ids")
 ATOL = 1e-4
@@ -197,3 +197,52 @@ def validate_decoder(wrapper: DecoderWithCache, config: Any, path: Path) -> dict
     if misses:
         raise ValidationError("decoder ONNX export does not match PyTorch", misses)
     return diffs
+
+
+@dataclass
+class ExportedDecoder:
+    """The decoder graph plus what the generator needs to serve it."""
+
+    onnx_path: Path
+    tokenizer: Any  # tokenizers.Tokenizer
+    end_ids: list[int]
+    layers: int
+    max_abs_diff: dict[str, float]
+
+
+def export_generation(spec: Any, workdir: Path) -> ExportedDecoder:
+    """Load `spec.model`, export it with its KV cache to `workdir/model.onnx`, validate it."""
+    from tritonize.export.onnx_export import load_tokenizer
+
+    with step(f"Loading {spec.model_dir}"):
+        wrapper, config = load_decoder(spec.model_dir, spec.trust_remote_code)
+        limit = decoder_for(config).max_positions(config)
+        if spec.max_seq_len > limit:
+            raise SpecError(
+                f"`max_seq_len` = {spec.max_seq_len} is not allowed: `{config.model_type}` at "
+                f"`{spec.model_dir}` takes at most {limit} positions"
+            )
+        tokenizer, _ = load_tokenizer(spec.model_dir, spec.trust_remote_code)
+        end_ids = _end_ids(spec.model_dir, config)
+    path = workdir / "model.onnx"
+    with step(f"Exporting the decoder with its KV cache (opset {spec.opset})"):
+        export_decoder(wrapper, config, path, spec.opset)
+    with step("Validating ONNX Runtime against PyTorch (prefill and decode steps)"):
+        diffs = validate_decoder(wrapper, config, path)
+    layers, _, _ = decoder_for(config).cache_shape(config)
+    return ExportedDecoder(path, tokenizer, end_ids, layers, diffs)
+
+
+def _end_ids(model_dir: Path, config: Any) -> list[int]:
+    """End-of-sequence ids: generation_config.json's (several allowed), else the config's."""
+    import json
+
+    source: Any = None
+    generation_config = Path(model_dir) / "generation_config.json"
+    if generation_config.exists():
+        source = json.loads(generation_config.read_text()).get("eos_token_id")
+    if source is None:
+        source = getattr(config, "eos_token_id", None)
+    if source is None:
+        raise ExportError(f"`{model_dir}` declares no eos_token_id: generation could not stop")
+    return [int(i) for i in (source if isinstance(source, list) else [source])]

@@ -206,6 +206,53 @@ def ensemble_config(spec: BuildSpec, engine_output_name: str, output_dim: int) -
     return config
 
 
+# TensorRT-LLM's request tensors, so that Triton's OpenAI frontend and genai-perf work as is.
+GENERATION_INPUTS = [
+    (Tensor("text_input", mc.TYPE_STRING, (1,)), False),
+    (Tensor("max_tokens", mc.TYPE_INT32, (1,)), False),
+    (Tensor("stream", mc.TYPE_BOOL, (1,)), True),
+    (Tensor("temperature", mc.TYPE_FP32, (1,)), True),
+    (Tensor("top_k", mc.TYPE_INT32, (1,)), True),
+    (Tensor("top_p", mc.TYPE_FP32, (1,)), True),
+    (Tensor("seed", mc.TYPE_UINT64, (1,)), True),
+    (Tensor("stop_words", mc.TYPE_STRING, (-1,)), True),
+    (Tensor("end_id", mc.TYPE_INT32, (1,)), True),
+    (Tensor("pad_id", mc.TYPE_INT32, (1,)), True),
+    (Tensor("exclude_input_in_output", mc.TYPE_BOOL, (1,)), True),
+]
+GENERATION_OUTPUTS = [
+    Tensor("text_output", mc.TYPE_STRING, (-1,)),
+    Tensor("num_input_tokens", mc.TYPE_INT32, (1,)),
+    Tensor("num_output_tokens", mc.TYPE_INT32, (1,)),
+]
+
+
+def generator_config(spec: BuildSpec, end_ids: list[int], layers: int) -> ModelConfig:
+    """A decoupled Python model: the prompt in, text out (streamed or whole)."""
+    config = ModelConfig(
+        name=spec.name,
+        backend="python",
+        max_batch_size=spec.max_batch_size,
+        input=[t.as_input() for t, _ in GENERATION_INPUTS],
+        output=[t.as_output() for t in GENERATION_OUTPUTS],
+        model_transaction_policy=mc.ModelTransactionPolicy(decoupled=True),
+        instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
+        parameters={
+            key: mc.ModelParameter(string_value=str(value))
+            for key, value in {
+                "context_window": spec.max_seq_len,
+                "max_tokens_limit": spec.max_seq_len - 1,
+                "max_active": spec.max_batch_size,  # sequences decoded together
+                "end_ids": json.dumps(end_ids),
+                "layers": layers,
+            }.items()
+        },
+    )
+    for tensor, (_, optional) in zip(config.input, GENERATION_INPUTS, strict=True):
+        tensor.optional = optional
+    return config
+
+
 def to_text(config: ModelConfig) -> str:
     """config.pbtxt contents."""
     return text_format.MessageToString(config)

@@ -8,13 +8,10 @@ import importlib.metadata
 import json
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tritonize import __version__
 from tritonize.spec import BuildSpec
-
-if TYPE_CHECKING:  # the export stack (torch) is not needed to read a manifest
-    from tritonize.export import ExportedModel
 
 MANIFEST = "manifest.json"
 _PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "tensorrt")
@@ -41,7 +38,7 @@ def sha256(path: Path) -> str:
 def write_manifest(
     directory: Path,
     spec: BuildSpec,
-    exported: ExportedModel,
+    validation: dict[str, float],
     files: list[Path],
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -52,7 +49,7 @@ def write_manifest(
         "spec": spec.to_dict(),
         "versions": package_versions(),
         "files": {path.name: sha256(path) for path in files},
-        "onnx_validation_max_abs_diff": exported.max_abs_diff,
+        "onnx_validation_max_abs_diff": validation,
         **(extra or {}),
     }
     path = directory / MANIFEST

@@ -14,6 +14,7 @@ from pathlib import Path
 import tritonize.triton_models as triton_models
 from tritonize.engine.build import ENGINE_FILES, EngineArtifact, build_engine, require_tensorrt
 from tritonize.export import ExportedModel, export_onnx
+from tritonize.export.decoders import ExportedDecoder, export_generation
 from tritonize.export.validation import GOLDEN_TEXTS
 from tritonize.progress import note, step
 from tritonize.repository import configs
@@ -34,24 +35,42 @@ class BuildResult:
 
 
 def build_repository(spec: BuildSpec) -> BuildResult:
-    """Export `spec`'s checkpoint and install its ensemble into `spec.output`."""
+    """Export `spec`'s checkpoint and install its models into `spec.output`."""
     if spec.target is Target.TENSORRT:
         require_tensorrt()  # before any work: never half a build
     spec.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spec.output, prefix=".staging-") as tmp:
         staging = Path(tmp)
-        exported = export_onnx(spec, staging)
-        engine = build_engine(spec, exported, staging)
-        with step("Writing the model repository"):
-            stage = staging / "repository"
-            models = write_models(spec, exported, engine, stage)
-            check_repository(stage)
-            for model in models:
-                _install(stage / model, spec.output / model, spec.version)
-                note(f"{spec.output / model}")
+        stage = staging / "repository"
+        if spec.task is Task.GENERATION:
+            decoder = export_generation(spec, staging)
+            with step("Writing the model repository"):
+                models = write_generator(spec, decoder, stage)
+            diffs = decoder.max_abs_diff
+        else:
+            exported = export_onnx(spec, staging)
+            engine = build_engine(spec, exported, staging)
+            with step("Writing the model repository"):
+                models = write_models(spec, exported, engine, stage)
+            diffs = exported.max_abs_diff
+        check_repository(stage)
+        for model in models:
+            _install(stage / model, spec.output / model, spec.version)
+            note(f"{spec.output / model}")
     with step("Checking the whole repository"):
         check_repository(spec.output)
-    return BuildResult(spec.output, models, exported.max_abs_diff)
+    return BuildResult(spec.output, models, diffs)
+
+
+def write_generator(spec: BuildSpec, decoder: ExportedDecoder, repository: Path) -> list[str]:
+    """One decoupled model named `spec.name`: tokenizer, decoding loop and graph together."""
+    config = configs.generator_config(spec, decoder.end_ids, decoder.layers)
+    directory = _write_python_model(repository, config, spec.version, "generator")
+    decoder.tokenizer.save(str(directory / "tokenizer.json"))
+    shutil.copy2(decoder.onnx_path, directory / "model.onnx")
+    files = [directory / "model.onnx", directory / "tokenizer.json"]
+    write_manifest(directory, spec, decoder.max_abs_diff, files)
+    return [spec.name]
 
 
 def write_models(
@@ -76,9 +95,8 @@ def write_models(
         engine_dir.mkdir(parents=True)
     engine_file = engine_dir / ENGINE_FILES[spec.target]
     shutil.copy2(engine.path, engine_file)
-    write_manifest(
-        engine_dir, spec, exported, [engine_file, tokenizer_dir / "tokenizer.json"], engine.manifest
-    )
+    files = [engine_file, tokenizer_dir / "tokenizer.json"]
+    write_manifest(engine_dir, spec, exported.max_abs_diff, files, engine.manifest)
 
     written = [names.ensemble, names.tokenizer, names.engine]
     if spec.task is Task.CLASSIFICATION:
