@@ -51,3 +51,21 @@ def train_tokenizer(style: str) -> Any:
 TOKENIZERS = {
     style: (lambda style=style: train_tokenizer(style)) for style in ("byte_level", "sentencepiece")
 }
+
+
+def hf_greedy(checkpoint: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Hugging Face `generate(do_sample=False)`: the new tokens, up to the first end id."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    end_ids = GenerationConfig.from_pretrained(checkpoint).eos_token_id
+    end_ids = end_ids if isinstance(end_ids, list) else [end_ids]
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=max_new_tokens, eos_token_id=end_ids,
+                             pad_token_id=end_ids[0])  # fmt: skip
+    generated = out[0, len(prompt_ids) :].tolist()
+    ends = [i for i, token in enumerate(generated) if token in end_ids]
+    return generated[: ends[0]] if ends else generated

@@ -56,6 +56,21 @@ def test_real_text_streams_without_lost_spaces_or_broken_characters(style: str, 
         assert all("\ufffd" not in delta for delta in deltas)
 
 
+@pytest.mark.parametrize("style", sorted(TOKENIZERS))
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_token_ids_even_invalid_utf8_concatenate_exactly(
+    style: str, data: st.DataObject
+) -> None:
+    """What a random model emits: byte tokens that need not form valid UTF-8."""
+    tokenizer = TOKENIZERS[style]()
+    prompt_ids = tokenizer.encode("Once upon a time").ids
+    generated = data.draw(st.lists(st.integers(0, tokenizer.get_vocab_size() - 1), max_size=24))
+    deltas = streamed(tokenizer, prompt_ids, generated)
+    full, prefix = tokenizer.decode(prompt_ids + generated), tokenizer.decode(prompt_ids)
+    assert "".join(deltas) == full[len(prefix) :]
+
+
 def test_unfinished_bytes_wait_for_the_rest() -> None:
     tokenizer = TOKENIZERS["byte_level"]()
     ids = tokenizer.encode("a🚀").ids

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import tokenizers
-import torch
 
+from helpers import hf_greedy
 from tritonize.export.decoders import export_decoder, load_decoder
 from tritonize.triton_models.generation import GenerationParams
 from tritonize.triton_models.generator import DecoderSession, Scheduler, Sequence
@@ -31,21 +31,6 @@ def decoder(request: pytest.FixtureRequest, tiny_decoder: Callable[[str], Path],
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_decoder(wrapper, config, path, opset=17)
     return checkpoint, path
-
-
-def hf_greedy(checkpoint: Path, prompt_ids: list[int], end_ids: list[int]) -> list[int]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
-    ids = torch.tensor([prompt_ids])
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=NEW_TOKENS, eos_token_id=end_ids,
-                             pad_token_id=end_ids[0])  # fmt: skip
-    generated = out[0, len(prompt_ids) :].tolist()
-    return [t for t in generated if t not in end_ids][
-        : next((i for i, t in enumerate(generated) if t in end_ids), len(generated))
-    ]
 
 
 def run(scheduler: Scheduler, sequences: list[Sequence], join_after: int = 2) -> None:
@@ -80,7 +65,7 @@ def test_greedy_is_token_identical_to_hf_generate(decoder: tuple[Path, Path]) ->
     ]
     run(scheduler, sequences)
     for sequence in sequences:
-        assert sequence.generated == hf_greedy(checkpoint, sequence.prompt, end_ids)
+        assert sequence.generated == hf_greedy(checkpoint, sequence.prompt, NEW_TOKENS)
     assert any(len(s.generated) > 3 for s in sequences)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,39 +63,52 @@ class Sampler:
         return int(self.rng.choice(probs.size, p=probs))
 
 
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
 class IncrementalDetokenizer:
     """Text deltas as tokens arrive, with no lost spaces and no broken characters.
 
-    Each delta is the difference between decoding a short window of recent tokens with and
-    without the newest ones, so a tokenizer's word-boundary handling (a leading `▁`, byte-level
-    spaces) sees its context. A delta ending in U+FFFD (an unfinished multi-byte character) waits
-    for the next token. Deltas concatenate to the decode of everything after the prompt.
+    Each step decodes the whole sequence (prompt included, so that word-boundary rules such as
+    SentencePiece's leading `▁` see their context) and emits what follows the text already sent.
+    Two things are held back, because later tokens can still change them: trailing U+FFFD (the
+    start of a multi-byte character whose other bytes come next), and the text of a trailing run
+    of byte-fallback tokens (`<0xNN>`: the run decodes as one UTF-8 string, or as one U+FFFD
+    per byte if it is not valid). So the deltas concatenate exactly to the decode of everything
+    after the prompt, even for byte sequences that are not valid UTF-8. Decoding is linear in the
+    length, which the context window bounds.
     """
 
     def __init__(self, tokenizer: tokenizers.Tokenizer, prompt_ids: list[int]) -> None:
         self.tokenizer = tokenizer
         self.ids = list(prompt_ids)
-        self.prefix_offset = max(len(self.ids) - 6, 0)
-        self.read_offset = len(self.ids)
+        self.prompt_chars = len(self._decode())
+        self.sent = 0  # characters of the continuation already emitted
 
-    def _decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+    def _decode(self, ids: list[int] | None = None) -> str:
+        return str(
+            self.tokenizer.decode(self.ids if ids is None else ids, skip_special_tokens=True)
+        )
+
+    def _is_byte(self, token: int) -> bool:
+        return _BYTE_TOKEN.fullmatch(self.tokenizer.id_to_token(token) or "") is not None
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        before = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        after = self._decode(self.ids[self.prefix_offset :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return after[len(before) :]
-        return ""
+        settled = len(self.ids)
+        while settled > 0 and self._is_byte(self.ids[settled - 1]):
+            settled -= 1
+        text = self._decode(self.ids[:settled])[self.prompt_chars :]
+        stable = len(text.rstrip("\ufffd"))
+        delta = text[self.sent : max(stable, self.sent)]
+        self.sent += len(delta)
+        return delta
 
     def flush(self) -> str:
         """Whatever is still held back (an unfinished character stays U+FFFD)."""
-        before = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        after = self._decode(self.ids[self.prefix_offset :])
-        self.prefix_offset = self.read_offset = len(self.ids)
-        return after[len(before) :]
+        delta = self._decode()[self.prompt_chars + self.sent :]
+        self.sent += len(delta)
+        return delta
 
 
 class StopMatcher:

@@ -1,0 +1,141 @@
+"""Generation served by the real tritonserver: HF-identical greedy text under concurrency,
+streaming over SSE and gRPC, parameters, bad input, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import tokenizers
+
+from helpers import hf_greedy
+from tritonize.client import TritonizeClient
+from tritonize.errors import InferenceError
+from tritonize.monitor.scrape import model_value
+from tritonize.repository.writer import build_repository
+from tritonize.server import LocalServer
+from tritonize.spec import BuildSpec
+
+from .conftest import server_config
+
+MODELS = {"tiny-gpt2": "gpt2-decoder", "tiny-llama": "llama-decoder"}
+PROMPTS = [
+    "Once upon a time", "Triton serves", "今天天气很好", "The quick brown fox jumps over the",
+    "Emoji 🚀",
+]  # fmt: skip
+CONTEXT = 64
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_decoder: Callable[[str], Path]) -> dict[str, Path]:
+    return {name: tiny_decoder(config) for name, config in MODELS.items()}
+
+
+@pytest.fixture(scope="module")
+def generation_server(
+    checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalServer]:
+    output = tmp_path_factory.mktemp("generation_repository")
+    for name, checkpoint in checkpoints.items():
+        build_repository(BuildSpec(name=name, task="generation", model=checkpoint, output=output,
+                                   max_seq_len=CONTEXT, max_batch_size=8))  # fmt: skip
+    server = LocalServer(server_config(output))
+    server.start(timeout_s=120)
+    yield server
+    server.stop()
+
+
+def generate(
+    server: LocalServer, protocol: str, model: str, prompt: str, **kw: object
+) -> list[str]:
+    url = server.config.http_url if protocol == "http" else server.config.grpc_url
+    with TritonizeClient(url, protocol) as client:
+        return list(client.generate(model, prompt, **kw))  # type: ignore[arg-type]
+
+
+def expected_text(checkpoint: Path, prompt: str, max_tokens: int) -> str:
+    tokenizer = tokenizers.Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    prompt_ids = tokenizer.encode(prompt).ids
+    generated = hf_greedy(checkpoint, prompt_ids, max_tokens)
+    full, prefix = tokenizer.decode(prompt_ids + generated), tokenizer.decode(prompt_ids)
+    return full[len(prefix) :]
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_concurrent_greedy_text_equals_hf_generate(
+    model: str, generation_server: LocalServer, checkpoints: dict[str, Path]
+) -> None:
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        served = list(
+            pool.map(
+                lambda p: generate(generation_server, "http", model, p, max_tokens=20), PROMPTS
+            )
+        )
+    for prompt, texts in zip(PROMPTS, served, strict=True):
+        assert texts == [expected_text(checkpoints[model], prompt, 20)], prompt
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_streamed_deltas_concatenate_to_the_whole_text(
+    model: str, protocol: str, generation_server: LocalServer
+) -> None:
+    for prompt in PROMPTS[:3]:
+        whole = generate(generation_server, protocol, model, prompt, max_tokens=24)
+        deltas = generate(generation_server, protocol, model, prompt, max_tokens=24, stream=True)
+        assert len(whole) == 1
+        assert "".join(deltas) == whole[0]
+        assert len(deltas) > 1 or len(whole[0]) < 3
+
+
+def test_seeded_sampling_is_reproducible(generation_server: LocalServer) -> None:
+    def sample(seed: int) -> str:
+        return generate(generation_server, "grpc", "tiny-llama", PROMPTS[0], max_tokens=24,
+                        temperature=1.0, top_p=0.95, seed=seed)[0]  # fmt: skip
+
+    assert sample(3) == sample(3)
+    assert len({sample(s) for s in range(4)}) > 1
+
+
+def test_prompt_included_and_stop_words(generation_server: LocalServer) -> None:
+    (with_prompt,) = generate(generation_server, "http", "tiny-gpt2", PROMPTS[0], max_tokens=12,
+                              exclude_input_in_output=False)  # fmt: skip
+    (text,) = generate(generation_server, "http", "tiny-gpt2", PROMPTS[0], max_tokens=12)
+    assert with_prompt == PROMPTS[0] + text
+    stop = text[3:6]
+    (stopped,) = generate(generation_server, "http", "tiny-gpt2", PROMPTS[0], max_tokens=12,
+                          stop_words=[stop])  # fmt: skip
+    assert stopped == text[: text.find(stop)]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "fields", "message"),
+    [
+        ("hi", {"max_tokens": 0}, r"`max_tokens` = 0: expected 1\.\.63"),
+        ("hi", {"max_tokens": 500}, r"`max_tokens` = 500"),
+        ("word " * 80, {"max_tokens": 4}, r"`text_input` is \d+ tokens: the context window is 64"),
+        ("hi", {"max_tokens": 4, "temperature": -1.0}, r"`temperature` = -1\.0"),
+        ("hi", {"max_tokens": 4, "top_p": 0.0}, r"`top_p` = 0\.0"),
+        ("hi", {"max_tokens": 4, "top_p": 1.5}, r"`top_p` = 1\.5"),
+        ("hi", {"max_tokens": 4, "top_k": -2}, r"`top_k` = -2"),
+        ("  ", {"max_tokens": 4}, r"`text_input` is empty"),
+    ],
+)
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_bad_requests_are_named_and_the_server_keeps_serving(
+    generation_server: LocalServer, protocol: str, prompt: str, fields: dict, message: str
+) -> None:
+    with pytest.raises(InferenceError, match=message):
+        generate(generation_server, protocol, "tiny-llama", prompt, **fields)
+    assert generate(generation_server, protocol, "tiny-llama", "hi", max_tokens=2)
+
+
+def test_generation_metrics(generation_server: LocalServer) -> None:
+    generate(generation_server, "http", "tiny-llama", PROMPTS[0], max_tokens=8, stream=True)
+    url = generation_server.config.metrics_url
+    assert model_value(url, "tritonize_generated_tokens_total", "tiny-llama") >= 1
+    assert model_value(url, "tritonize_time_to_first_token_seconds_count", "tiny-llama") >= 1
+    assert model_value(url, "tritonize_inter_token_latency_seconds_count", "tiny-llama") >= 1
+    assert model_value(url, "tritonize_active_sequences", "tiny-llama") == 0
