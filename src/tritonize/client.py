@@ -139,7 +139,7 @@ class TritonizeClient:
         import queue
 
         results: queue.Queue[Any] = queue.Queue()
-        inputs = [_generation_input(self._module, name, value) for name, value in fields.items()]
+        inputs = [generation_input(self._module, name, value) for name, value in fields.items()]
         self._client.start_stream(callback=lambda result, error: results.put((result, error)))
         try:
             self._client.async_stream_infer(model, inputs, enable_empty_final_response=True)
@@ -248,7 +248,7 @@ _GENERATION_TYPES = {
 }
 
 
-def _generation_input(module: Any, name: str, value: Any) -> Any:
+def generation_input(module: Any, name: str, value: Any) -> Any:
     """A [1, n] tensor for one generation request field."""
     datatype, dtype = _GENERATION_TYPES[name]
     values = value if isinstance(value, list | tuple) else [value]

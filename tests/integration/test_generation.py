@@ -139,3 +139,28 @@ def test_generation_metrics(generation_server: LocalServer) -> None:
     assert model_value(url, "tritonize_time_to_first_token_seconds_count", "tiny-llama") >= 1
     assert model_value(url, "tritonize_inter_token_latency_seconds_count", "tiny-llama") >= 1
     assert model_value(url, "tritonize_active_sequences", "tiny-llama") == 0
+
+
+def test_a_cancelled_stream_frees_its_slot(generation_server: LocalServer) -> None:
+    import queue
+    import time
+
+    import tritonclient.grpc as grpcclient
+
+    from tritonize.client import generation_input
+
+    url = generation_server.config.metrics_url
+    before = model_value(url, "tritonize_generated_tokens_total", "tiny-llama")
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(generation_server.config.grpc_url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    fields = {"text_input": PROMPTS[0], "max_tokens": CONTEXT - 1, "stream": True}
+    inputs = [generation_input(grpcclient, name, value) for name, value in fields.items()]
+    client.async_stream_infer("tiny-llama", inputs, enable_empty_final_response=True)
+    responses.get(timeout=30)  # the first token is out: now walk away
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    time.sleep(1)
+    assert model_value(url, "tritonize_active_sequences", "tiny-llama") == 0
+    assert model_value(url, "tritonize_generated_tokens_total", "tiny-llama") - before < CONTEXT - 1
+    assert generate(generation_server, "grpc", "tiny-llama", "hi", max_tokens=2)
