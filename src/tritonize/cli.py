@@ -174,7 +174,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     test = LoadTest(
         model=args.model,
-        url=args.url or DEFAULT_URLS[Protocol(args.protocol)],
+        url=args.url or DEFAULT_URLS[Protocol("grpc" if args.protocol == "grpc" else "http")],
         protocol=args.protocol,
         scenario=args.scenario,
         users=args.users,
@@ -187,6 +187,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         out=args.out,
         texts_file=args.texts_file,
         texts_per_request=args.texts_per_request,
+        max_tokens=args.max_tokens,
     )
     result = run_load_test(test)
     print(f"\nreport: {test.out / 'summary.md'}")
@@ -388,7 +389,12 @@ def _add_loadtest(commands: Any) -> None:
         default=os.environ.get("TRITONIZE_URL"),
         help="HOST:PORT (default 127.0.0.1:8000 http, :8001 grpc)",
     )
-    target.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    target.add_argument(
+        "--protocol",
+        choices=["http", "grpc", "sse"],
+        default="http",
+        help="sse: stream from a generation model (TTFT, ITL, E2E events)",
+    )
     target.add_argument("--metrics-url", help="Triton metrics (default http://HOST:8002/metrics)")
     target.add_argument("--prometheus", help="Prometheus URL for the server-side figures")
     shape = load.add_argument_group("load")
@@ -401,6 +407,7 @@ def _add_loadtest(commands: Any) -> None:
     shape.add_argument("--workers", type=int, default=0, help="Locust workers (0: one process)")
     shape.add_argument("--texts-file", type=Path, help="input texts, one per line")
     shape.add_argument("--texts-per-request", type=int, default=1)
+    shape.add_argument("--max-tokens", type=int, default=32, help="sse: tokens per request")
     load.add_argument("--slo", type=Path, help="SLO YAML (see loadtests/slo.yaml)")
     load.add_argument("--out", type=Path, default=Path("reports/loadtest"), help="report folder")
 

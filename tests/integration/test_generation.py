@@ -164,3 +164,27 @@ def test_a_cancelled_stream_frees_its_slot(generation_server: LocalServer) -> No
     assert model_value(url, "tritonize_active_sequences", "tiny-llama") == 0
     assert model_value(url, "tritonize_generated_tokens_total", "tiny-llama") - before < CONTEXT - 1
     assert generate(generation_server, "grpc", "tiny-llama", "hi", max_tokens=2)
+
+
+def test_streaming_load_test_reports_ttft_itl_and_end_to_end(
+    generation_server: LocalServer, tmp_path: Path
+) -> None:
+    import csv
+
+    from tritonize.loadtest.runner import LoadTest, run_load_test
+
+    prompts = tmp_path / "prompts.txt"  # prompts this random model answers with some text
+    prompts.write_text("Once upon a time\nTriton serves\n")
+    test = LoadTest(
+        model="tiny-llama", url=generation_server.config.http_url, protocol="sse",
+        metrics_url=generation_server.config.metrics_url, scenario="steady", users=4,
+        seconds=4.0, max_tokens=16, out=tmp_path / "report", texts_file=prompts,
+    )  # fmt: skip
+    result = run_load_test(test)
+    assert result.passed, result.failures()
+    rows = {r["Type"]: r for r in csv.DictReader((test.out / "locust_stats.csv").open())}
+    assert {"TTFT", "ITL", "E2E"} <= set(rows)
+    assert result.client.requests == int(rows["E2E"]["Request Count"]) > 0
+    # One first token per request (streams cut short when Locust stopped have no E2E event).
+    assert 0 <= int(rows["TTFT"]["Request Count"]) - result.client.requests <= test.users
+    assert result.consistent  # E2E successes match Triton's request count

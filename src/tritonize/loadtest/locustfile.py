@@ -14,9 +14,9 @@ from typing import Any
 from locust import events
 
 from tritonize.loadtest.shapes import SCENARIOS
-from tritonize.loadtest.users import TritonGrpcUser, TritonHttpUser
+from tritonize.loadtest.users import TritonGrpcUser, TritonHttpUser, TritonStreamUser
 
-__all__ = ["TritonGrpcUser", "TritonHttpUser"]
+__all__ = ["TritonGrpcUser", "TritonHttpUser", "TritonStreamUser"]
 
 
 @events.init_command_line_parser.add_listener
@@ -25,6 +25,7 @@ def _arguments(parser: Any) -> None:
     group.add_argument("--triton-model", default="minilm", help="model (ensemble) to call")
     group.add_argument("--texts-file", default=None, help="one input text per line")
     group.add_argument("--texts-per-request", type=int, default=1)
+    group.add_argument("--max-tokens", type=int, default=32, help="generation: tokens per request")
     group.add_argument("--scenario-users", type=int, default=8)
     group.add_argument("--scenario-seconds", type=float, default=60)
     group.add_argument("--step-seconds", type=float, default=15, help="ramp: seconds per step")

@@ -22,6 +22,7 @@ from tritonize.monitor.scrape import default_metrics_url, read
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 SCENARIO_NAMES = ("smoke", "steady", "ramp", "spike", "soak")
 CONSISTENCY = 0.02  # Locust successes vs Triton's success count
+USER_CLASSES = {"http": "TritonHttpUser", "grpc": "TritonGrpcUser", "sse": "TritonStreamUser"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class LoadTest:
     out: Path = Path("reports/loadtest")
     texts_file: Path | None = None
     texts_per_request: int = 1
+    max_tokens: int = 32  # sse: tokens per generation request
     engine_model: str | None = None  # default: <model>_engine
 
     def __post_init__(self) -> None:
@@ -49,8 +51,10 @@ class LoadTest:
             raise SpecError(
                 f"`scenario` = {self.scenario!r}: expected one of {', '.join(SCENARIO_NAMES)}"
             )
-        if self.protocol not in ("http", "grpc"):
-            raise SpecError(f"`protocol` = {self.protocol!r}: expected http or grpc")
+        if self.protocol not in USER_CLASSES:
+            raise SpecError(
+                f"`protocol` = {self.protocol!r}: expected http, grpc or sse (generation)"
+            )
         if self.users < 1 or self.seconds <= 0 or self.workers < 0:
             raise SpecError("`users` >= 1, `duration` > 0 and `workers` >= 0 are required")
 
@@ -137,7 +141,9 @@ def run_load_test(test: LoadTest) -> LoadTestResult:
     end = time.time()
     after = read(test.metrics)
 
-    client = load_client_figures(test.out / "locust_stats.csv")
+    # A streamed generation is one E2E request (its TTFT and ITL events are parts of it).
+    row = "E2E" if test.protocol == "sse" else None
+    client = load_client_figures(test.out / "locust_stats.csv", row)
     # Rates over the time Locust had users running (start-up and shutdown excluded).
     seconds = client.requests / client.rps if client.rps else end - start
     direct = figures(before, after, seconds, test.model, engine, steps)
@@ -171,7 +177,7 @@ def ensemble_steps(test: LoadTest) -> tuple[str, ...]:
     """The step models of `test.model` if it is an ensemble (from its served config)."""
     from tritonize.client import TritonizeClient
 
-    with TritonizeClient(test.url, test.protocol) as client:
+    with TritonizeClient(test.url, "grpc" if test.protocol == "grpc" else "http") as client:
         config = client.config(test.model)
     scheduling = config.get("ensemble_scheduling") or config.get("ensembleScheduling") or {}
     return tuple(step.get("model_name") or step["modelName"] for step in scheduling.get("step", []))
@@ -186,6 +192,7 @@ def _locust_args(test: LoadTest) -> list[str]:
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
         "--triton-model", test.model,
         "--texts-per-request", str(test.texts_per_request),
+        "--max-tokens", str(test.max_tokens),
         *(["--texts-file", str(test.texts_file)] if test.texts_file else []),
     ]  # fmt: skip
 
@@ -194,7 +201,7 @@ def _run_locust(test: LoadTest) -> int:
     """Locust headless (local, or a master and workers on loopback); returns its exit code."""
     env = {**os.environ, "TRITONIZE_SCENARIO": test.scenario}
     env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # Locust's users need gevent's patching
-    user_class = "TritonHttpUser" if test.protocol == "http" else "TritonGrpcUser"
+    user_class = USER_CLASSES[test.protocol]
     prefix = test.out / "locust"
     master = [
         *_locust_args(test), "--headless", "--host", test.url,

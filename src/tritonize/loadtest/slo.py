@@ -100,12 +100,15 @@ def evaluate(slo: Slo, client: ClientFigures, server: ServerFigures | None) -> l
     return results
 
 
-def load_client_figures(stats_csv: Path) -> ClientFigures:
-    """The `Aggregated` row of Locust's `<prefix>_stats.csv`."""
+def load_client_figures(stats_csv: Path, request_type: str | None = None) -> ClientFigures:
+    """The `Aggregated` row of Locust's `<prefix>_stats.csv`, or the row of `request_type`."""
     import csv
 
+    def wanted(r: dict[str, str]) -> bool:
+        return r["Type"] == request_type if request_type else r["Name"] == "Aggregated"
+
     with Path(stats_csv).open(newline="") as handle:
-        row: dict[str, Any] = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+        row: dict[str, Any] = next(r for r in csv.DictReader(handle) if wanted(r))
 
     def number(key: str) -> float:
         value = row.get(key, "")

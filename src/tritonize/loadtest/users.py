@@ -87,7 +87,63 @@ class TritonGrpcUser(TritonUser):
     protocol = "grpc"
 
 
-USERS = {"http": TritonHttpUser, "grpc": TritonGrpcUser}
+class TritonStreamUser(User):
+    """Streams from a generation model over HTTP /generate_stream (server-sent events).
+
+    Three request events per call: `TTFT` (time to the first text), `ITL` (each gap between
+    text deltas) and `E2E` (the whole response, the one that counts as the request).
+    """
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.model: str = options.triton_model
+        self.texts = load_texts(options.texts_file)
+        self.max_tokens: int = options.max_tokens
+        self.client = TritonizeClient(_address(self.host), "http")
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    @task
+    def generate(self) -> None:
+        start = last = time.perf_counter()
+        first: float | None = None
+        text = ""
+        error: Exception | None = None
+        try:
+            for delta in self.client.generate(
+                self.model, random.choice(self.texts), self.max_tokens, stream=True
+            ):
+                now = time.perf_counter()
+                if delta and first is None:
+                    first = now
+                    self._fire("TTFT", now - start)
+                elif delta:
+                    self._fire("ITL", now - last)
+                last = now
+                text += delta
+            if not text:
+                error = ResponseCheckError("the stream carried no text")
+        except InferenceError as exc:
+            error = exc
+        self._fire("E2E", time.perf_counter() - start, len(text.encode()), error)
+
+    def _fire(
+        self, kind: str, seconds: float, size: int = 0, error: Exception | None = None
+    ) -> None:
+        self.environment.events.request.fire(
+            request_type=kind,
+            name=self.model,
+            response_time=seconds * 1000,
+            response_length=size,
+            exception=error,
+            context={},
+        )
+
+
+USERS = {"http": TritonHttpUser, "grpc": TritonGrpcUser, "sse": TritonStreamUser}
 
 
 def _address(host: str | None) -> str:
