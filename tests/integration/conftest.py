@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from tritonize.spec import BuildSpec
 
 EMBEDDER = "minilm"
 CLASSIFIER = "sentiment"
+GENERATOR = "tiny-llama"
 EMBEDDER_MAX_BATCH = 32
 EMBEDDER_MAX_SEQ = 256
 CLASSIFIER_MAX_SEQ = 64
@@ -52,9 +53,13 @@ def server_config(repository: Path, **kwargs: object) -> ServerConfig:
 
 
 @pytest.fixture(scope="session")
-def repository(tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path) -> Path:
-    """Two ensembles in one repository (the bundled MiniLM, the tiny classifier) and a
-    hand-made broken model for the load tests' response checks."""
+def repository(
+    tmp_path_factory: pytest.TempPathFactory,
+    classifier_dir: Path,
+    tiny_decoder: Callable[[str], Path],
+) -> Path:
+    """Two ensembles (the bundled MiniLM, the tiny classifier), a tiny generator, and a
+    hand-made broken model for the load tests' response checks, in one repository."""
     output = tmp_path_factory.mktemp("model_repository")
     build_repository(
         BuildSpec(
@@ -75,6 +80,10 @@ def repository(tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path) -
             max_seq_len=CLASSIFIER_MAX_SEQ,
         )
     )
+    build_repository(
+        BuildSpec(name=GENERATOR, task="generation", model=tiny_decoder("llama-decoder"),
+                  output=output, max_seq_len=64, max_batch_size=8)
+    )  # fmt: skip
     shutil.copytree(Path(__file__).parents[1] / "fixtures" / "mangled", output / "mangled")
     return output
 

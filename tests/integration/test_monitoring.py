@@ -16,7 +16,7 @@ from tritonize.client import TritonizeClient
 from tritonize.monitor.prometheus import MONITORING_DIR, LocalPrometheus, PrometheusSource
 from tritonize.server import LocalServer
 
-from .conftest import CLASSIFIER, EMBEDDER
+from .conftest import CLASSIFIER, EMBEDDER, GENERATOR
 
 DASHBOARD = MONITORING_DIR / "grafana" / "dashboards" / "tritonize.json"
 CLI = [sys.executable, "-m", "tritonize.cli"]
@@ -29,6 +29,7 @@ def after_traffic(server: LocalServer, prometheus: LocalPrometheus) -> Prometheu
         for _ in range(20):
             client.embed(EMBEDDER, ["monitoring traffic", "word " * 400])
             client.classify(CLASSIFIER, ["monitoring traffic"])
+            list(client.generate(GENERATOR, "Once upon a time", max_tokens=8, stream=True))
     time.sleep(3)
     return PrometheusSource(prometheus.url)
 
