@@ -150,7 +150,8 @@ class Scheduler:
         ]
         if joined:
             tokens = [s.generated[-1] for s in joined]
-            logits, caches = self.session.decode(tokens, [s.cache for s in joined])  # type: ignore[misc]
+            caches = [s.cache for s in joined if s.cache is not None]
+            logits, caches = self.session.decode(tokens, caches)
             for row, sequence in enumerate(joined):
                 sequence.cache = caches[row]
                 events.append(self._advance(sequence, sequence.sampler.next_token(logits[row])))
@@ -185,8 +186,6 @@ class Scheduler:
 
 
 # -- the Triton adapter -------------------------------------------------------------------------
-INPUTS_INT = {"max_tokens", "top_k", "end_id", "pad_id"}
-
 
 class TritonPythonModel:
     """Decoupled: `execute` queues requests; a thread steps the scheduler and sends responses."""
