@@ -170,11 +170,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from tritonize.client import DEFAULT_URLS, Protocol
-    from tritonize.loadtest.runner import LoadTest, run_load_test
+    from tritonize.loadtest.runner import LoadTest, client_protocol, run_load_test
 
     test = LoadTest(
         model=args.model,
-        url=args.url or DEFAULT_URLS[Protocol("grpc" if args.protocol == "grpc" else "http")],
+        url=args.url or DEFAULT_URLS[Protocol(client_protocol(args.protocol))],
         protocol=args.protocol,
         scenario=args.scenario,
         users=args.users,

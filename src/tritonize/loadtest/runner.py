@@ -25,6 +25,11 @@ CONSISTENCY = 0.02  # Locust successes vs Triton's success count
 USER_CLASSES = {"http": "TritonHttpUser", "grpc": "TritonGrpcUser", "sse": "TritonStreamUser"}
 
 
+def client_protocol(protocol: str) -> str:
+    """The tritonclient protocol behind a load-test protocol (`sse` streams over HTTP)."""
+    return "grpc" if protocol == "grpc" else "http"
+
+
 @dataclass(frozen=True)
 class LoadTest:
     """One load test run."""
@@ -177,7 +182,7 @@ def ensemble_steps(test: LoadTest) -> tuple[str, ...]:
     """The step models of `test.model` if it is an ensemble (from its served config)."""
     from tritonize.client import TritonizeClient
 
-    with TritonizeClient(test.url, "grpc" if test.protocol == "grpc" else "http") as client:
+    with TritonizeClient(test.url, client_protocol(test.protocol)) as client:
         config = client.config(test.model)
     scheduling = config.get("ensemble_scheduling") or config.get("ensembleScheduling") or {}
     return tuple(step.get("model_name") or step["modelName"] for step in scheduling.get("step", []))

@@ -37,23 +37,45 @@ def load_texts(path: str | None) -> list[str]:
     return texts
 
 
-class TritonUser(User):
-    """Sends `--texts-per-request` random texts per request, back to back."""
+class _ModelUser(User):
+    """A user with its own client to `--triton-model` and texts from `--texts-file`."""
 
     abstract = True
-    protocol = "http"
+    protocol = "http"  # of the client
     wait_time = constant(0)
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.model: str = options.triton_model
         self.texts = load_texts(options.texts_file)
-        self.per_request: int = options.texts_per_request
         self.client = TritonizeClient(_address(self.host), self.protocol)
-        self.metadata: dict[str, Any] = self.client.metadata(self.model)
 
     def on_stop(self) -> None:
         self.client.close()  # an open gRPC channel makes Locust hang at shutdown
+
+    def _fire(
+        self, kind: str, seconds: float, size: int = 0, error: Exception | None = None
+    ) -> None:
+        """One Locust request event of type `kind`, named after the model."""
+        self.environment.events.request.fire(
+            request_type=kind,
+            name=self.model,
+            response_time=seconds * 1000,
+            response_length=size,
+            exception=error,
+            context={},
+        )
+
+
+class TritonUser(_ModelUser):
+    """Sends `--texts-per-request` random texts per request, back to back."""
+
+    abstract = True
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.per_request: int = self.environment.parsed_options.texts_per_request
+        self.metadata: dict[str, Any] = self.client.metadata(self.model)
 
     @task
     def infer(self) -> None:
@@ -69,14 +91,7 @@ class TritonUser(User):
                 error = ResponseCheckError(problem)
         except InferenceError as exc:
             error = exc
-        self.environment.events.request.fire(
-            request_type=self.protocol.upper(),
-            name=self.model,
-            response_time=(time.perf_counter() - start) * 1000,
-            response_length=size,
-            exception=error,
-            context={},
-        )
+        self._fire(self.protocol.upper(), time.perf_counter() - start, size, error)
 
 
 class TritonHttpUser(TritonUser):
@@ -87,24 +102,16 @@ class TritonGrpcUser(TritonUser):
     protocol = "grpc"
 
 
-class TritonStreamUser(User):
+class TritonStreamUser(_ModelUser):
     """Streams from a generation model over HTTP /generate_stream (server-sent events).
 
     Three request events per call: `TTFT` (time to the first text), `ITL` (each gap between
     text deltas) and `E2E` (the whole response, the one that counts as the request).
     """
 
-    wait_time = constant(0)
-
     def on_start(self) -> None:
-        options = self.environment.parsed_options
-        self.model: str = options.triton_model
-        self.texts = load_texts(options.texts_file)
-        self.max_tokens: int = options.max_tokens
-        self.client = TritonizeClient(_address(self.host), "http")
-
-    def on_stop(self) -> None:
-        self.client.close()
+        super().on_start()
+        self.max_tokens: int = self.environment.parsed_options.max_tokens
 
     @task
     def generate(self) -> None:
@@ -129,21 +136,6 @@ class TritonStreamUser(User):
         except InferenceError as exc:
             error = exc
         self._fire("E2E", time.perf_counter() - start, len(text.encode()), error)
-
-    def _fire(
-        self, kind: str, seconds: float, size: int = 0, error: Exception | None = None
-    ) -> None:
-        self.environment.events.request.fire(
-            request_type=kind,
-            name=self.model,
-            response_time=seconds * 1000,
-            response_length=size,
-            exception=error,
-            context={},
-        )
-
-
-USERS = {"http": TritonHttpUser, "grpc": TritonGrpcUser, "sse": TritonStreamUser}
 
 
 def _address(host: str | None) -> str:

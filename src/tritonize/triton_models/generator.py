@@ -187,6 +187,7 @@ class Scheduler:
 
 # -- the Triton adapter -------------------------------------------------------------------------
 
+
 class TritonPythonModel:
     """Decoupled: `execute` queues requests; a thread steps the scheduler and sends responses."""
 
