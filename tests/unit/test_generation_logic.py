@@ -27,7 +27,7 @@ def streamed(tokenizer: Any, prompt_ids: list[int], generated: list[int]) -> lis
 
 
 @pytest.mark.parametrize("style", sorted(TOKENIZERS))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=30), split=st.integers(1, 8))
 def test_deltas_concatenate_to_the_full_decode(style: str, text: str, split: int) -> None:
     """Any text (CJK, emoji, combining marks...), split anywhere into prompt and generation."""
@@ -57,7 +57,7 @@ def test_real_text_streams_without_lost_spaces_or_broken_characters(style: str, 
 
 
 @pytest.mark.parametrize("style", sorted(TOKENIZERS))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_any_token_ids_even_invalid_utf8_concatenate_exactly(
     style: str, data: st.DataObject

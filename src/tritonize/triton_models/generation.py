@@ -74,9 +74,9 @@ class IncrementalDetokenizer:
     Two things are held back, because later tokens can still change them: trailing U+FFFD (the
     start of a multi-byte character whose other bytes come next), and the text of a trailing run
     of byte-fallback tokens (`<0xNN>`: the run decodes as one UTF-8 string, or as one U+FFFD
-    per byte if it is not valid). So the deltas concatenate exactly to the decode of everything
-    after the prompt, even for byte sequences that are not valid UTF-8. Decoding is linear in the
-    length, which the context window bounds.
+    per byte if it is not valid), skipped special tokens inside the run included. So the deltas
+    concatenate exactly to the decode of everything after the prompt, even for byte sequences
+    that are not valid UTF-8. Decoding is linear in the length, which the context window bounds.
     """
 
     def __init__(self, tokenizer: tokenizers.Tokenizer, prompt_ids: list[int]) -> None:
@@ -90,13 +90,17 @@ class IncrementalDetokenizer:
             self.tokenizer.decode(self.ids if ids is None else ids, skip_special_tokens=True)
         )
 
-    def _is_byte(self, token: int) -> bool:
-        return _BYTE_TOKEN.fullmatch(self.tokenizer.id_to_token(token) or "") is not None
+    def _may_join_next(self, token: int) -> bool:
+        """A byte-fallback token, or one that decodes to nothing (a skipped special token):
+        bytes on either side of it may still fuse with the next tokens."""
+        if _BYTE_TOKEN.fullmatch(self.tokenizer.id_to_token(token) or ""):
+            return True
+        return self._decode([token]) == ""
 
     def push(self, token: int) -> str:
         self.ids.append(token)
         settled = len(self.ids)
-        while settled > 0 and self._is_byte(self.ids[settled - 1]):
+        while settled > 0 and self._may_join_next(self.ids[settled - 1]):
             settled -= 1
         text = self._decode(self.ids[:settled])[self.prompt_chars :]
         stable = len(text.rstrip("\ufffd"))
