@@ -20,6 +20,7 @@ from torch import nn
 
 from tritonize.errors import ExportError, SpecError, ValidationError
 from tritonize.progress import note, step
+from tritonize.triton_models.decoding import past_names, present_names
 
 INPUTS = ("input_ids", "attention_mask", "position_ids")
 ATOL = 1e-4
@@ -73,14 +74,6 @@ def decoder_for(config: Any) -> DecoderArchitecture:
             f"expected one of {', '.join(sorted(DECODERS))}"
         )
     return DECODERS[model_type]
-
-
-def past_names(layers: int) -> list[str]:
-    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-
-
-def present_names(layers: int) -> list[str]:
-    return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
 class DecoderWithCache(nn.Module):

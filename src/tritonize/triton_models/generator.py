@@ -2,8 +2,8 @@
 
 Continuous batching: new requests are prefilled and join the running batch between decode
 steps; finished or cancelled ones leave it. Every active sequence advances by one token per
-step in a single ONNX Runtime call, its KV cache kept between steps (left-padded to the longest
-in the batch, the padding masked out). Public tensors use TensorRT-LLM's names.
+step in a single call of the decoder (ONNX Runtime, or a TensorRT plan on a GPU), whose KV
+cache stays in the runtime between steps (decoding.py). Public tensors use TensorRT-LLM's names.
 """
 
 from __future__ import annotations
@@ -20,68 +20,13 @@ import numpy as np
 import tokenizers
 
 from .common import RequestError, model_parameters, version_dir
+from .decoding import DecoderRuntime, DecoderSession, OnnxDecoderRuntime
 from .generation import GenerationParams, IncrementalDetokenizer, Sampler, StopMatcher
 
 try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # outside Triton: the logic below stays importable and testable
     pb_utils = None
-
-Cache = list[np.ndarray]  # per layer key, value: [1, kv_heads, length, head_dim]
-
-
-class DecoderSession:
-    """The exported decoder: prefill one prompt, or decode one token for many sequences."""
-
-    def __init__(self, path: Path, layers: int, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.layers = layers
-        self.past_names = [
-            f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")
-        ]
-        past = {i.name: i.shape for i in self.session.get_inputs()}[self.past_names[0]]
-        self.kv_heads, self.head_dim = int(past[1]), int(past[3])
-
-    def prefill(self, prompt: list[int]) -> tuple[np.ndarray, Cache]:
-        ids = np.array([prompt], dtype=np.int64)
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
-        feeds = {
-            "input_ids": ids,
-            "attention_mask": np.ones_like(ids),
-            "position_ids": np.arange(len(prompt), dtype=np.int64)[None, :],
-            **{name: empty for name in self.past_names},
-        }
-        logits, *presents = self.session.run(None, feeds)
-        return logits[0], presents
-
-    def decode(self, tokens: list[int], caches: list[Cache]) -> tuple[np.ndarray, list[Cache]]:
-        """One step for every sequence; caches are left-padded to the longest and masked."""
-        lengths = [cache[0].shape[2] for cache in caches]
-        longest, batch = max(lengths), len(caches)
-        mask = np.zeros((batch, longest + 1), dtype=np.int64)
-        feeds: dict[str, np.ndarray] = {
-            "input_ids": np.array(tokens, dtype=np.int64)[:, None],
-            "position_ids": np.array(lengths, dtype=np.int64)[:, None],
-        }
-        for layer, name in enumerate(self.past_names):
-            past = np.zeros((batch, self.kv_heads, longest, self.head_dim), dtype=np.float32)
-            for row, (cache, length) in enumerate(zip(caches, lengths, strict=True)):
-                past[row, :, longest - length :] = cache[layer][0]
-            feeds[name] = past
-        for row, length in enumerate(lengths):
-            mask[row, longest - length :] = 1
-        feeds["attention_mask"] = mask
-        logits, *presents = self.session.run(None, feeds)
-        updated = [
-            [present[row : row + 1, :, longest - length :] for present in presents]
-            for row, length in enumerate(lengths)
-        ]
-        return logits, updated
 
 
 @dataclass(eq=False)
@@ -95,7 +40,6 @@ class Sequence:
     prompt_text: str = ""
     text: str = ""  # what a non-streamed response will carry
     generated: list[int] = field(default_factory=list)
-    cache: Cache | None = None
     finished: bool = False
     cancelled: bool = False
     created: float = field(default_factory=time.perf_counter)
@@ -140,7 +84,7 @@ class Scheduler:
                 sequence = self.waiting.get(timeout=idle_wait_s if not self.active else 0)
             except queue.Empty:
                 break
-            logits, sequence.cache = self.session.prefill(sequence.prompt)
+            logits = self.session.prefill(sequence, sequence.prompt)
             events.append(self._advance(sequence, sequence.sampler.next_token(logits)))
             if not sequence.finished:
                 self.active.append(sequence)
@@ -149,13 +93,12 @@ class Scheduler:
             s for s in self.active if s.generated and not any(e.sequence is s for e in events)
         ]
         if joined:
-            tokens = [s.generated[-1] for s in joined]
-            caches = [s.cache for s in joined if s.cache is not None]
-            logits, caches = self.session.decode(tokens, caches)
+            logits = self.session.decode(joined, [s.generated[-1] for s in joined])
             for row, sequence in enumerate(joined):
-                sequence.cache = caches[row]
                 events.append(self._advance(sequence, sequence.sampler.next_token(logits[row])))
         self.active = [s for s in self.active if not s.finished]
+        if not self.active:
+            self.session.reset()
         return events
 
     def _advance(self, sequence: Sequence, token: int) -> Event:
@@ -181,7 +124,6 @@ class Scheduler:
         if flush:
             text += sequence.stop.feed(sequence.detokenizer.flush())[0] + sequence.stop.flush()
         sequence.finished = True
-        sequence.cache = None
         return Event(sequence, text, True, first, gap)
 
 
@@ -199,7 +141,7 @@ class TritonPythonModel:
         self.end_ids = frozenset(json.loads(params["end_ids"]))
         self.context_window = int(params["context_window"])
         self.max_tokens_limit = int(params["max_tokens_limit"])
-        session = DecoderSession(directory / "model.onnx", int(params["layers"]))
+        session = DecoderSession(_runtime(directory, params))
         self.scheduler = Scheduler(session, int(params["max_active"]), self.context_window)
         self.metrics = _GeneratorMetrics(self.name)
         self.pending: dict[int, Sequence] = {}
@@ -304,6 +246,16 @@ class TritonPythonModel:
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
             )
         self.scheduler.active = []
+
+
+def _runtime(directory: Path, params: dict[str, str]) -> DecoderRuntime:
+    """The decoder the build wrote: a TensorRT plan (GPU) or the ONNX graph (ONNX Runtime)."""
+    layers = int(params["layers"])
+    if params.get("runtime") == "tensorrt":
+        from .tensorrt_decoder import TensorRTDecoderRuntime
+
+        return TensorRTDecoderRuntime(directory / "model.plan", layers)
+    return OnnxDecoderRuntime(directory / "model.onnx", layers)
 
 
 def _read_inputs(request: Any) -> dict[str, Any]:

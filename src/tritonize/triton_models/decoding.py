@@ -1,0 +1,162 @@
+"""The decoder graph behind one interface, with the running batch's KV cache kept in the runtime.
+
+A `DecoderRuntime` runs the exported graph once (ONNX Runtime on CPU here; a TensorRT plan on
+the GPU in `tensorrt_decoder.py`) and owns where its arrays live. `DecoderSession` keeps the
+running batch's cache as that runtime's arrays: between steps the presents of one step are bound
+as the pasts of the next, untouched. Only when the batch changes (a sequence joins or leaves) is
+the cache re-packed, left-padded to the longest sequence with the padding masked out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+Array = Any  # the runtime's array type: numpy on CPU, torch CUDA tensors under TensorRT
+
+
+def past_names(layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def present_names(layers: int) -> list[str]:
+    return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+class DecoderRuntime(Protocol):
+    """One call of the decoder graph; caches stay in the runtime's memory."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    def zeros(self, shape: tuple[int, ...]) -> Array: ...
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[Array],
+    ) -> tuple[np.ndarray, list[Array]]:
+        """Last position's logits (on the host) and the presents (in the runtime)."""
+        ...
+
+
+class OnnxDecoderRuntime:
+    """ONNX Runtime with I/O binding: outputs are written into arrays allocated here, which the
+    next step binds as its inputs, so a cache is never copied between steps."""
+
+    def __init__(self, path: Path, layers: int, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.layers = layers
+        self.past_names, self.present_names = past_names(layers), present_names(layers)
+        shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        self.kv_heads, self.head_dim = (int(d) for d in shapes[self.past_names[0]][1::2])
+        self.vocab = int(self.session.get_outputs()[0].shape[1])
+
+    def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(shape, dtype=np.float32)
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[np.ndarray],
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        binding = self.session.io_binding()
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "position_ids": position_ids}  # fmt: skip
+        feeds.update(zip(self.past_names, past, strict=True))
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        batch, total = attention_mask.shape
+        logits = np.empty((batch, self.vocab), dtype=np.float32)
+        presents = [
+            np.empty((batch, self.kv_heads, total, self.head_dim), dtype=np.float32)
+            for _ in self.present_names
+        ]
+        for name, array in zip(["logits", *self.present_names], [logits, *presents], strict=True):
+            binding.bind_output(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return logits, presents
+
+
+class DecoderSession:
+    """Prefill one prompt, or decode one token for each sequence of the running batch.
+
+    Sequences are named by any hashable key. `decode(keys, ...)` takes the batch as it should be
+    now: sequences absent since the last step have left, prefilled ones join.
+    """
+
+    def __init__(self, runtime: DecoderRuntime) -> None:
+        self.runtime = runtime
+        self.rows: list[Hashable] = []  # the batch the cache is arranged for
+        self.lengths: list[int] = []  # real (unpadded) cache length of each row
+        self.past: list[Array] = []
+        self.joining: dict[Hashable, tuple[list[Array], int]] = {}  # prefilled caches
+
+    def prefill(self, key: Hashable, prompt: list[int]) -> np.ndarray:
+        """The logits after `prompt`; its cache waits to join the next `decode`."""
+        ids = np.array([prompt], dtype=np.int64)
+        runtime = self.runtime
+        empty = runtime.zeros((1, runtime.kv_heads, 0, runtime.head_dim))
+        logits, presents = runtime.run(
+            ids,
+            np.ones_like(ids),
+            np.arange(len(prompt), dtype=np.int64)[None, :],
+            [empty] * (2 * runtime.layers),
+        )
+        self.joining[key] = (presents, len(prompt))
+        return logits[0]
+
+    def decode(self, keys: Sequence[Hashable], tokens: list[int]) -> np.ndarray:
+        """One step: the next-token logits of each key's sequence, in `keys` order."""
+        if list(keys) != self.rows:
+            self._arrange(keys)
+        longest = max(self.lengths)
+        mask = np.zeros((len(keys), longest + 1), dtype=np.int64)
+        for row, length in enumerate(self.lengths):
+            mask[row, longest - length :] = 1
+        logits, self.past = self.runtime.run(
+            np.array(tokens, dtype=np.int64)[:, None],
+            mask,
+            np.array(self.lengths, dtype=np.int64)[:, None],
+            self.past,
+        )
+        self.lengths = [length + 1 for length in self.lengths]
+        return logits
+
+    def reset(self) -> None:
+        """Free every cache (nothing is running)."""
+        self.rows, self.lengths, self.past, self.joining = [], [], [], {}
+
+    def _arrange(self, keys: Sequence[Hashable]) -> None:
+        """Re-pack the cache for a new batch: kept rows and joining sequences, left-padded."""
+        rows = zip(self.rows, self.lengths, strict=True)
+        sources = {key: (self.past, row, length) for row, (key, length) in enumerate(rows)}
+        sources.update({key: (cache, 0, length) for key, (cache, length) in self.joining.items()})
+        missing = [key for key in keys if key not in sources]
+        if missing:
+            raise KeyError(f"decode of {len(missing)} sequence(s) that were never prefilled")
+        lengths = [sources[key][2] for key in keys]
+        longest = max(lengths)
+        runtime = self.runtime
+        past = [
+            runtime.zeros((len(keys), runtime.kv_heads, longest, runtime.head_dim))
+            for _ in range(2 * runtime.layers)
+        ]
+        for row, key in enumerate(keys):
+            arrays, source_row, length = sources[key]
+            for layer, array in enumerate(arrays):
+                past[layer][row, :, longest - length :] = array[source_row, :, -length:]
+        self.rows, self.lengths, self.past, self.joining = list(keys), lengths, past, {}
