@@ -69,3 +69,43 @@ def hf_greedy(checkpoint: Path, prompt_ids: list[int], max_new_tokens: int) -> l
     generated = out[0, len(prompt_ids) :].tolist()
     ends = [i for i, token in enumerate(generated) if token in end_ids]
     return generated[: ends[0]] if ends else generated
+
+
+PROMPTS = [
+    "Once upon a time",
+    "Triton serves",
+    "今天天气很好",
+    "The quick brown fox jumps over the",
+]
+
+
+def greedy_through_scheduler(
+    checkpoint: Path, session: Any, prompts: list[str], new_tokens: int, join_after: int = 2
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, generated ids) of greedy decoding through the generator's scheduler over
+    `session`: half the prompts start, the other half join after `join_after` steps."""
+    import tokenizers
+
+    from tritonize.triton_models.generation import GenerationParams
+    from tritonize.triton_models.generator import Scheduler, Sequence
+
+    tokenizer = tokenizers.Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    end_ids = json.loads((checkpoint / "generation_config.json").read_text())["eos_token_id"]
+    params = GenerationParams(max_tokens=new_tokens, end_ids=frozenset(end_ids))
+    sequences = [Sequence(tokenizer.encode(p).ids, params, tokenizer) for p in prompts]
+    run_scheduler(Scheduler(session, max_active=8, context_window=128), sequences, join_after)
+    return [(s.prompt, s.generated) for s in sequences]
+
+
+def run_scheduler(scheduler: Any, sequences: list[Any], join_after: int = 2) -> None:
+    """Submit half now and half after a few steps, then step until all are done."""
+    for sequence in sequences[::2]:
+        scheduler.submit(sequence)
+    steps = 0
+    while not all(s.finished for s in sequences):
+        scheduler.step(idle_wait_s=0)
+        steps += 1
+        if steps == join_after:
+            for sequence in sequences[1::2]:
+                scheduler.submit(sequence)
+        assert steps < 200

@@ -9,18 +9,12 @@ from pathlib import Path
 import pytest
 import tokenizers
 
-from helpers import hf_greedy
+from helpers import PROMPTS, greedy_through_scheduler, hf_greedy, run_scheduler
 from tritonize.export.decoders import export_decoder, load_decoder
 from tritonize.triton_models.decoding import DecoderSession, OnnxDecoderRuntime
 from tritonize.triton_models.generation import GenerationParams
 from tritonize.triton_models.generator import Scheduler, Sequence
 
-PROMPTS = [
-    "Once upon a time",
-    "Triton serves",
-    "今天天气很好",
-    "The quick brown fox jumps over the",
-]
 NEW_TOKENS = 12
 
 
@@ -34,40 +28,13 @@ def decoder(request: pytest.FixtureRequest, tiny_decoder: Callable[[str], Path],
     return checkpoint, path
 
 
-def run(scheduler: Scheduler, sequences: list[Sequence], join_after: int = 2) -> None:
-    """Submit half now and half after a few steps, then step until all are done."""
-    for sequence in sequences[::2]:
-        scheduler.submit(sequence)
-    steps = 0
-    while not all(s.finished for s in sequences):
-        scheduler.step(idle_wait_s=0)
-        steps += 1
-        if steps == join_after:
-            for sequence in sequences[1::2]:
-                scheduler.submit(sequence)
-        assert steps < 200
-
-
 def test_greedy_is_token_identical_to_hf_generate(decoder: tuple[Path, Path]) -> None:
-    import json
-
     checkpoint, onnx_path = decoder
-    tokenizer = tokenizers.Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
-    end_ids = json.loads((checkpoint / "generation_config.json").read_text())["eos_token_id"]
     session = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
-    scheduler = Scheduler(session, max_active=8, context_window=128)
-    sequences = [
-        Sequence(
-            tokenizer.encode(p).ids,
-            GenerationParams(max_tokens=NEW_TOKENS, end_ids=frozenset(end_ids)),
-            tokenizer,
-        )
-        for p in PROMPTS
-    ]
-    run(scheduler, sequences)
-    for sequence in sequences:
-        assert sequence.generated == hf_greedy(checkpoint, sequence.prompt, NEW_TOKENS)
-    assert any(len(s.generated) > 3 for s in sequences)
+    results = greedy_through_scheduler(checkpoint, session, PROMPTS, NEW_TOKENS)
+    for prompt, generated in results:
+        assert generated == hf_greedy(checkpoint, prompt, NEW_TOKENS)
+    assert any(len(generated) > 3 for _, generated in results)
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent(decoder: tuple[Path, Path]) -> None:
@@ -80,7 +47,7 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(decoder: tuple[Pa
         target = Sequence(tokenizer.encode(PROMPTS[0]).ids, params, tokenizer)
         others = [Sequence(tokenizer.encode(p).ids, GenerationParams(max_tokens=10), tokenizer)
                   for p in PROMPTS[1:]] if with_company else []  # fmt: skip
-        run(Scheduler(session, max_active=8, context_window=128), [target, *others])
+        run_scheduler(Scheduler(session, max_active=8, context_window=128), [target, *others])
         return target.generated
 
     assert sample(False) == sample(False) == sample(True)
@@ -93,7 +60,7 @@ def test_context_window_and_stop_words_end_a_sequence(decoder: tuple[Path, Path]
     session = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
     scheduler = Scheduler(session, 4, context_window=len(prompt) + 3)
     sequence = Sequence(prompt, GenerationParams(max_tokens=50), tokenizer)
-    run(scheduler, [sequence])
+    run_scheduler(scheduler, [sequence])
     assert len(sequence.generated) == 3  # the window, not max_tokens, ended it
 
 
@@ -141,3 +108,20 @@ def test_a_sequence_decodes_the_same_alone_and_in_company(decoder: tuple[Path, P
     crowd.prefill("b", list(range(10, 30)))
     expected = alone.decode(["a"], [7])[0]
     np.testing.assert_allclose(crowd.decode(["b", "a"], [9, 7])[1], expected, atol=1e-5)
+
+
+def test_a_sequence_may_leave_while_another_waits_to_join(decoder: tuple[Path, Path]) -> None:
+    import numpy as np
+
+    _, onnx_path = decoder
+    session = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
+    alone = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
+    for key, prompt in {"a": [3, 4], "b": [5, 6, 7], "c": [8, 9, 10, 11]}.items():
+        session.prefill(key, prompt)
+        if key == "c":
+            alone.prefill(key, prompt)
+    session.decode(["a", "b"], [1, 2])  # c was prefilled during this step: it joins next
+    session.decode(["a"], [1])  # b left
+    session.release("never-prefilled")  # harmless
+    logits = session.decode(["a", "c"], [1, 12])
+    np.testing.assert_allclose(logits[1], alone.decode(["c"], [12])[0], atol=1e-5)

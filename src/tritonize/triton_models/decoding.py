@@ -136,6 +136,11 @@ class DecoderSession:
         self.lengths = [length + 1 for length in self.lengths]
         return logits
 
+    def release(self, key: Hashable) -> None:
+        """Forget a prefilled sequence that will not join (finished at once, or cancelled);
+        rows of the batch leave at the next `decode` without it."""
+        self.joining.pop(key, None)
+
     def reset(self) -> None:
         """Free every cache (nothing is running)."""
         self.rows, self.lengths, self.past, self.joining = [], [], [], {}
@@ -159,4 +164,5 @@ class DecoderSession:
             arrays, source_row, length = sources[key]
             for layer, array in enumerate(arrays):
                 past[layer][row, :, longest - length :] = array[source_row, :, -length:]
-        self.rows, self.lengths, self.past, self.joining = list(keys), lengths, past, {}
+        self.rows, self.lengths, self.past = list(keys), lengths, past
+        self.joining = {key: cache for key, cache in self.joining.items() if key not in keys}

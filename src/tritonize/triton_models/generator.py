@@ -78,6 +78,9 @@ class Scheduler:
     def step(self, idle_wait_s: float = 0.05) -> list[Event]:
         """Admit waiting sequences (prefill), then advance every active one by one token."""
         events: list[Event] = []
+        for sequence in self.active:
+            if sequence.cancelled:
+                self.session.release(sequence)
         self.active = [s for s in self.active if not s.cancelled]
         while len(self.active) < self.max_active:
             try:
@@ -124,6 +127,7 @@ class Scheduler:
         if flush:
             text += sequence.stop.feed(sequence.detokenizer.flush())[0] + sequence.stop.flush()
         sequence.finished = True
+        self.session.release(sequence)
         return Event(sequence, text, True, first, gap)
 
 
