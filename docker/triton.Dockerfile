@@ -7,5 +7,14 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 COPY pyproject.toml README.md /opt/tritonize/
 COPY src /opt/tritonize/src
 RUN pip install /opt/tritonize
+# A generation model built with `--target tensorrt` runs its decoder plan from the Python
+# backend: that needs TensorRT's Python package, of the image's own TensorRT version so that
+# plans from the `build` image load, and CUDA PyTorch for the KV cache. Opt in (a few GB):
+# GENERATION_TENSORRT=true docker compose build triton
+ARG GENERATION_TENSORRT=false
+RUN if [ "$GENERATION_TENSORRT" = "true" ]; then \
+        version=$(python3 -c "from tritonize.engine.compat import runtime_tensorrt_version as v; print(v())") \
+        && pip install "tensorrt-cu${CUDA_VERSION%%.*}==${version}" torch; \
+    fi
 COPY docker/serve.sh /usr/local/bin/tritonize-serve
 ENTRYPOINT ["/usr/local/bin/tritonize-serve"]

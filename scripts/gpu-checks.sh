@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check, on a GPU host: the tests in tests/gpu (TensorRT builds at fp32, fp16 and
-# bf16, accuracy gates, plan deserialization, timing-cache reuse).
+# bf16, accuracy gates, plan deserialization, timing-cache reuse; decoder plans for generation
+# decoding greedily like Hugging Face `generate`).
 #
 #   scripts/gpu-checks.sh            # inside the compose `build` image (TensorRT of .env's release)
 #   scripts/gpu-checks.sh --here     # on this host, which has tensorrt and CUDA PyTorch

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from tritonize.engine.profiles import ShapeProfile
+from tritonize.engine.profiles import DecoderProfiles, ShapeProfile
 from tritonize.errors import EngineError
 from tritonize.spec import BuildSpec
+from tritonize.triton_models.decoding import past_names
 
 
 class Severity(enum.Enum):
@@ -124,7 +125,7 @@ def fake_tensorrt(rec: Recorder) -> ModuleType:
     trt.IProgressMonitor = IProgressMonitor
     trt.Builder = Builder
     trt.OnnxParser = OnnxParser
-    trt.Dims2 = lambda a, b: (a, b)
+    trt.Dims = tuple
     trt.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=3)
     trt.MemoryPoolType = SimpleNamespace(WORKSPACE="workspace")
     trt.BuilderFlag = SimpleNamespace(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE")
@@ -157,7 +158,7 @@ def test_strongly_typed_build_with_profile_and_settings(builder: Any, tmp_path: 
     build_spec = spec(tmp_path, workspace_mib=1024, builder_optimization_level=5,
                       hardware_compatibility="ampere_plus", version_compatible=True)  # fmt: skip
     plan = module.build_plan(tmp_path / "m.onnx", tmp_path / "model.plan", build_spec,
-                             ShapeProfile.from_spec(build_spec))  # fmt: skip
+                             [ShapeProfile.from_spec(build_spec).tensors()])  # fmt: skip
     calls = dict(rec.calls)
     assert calls["network_flags"] == 1 << 3  # STRONGLY_TYPED
     assert calls["workspace"] == 1024 << 20
@@ -171,11 +172,28 @@ def test_strongly_typed_build_with_profile_and_settings(builder: Any, tmp_path: 
     assert plan.tensorrt_version == "10.13.0.35"
 
 
+def test_a_decoder_plan_gets_a_prefill_and_a_decode_profile(builder: Any, tmp_path: Path) -> None:
+    module, rec = builder
+    build_spec = spec(tmp_path, task="generation", max_batch_size=8, max_seq_len=64)
+    profiles = DecoderProfiles.from_spec(build_spec, layers=2, kv_heads=4, head_dim=16)
+    module.build_plan(tmp_path / "m.onnx", tmp_path / "p", build_spec, profiles.all())
+    prefill, decode = (value for name, value in rec.calls if name == "profile")
+    inputs = {"input_ids", "attention_mask", "position_ids", *past_names(2)}
+    assert set(prefill) == set(decode) == inputs
+    # prefill: one prompt of up to 63 tokens (one position stays free), an empty cache
+    assert prefill["input_ids"] == ((1, 1), (1, 63), (1, 63))
+    assert prefill["past_key_values.1.value"] == ((1, 4, 0, 16),) * 3
+    # decode: up to 8 sequences, one new token each, caches up to 63 long
+    assert decode["input_ids"] == decode["position_ids"] == ((1, 1), (4, 1), (8, 1))
+    assert decode["attention_mask"] == ((1, 2), (4, 32), (8, 64))
+    assert decode["past_key_values.0.key"] == ((1, 4, 1, 16), (4, 4, 31, 16), (8, 4, 63, 16))
+
+
 def test_reduced_precision_keeps_tf32_and_needs_no_flags(builder: Any, tmp_path: Path) -> None:
     module, rec = builder
     build_spec = spec(tmp_path, precision="fp16")
     module.build_plan(tmp_path / "m.onnx", tmp_path / "p", build_spec,
-                      ShapeProfile.from_spec(build_spec))  # fmt: skip
+                      [ShapeProfile.from_spec(build_spec).tensors()])  # fmt: skip
     assert not any(name in ("clear_flag", "set_flag") for name, _ in rec.calls)
 
 
@@ -184,7 +202,7 @@ def test_timing_cache_is_reused_and_saved(builder: Any, tmp_path: Path) -> None:
     build_spec = spec(tmp_path)
     (tmp_path / "cache.bin").write_bytes(b"earlier")
     module.build_plan(tmp_path / "m.onnx", tmp_path / "p", build_spec,
-                      ShapeProfile.from_spec(build_spec))  # fmt: skip
+                      [ShapeProfile.from_spec(build_spec).tensors()])  # fmt: skip
     assert ("timing_cache_in", b"earlier") in rec.calls
     assert (tmp_path / "cache.bin").read_bytes() == b"earlier+timings"
 
@@ -195,7 +213,7 @@ def test_a_cache_from_elsewhere_is_replaced(builder: Any, tmp_path: Path) -> Non
     build_spec = spec(tmp_path)
     (tmp_path / "cache.bin").write_bytes(b"other-gpu")
     module.build_plan(tmp_path / "m.onnx", tmp_path / "p", build_spec,
-                      ShapeProfile.from_spec(build_spec))  # fmt: skip
+                      [ShapeProfile.from_spec(build_spec).tensors()])  # fmt: skip
     assert (tmp_path / "cache.bin").read_bytes() == b"+timings"
 
 
@@ -205,7 +223,7 @@ def test_every_parser_error_is_reported(builder: Any, tmp_path: Path) -> None:
     build_spec = spec(tmp_path)
     with pytest.raises(EngineError) as info:
         module.build_plan(tmp_path / "m.onnx", tmp_path / "p", build_spec,
-                          ShapeProfile.from_spec(build_spec))  # fmt: skip
+                          [ShapeProfile.from_spec(build_spec).tensors()])  # fmt: skip
     assert "node 0: unsupported operator" in str(info.value)
     assert "node 1: unsupported operator" in str(info.value)
     assert not (tmp_path / "p").exists()
@@ -217,5 +235,5 @@ def test_a_failed_build_names_tensorrts_errors(builder: Any, tmp_path: Path) -> 
     build_spec = spec(tmp_path)
     with pytest.raises(EngineError, match="no tactic for node /encoder/MatMul"):
         module.build_plan(tmp_path / "m.onnx", tmp_path / "p", build_spec,
-                          ShapeProfile.from_spec(build_spec))  # fmt: skip
+                          [ShapeProfile.from_spec(build_spec).tensors()])  # fmt: skip
     assert not (tmp_path / "p").exists()

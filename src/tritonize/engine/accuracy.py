@@ -12,12 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 import tokenizers
 
-from tritonize.engine.profiles import ShapeProfile
+from tritonize.engine.profiles import DecoderProfiles, ShapeProfile
 from tritonize.errors import ValidationError
 from tritonize.export.validation import SAMPLE_TEXTS, ValidationCase, encode_padded
 from tritonize.progress import note
 from tritonize.spec import Precision, Task
 from tritonize.triton_models.classifier import softmax
+from tritonize.triton_models.decoding import DecoderRuntime, DecoderSession
+
+# fp32 decoder plans against ONNX Runtime: logits may differ by this much of the largest logit.
+MAX_RELATIVE_LOGIT_DIFF = 1e-3
 
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, attention_mask) -> output
 
@@ -103,6 +107,50 @@ def gate(
     if misses:
         raise ValidationError(f"{what} ({precision.value}) is not accurate enough", misses)
     return figures
+
+
+def decoder_gate(
+    candidate: DecoderRuntime, reference: DecoderRuntime, profiles: DecoderProfiles, vocab: int
+) -> dict[str, float]:
+    """Both runtimes through the serving code (`DecoderSession`): prefill at the profile's
+    longest prompt, then a full batch of prompts from 1 token to the longest cache, decoded
+    twice (left-padded, at the decode profile's max). Raise listing every miss."""
+    rng = np.random.default_rng(0)
+    window = profiles.context_window - 1
+    lengths = [window, *np.linspace(window - 1, 1, profiles.max_batch).astype(int).tolist()]
+    prompts = {key: rng.integers(0, vocab, n).tolist() for key, n in enumerate(lengths)}
+    sessions = (DecoderSession(candidate), DecoderSession(reference))
+    worst = {"prefill": 0.0, "decode": 0.0}
+    misses: list[str] = []
+
+    def check(kind: str, got: np.ndarray, expected: np.ndarray) -> None:
+        if not np.isfinite(got).all():
+            misses.append(f"{kind}: {int((~np.isfinite(got)).sum())} non-finite logits")
+        scale = max(1.0, float(np.abs(expected).max()))
+        worst[kind] = max(worst[kind], float(np.abs(got - expected).max()) / scale)
+
+    for key, prompt in prompts.items():
+        got, expected = (session.prefill(key, prompt) for session in sessions)
+        check("prefill", got, expected)
+    keys = list(prompts)[1:]  # the longest prompt was for the prefill profile only
+    tokens = rng.integers(0, vocab, len(keys)).tolist()
+    agreement = []
+    for _ in range(2):
+        got, expected = (session.decode(keys, tokens) for session in sessions)
+        check("decode", got, expected)
+        agreement.append(float((got.argmax(1) == expected.argmax(1)).mean()))
+        tokens = expected.argmax(1).tolist()
+    for kind, diff in worst.items():
+        note(f"{kind}: max logit diff {diff:.2e} of the largest logit")
+        if diff > MAX_RELATIVE_LOGIT_DIFF:
+            misses.append(f"{kind}: max logit diff {diff:.3g} > {MAX_RELATIVE_LOGIT_DIFF:g}")
+    if misses:
+        raise ValidationError("TensorRT decoder plan (fp32) is not accurate enough", misses)
+    return {
+        "prefill_max_relative_logit_diff": worst["prefill"],
+        "decode_max_relative_logit_diff": worst["decode"],
+        "decode_top1_agreement": min(agreement),
+    }
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

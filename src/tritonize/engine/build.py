@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tritonize.engine.accuracy import Runner, cases_at_profile, gate
+from tritonize.engine.accuracy import Runner, cases_at_profile, decoder_gate, gate
 from tritonize.engine.compat import compute_capabilities, python_tensorrt_version
-from tritonize.engine.profiles import ShapeProfile
+from tritonize.engine.profiles import DecoderProfiles, ShapeProfile
 from tritonize.errors import EngineError
 from tritonize.export import ExportedModel
+from tritonize.export.decoders import ExportedDecoder
 from tritonize.export.validation import validation_cases
 from tritonize.progress import step
 from tritonize.spec import BuildSpec, Precision, Target
@@ -61,13 +62,38 @@ def build_engine(spec: BuildSpec, exported: ExportedModel, workdir: Path) -> Eng
 
     shapes = ", ".join(f"{k} {b}x{s}" for k, (b, s) in profile.named().items())
     with step(f"Building the TensorRT plan ({spec.precision.value}; {shapes})"):
-        plan = build_plan(source, workdir / "model.plan", spec, profile)
+        plan = build_plan(source, workdir / "model.plan", spec, [profile.tensors()])
     with step("Accuracy gate: TensorRT against ONNX Runtime at the profile's min, opt, max"):
         cases = cases_at_profile(exported.tokenizer, profile, exported.pad_token_id)
         figures = gate(
             "TensorRT plan", PlanRunner(plan.plan).run, reference, cases, spec.task, spec.precision
         )
-    return EngineArtifact(plan.plan, _tensorrt_manifest(spec, profile, plan.seconds, figures))
+    manifest = _tensorrt_manifest(spec, profile.to_dict(), plan.seconds, figures)
+    return EngineArtifact(plan.plan, manifest)
+
+
+def build_decoder_engine(
+    spec: BuildSpec, decoder: ExportedDecoder, workdir: Path
+) -> EngineArtifact:
+    """`model.onnx` for `local`; for `tensorrt`, a decoder plan with a prefill and a decode
+    profile that passed its gate against ONNX Runtime."""
+    if spec.target is not Target.TENSORRT:
+        return EngineArtifact(decoder.onnx_path)
+    from tritonize.engine.tensorrt import build_plan
+    from tritonize.triton_models.decoding import OnnxDecoderRuntime
+    from tritonize.triton_models.tensorrt_decoder import TensorRTDecoderRuntime
+
+    profiles = DecoderProfiles.from_spec(spec, decoder.layers, decoder.kv_heads, decoder.head_dim)
+    window = spec.max_seq_len - 1
+    shapes = f"prompts up to {window} tokens; up to {spec.max_batch_size} sequences per step"
+    with step(f"Building the TensorRT decoder plan (fp32; {shapes})"):
+        plan = build_plan(decoder.onnx_path, workdir / "model.plan", spec, profiles.all())
+    with step("Accuracy gate: TensorRT against ONNX Runtime, prefill and batched decode steps"):
+        reference = OnnxDecoderRuntime(decoder.onnx_path, decoder.layers)
+        candidate = TensorRTDecoderRuntime(plan.plan, decoder.layers)
+        figures = decoder_gate(candidate, reference, profiles, reference.vocab)
+    manifest = _tensorrt_manifest(spec, profiles.to_dict(), plan.seconds, figures)
+    return EngineArtifact(plan.plan, manifest)
 
 
 def _typed_graph(
@@ -92,7 +118,7 @@ def _onnx_runner(exported: ExportedModel) -> Runner:
 
 
 def _tensorrt_manifest(
-    spec: BuildSpec, profile: ShapeProfile, seconds: float, figures: dict[str, float]
+    spec: BuildSpec, profile: dict[str, Any], seconds: float, figures: dict[str, float]
 ) -> dict[str, Any]:
     import torch
 
@@ -104,7 +130,7 @@ def _tensorrt_manifest(
             "gpu": torch.cuda.get_device_name(0),
             "compute_capability": f"{major}.{minor}",
             "precision": spec.precision.value,
-            "profile": profile.to_dict(),
+            "profile": profile,
             "hardware_compatibility": spec.hardware_compatibility.value,
             "version_compatible": spec.version_compatible,
             "build_seconds": round(seconds, 1),

@@ -24,7 +24,7 @@ class EngineRuntime:
 
     @classmethod
     def detect(cls) -> EngineRuntime:
-        return cls(_tensorrt_version(), compute_capabilities())
+        return cls(runtime_tensorrt_version(), compute_capabilities())
 
     @property
     def known(self) -> bool:
@@ -105,7 +105,8 @@ def python_tensorrt_version() -> str | None:
     return str(version) if version else None
 
 
-def _tensorrt_version() -> str | None:
+def runtime_tensorrt_version() -> str | None:
+    """The TensorRT a plan would load under: the Python package's, else the library's."""
     version = python_tensorrt_version()
     if version:
         return version

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tensorrt as trt
 
-from tritonize.engine.profiles import ShapeProfile
+from tritonize.engine.profiles import TensorProfile
 from tritonize.errors import EngineError
 from tritonize.progress import note
 from tritonize.spec import BuildSpec, HardwareCompatibility, Precision
@@ -73,9 +73,10 @@ class PlanBuild:
 
 
 def build_plan(
-    onnx_path: Path, plan_path: Path, spec: BuildSpec, profile: ShapeProfile
+    onnx_path: Path, plan_path: Path, spec: BuildSpec, profiles: list[TensorProfile]
 ) -> PlanBuild:
-    """Parse the ONNX graph into a strongly typed network and build a serialized plan."""
+    """Parse the ONNX graph into a strongly typed network and build a serialized plan with
+    one optimisation profile per entry of `profiles` (input name -> min, opt, max)."""
     start = time.perf_counter()
     logger = _Logger()
     builder = trt.Builder(logger)
@@ -98,12 +99,11 @@ def build_plan(
     if spec.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
-    optimization = builder.create_optimization_profile()
-    for name in (INPUT_IDS, ATTENTION_MASK):
-        optimization.set_shape(
-            name, trt.Dims2(*profile.min), trt.Dims2(*profile.opt), trt.Dims2(*profile.max)
-        )
-    config.add_optimization_profile(optimization)
+    for profile in profiles:
+        optimization = builder.create_optimization_profile()
+        for name, (low, opt, high) in profile.items():
+            optimization.set_shape(name, *(trt.Dims(list(dims)) for dims in (low, opt, high)))
+        config.add_optimization_profile(optimization)
 
     cache_path = spec.timing_cache or DEFAULT_TIMING_CACHE
     cache = _attach_timing_cache(config, cache_path)

@@ -200,6 +200,8 @@ class ExportedDecoder:
     tokenizer: Any  # tokenizers.Tokenizer
     end_ids: list[int]
     layers: int
+    kv_heads: int
+    head_dim: int
     max_abs_diff: dict[str, float]
 
 
@@ -222,8 +224,9 @@ def export_generation(spec: Any, workdir: Path) -> ExportedDecoder:
         export_decoder(wrapper, config, path, spec.opset)
     with step("Validating ONNX Runtime against PyTorch (prefill and decode steps)"):
         diffs = validate_decoder(wrapper, config, path)
-    layers, _, _ = decoder_for(config).cache_shape(config)
-    return ExportedDecoder(path, tokenizer, end_ids, layers, diffs)
+    return ExportedDecoder(
+        path, tokenizer, end_ids, *decoder_for(config).cache_shape(config), diffs
+    )
 
 
 def _end_ids(model_dir: Path, config: Any) -> list[int]:

@@ -77,7 +77,7 @@ def check_repository(
     for name, config in configs.items():
         if config.platform == "ensemble":
             problems += check_ensemble(name, config, configs)
-        if config.platform == "tensorrt_plan" and runtime is not None:
+        if runtime is not None and serves_a_plan(config):
             problems += _check_plans(Path(repository) / name, runtime)
     if problems:
         raise RepositoryError(problems)
@@ -138,6 +138,14 @@ def _match(
     if not wanted.accepts(got):
         return [f"{where}: tensor `{tensor}` is {got.describe()}, expected {wanted.describe()}"]
     return []
+
+
+def serves_a_plan(config: ModelConfig) -> bool:
+    """Triton's TensorRT backend, or a generator whose decoder is a TensorRT plan."""
+    runtime = config.parameters.get("runtime")
+    return config.platform == "tensorrt_plan" or (
+        runtime is not None and runtime.string_value == "tensorrt"
+    )
 
 
 def _check_plans(directory: Path, runtime: EngineRuntime) -> list[str]:

@@ -228,7 +228,10 @@ GENERATION_OUTPUTS = [
 
 
 def generator_config(spec: BuildSpec, end_ids: list[int], layers: int) -> ModelConfig:
-    """A decoupled Python model: the prompt in, text out (streamed or whole)."""
+    """A decoupled Python model: the prompt in, text out (streamed or whole). Its decoder is a
+    TensorRT plan on a GPU for target `tensorrt`, else the ONNX graph on ONNX Runtime."""
+    on_gpu = spec.target is Target.TENSORRT
+    kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
     config = ModelConfig(
         name=spec.name,
         backend="python",
@@ -236,10 +239,11 @@ def generator_config(spec: BuildSpec, end_ids: list[int], layers: int) -> ModelC
         input=[t.as_input() for t, _ in GENERATION_INPUTS],
         output=[t.as_output() for t in GENERATION_OUTPUTS],
         model_transaction_policy=mc.ModelTransactionPolicy(decoupled=True),
-        instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
+        instance_group=[mc.ModelInstanceGroup(kind=kind, count=1)],
         parameters={
             key: mc.ModelParameter(string_value=str(value))
             for key, value in {
+                "runtime": "tensorrt" if on_gpu else "onnxruntime",
                 "context_window": spec.max_seq_len,
                 "max_tokens_limit": spec.max_seq_len - 1,
                 "max_active": spec.max_batch_size,  # sequences decoded together

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tritonize.triton_models as triton_models
-from tritonize.engine.build import ENGINE_FILES, EngineArtifact, build_engine, require_tensorrt
+from tritonize.engine.build import (
+    ENGINE_FILES,
+    EngineArtifact,
+    build_decoder_engine,
+    build_engine,
+    require_tensorrt,
+)
 from tritonize.export import ExportedModel, export_onnx
 from tritonize.export.decoders import ExportedDecoder, export_generation
 from tritonize.export.validation import GOLDEN_TEXTS
@@ -44,8 +50,9 @@ def build_repository(spec: BuildSpec) -> BuildResult:
         stage = staging / "repository"
         if spec.task is Task.GENERATION:
             decoder = export_generation(spec, staging)
+            engine = build_decoder_engine(spec, decoder, staging)
             with step("Writing the model repository"):
-                models = write_generator(spec, decoder, stage)
+                models = write_generator(spec, decoder, engine, stage)
             diffs = decoder.max_abs_diff
         else:
             exported = export_onnx(spec, staging)
@@ -62,14 +69,17 @@ def build_repository(spec: BuildSpec) -> BuildResult:
     return BuildResult(spec.output, models, diffs)
 
 
-def write_generator(spec: BuildSpec, decoder: ExportedDecoder, repository: Path) -> list[str]:
-    """One decoupled model named `spec.name`: tokenizer, decoding loop and graph together."""
+def write_generator(
+    spec: BuildSpec, decoder: ExportedDecoder, engine: EngineArtifact, repository: Path
+) -> list[str]:
+    """One decoupled model named `spec.name`: tokenizer, decoding loop and decoder together."""
     config = configs.generator_config(spec, decoder.end_ids, decoder.layers)
     directory = _write_python_model(repository, config, spec.version, "generator")
     decoder.tokenizer.save(str(directory / "tokenizer.json"))
-    shutil.copy2(decoder.onnx_path, directory / "model.onnx")
-    files = [directory / "model.onnx", directory / "tokenizer.json"]
-    write_manifest(directory, spec, decoder.max_abs_diff, files)
+    engine_file = directory / ENGINE_FILES[spec.target]
+    shutil.copy2(engine.path, engine_file)
+    files = [engine_file, directory / "tokenizer.json"]
+    write_manifest(directory, spec, decoder.max_abs_diff, files, engine.manifest)
     return [spec.name]
 
 

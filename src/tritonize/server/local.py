@@ -17,7 +17,7 @@ from types import TracebackType
 
 from tritonize.errors import ServerError
 from tritonize.processes import die_with_parent, stop_process
-from tritonize.repository.checker import check_repository
+from tritonize.repository.checker import check_repository, serves_a_plan
 from tritonize.repository.configs import ModelConfig
 from tritonize.server.bundled import BundledTriton
 
@@ -182,13 +182,17 @@ class LocalServer:
 
 def _ensure_bundled_backends(configs: dict[str, ModelConfig]) -> None:
     """The bundled server has the Python backend only: say so before it fails to load."""
-    others = {name: c.platform for name, c in configs.items() if c.platform in _GPU_PLATFORMS}
+    others = {
+        name: c.platform or "a TensorRT decoder plan"
+        for name, c in configs.items()
+        if c.platform in _GPU_PLATFORMS or serves_a_plan(c)
+    }
     if others:
         listing = ", ".join(f"`{name}` ({platform})" for name, platform in sorted(others.items()))
         raise ServerError(
-            f"the bundled CPU tritonserver runs Python-backend models only, not {listing}: "
-            "serve this repository with the official Triton container (`docker compose up "
-            "triton`), or build with `--target local`"
+            "the bundled CPU tritonserver has the Python backend only and no GPU: it cannot "
+            f"serve {listing}; serve this repository with the official Triton container "
+            "(`docker compose up triton`), or build with `--target local`"
         )
 
 
