@@ -19,6 +19,8 @@ from tritonize.monitor.scrape import default_metrics_url, read
 from tritonize.repository.golden import read_golden
 from tritonize.triton_models.common import EMBEDDING, LABEL, PROBABILITIES
 
+SMOKE_NEW_TOKENS = 8  # per smoke request to a generation model
+
 
 @dataclass(frozen=True)
 class Check:
@@ -56,7 +58,7 @@ def verify(deployment: Deployment) -> list[Check]:
         checks = [ready, _interface(client, deployment.model, golden)]
         checks.append(_golden(client, deployment.model, golden))
         checks.append(_smoke(deployment, golden))
-    checks.append(_metrics(deployment, before))
+    checks.append(_metrics(deployment, before, _golden_requests(golden)))
     return checks
 
 
@@ -85,6 +87,8 @@ def _interface(client: TritonizeClient, model: str, golden: dict[str, Any]) -> C
 
 
 def _golden(client: TritonizeClient, model: str, golden: dict[str, Any]) -> Check:
+    if golden["task"] == "generation":
+        return _golden_continuations(client, model, golden["continuations"])
     try:
         outputs = client.infer(model, golden["texts"])
     except TritonizeError as exc:
@@ -109,6 +113,28 @@ def _golden(client: TritonizeClient, model: str, golden: dict[str, Any]) -> Chec
     return Check("golden outputs", passed, f"{verdict}, max probability diff {diff:.2e}")
 
 
+def _golden_continuations(
+    client: TritonizeClient, model: str, continuations: list[dict[str, Any]]
+) -> Check:
+    """Greedy decoding must reproduce PyTorch's continuations exactly."""
+    misses = []
+    for golden in continuations:
+        try:
+            text = "".join(client.generate(model, golden["prompt"], golden["max_tokens"]))
+        except TritonizeError as exc:
+            return Check("golden outputs", False, str(exc))
+        if text != golden["text"]:
+            misses.append(f"{golden['prompt']!r}: served {text!r}, PyTorch {golden['text']!r}")
+    detail = f"{len(continuations) - len(misses)}/{len(continuations)} greedy continuations "
+    detail += "identical to PyTorch" + (f"; first difference: {misses[0]}" if misses else "")
+    return Check("golden outputs", not misses, detail)
+
+
+def _golden_requests(golden: dict[str, Any]) -> int:
+    """Requests the golden check sends: one per prompt for generation, else one batch."""
+    return len(golden["continuations"]) if golden["task"] == "generation" else 1
+
+
 def _smoke(deployment: Deployment, golden: dict[str, Any]) -> Check:
     """Concurrent single-text requests; every response must pass the load-test checks."""
     texts = golden["texts"]
@@ -120,11 +146,8 @@ def _smoke(deployment: Deployment, golden: dict[str, Any]) -> Check:
             metadata = client.metadata(deployment.model)
             for i in range(offset, offset + per_client):
                 start = time.perf_counter()
-                try:
-                    outputs = client.infer(deployment.model, [texts[i % len(texts)]])
-                    problem = response_problem(outputs, 1, metadata)
-                except TritonizeError as exc:
-                    problem = str(exc)
+                problem = _smoke_request(client, deployment.model, golden["task"],
+                                         texts[i % len(texts)], metadata)  # fmt: skip
                 results.append((time.perf_counter() - start, problem))
         return results
 
@@ -143,6 +166,20 @@ def _smoke(deployment: Deployment, golden: dict[str, Any]) -> Check:
     return Check("smoke load", not problems, detail)
 
 
+def _smoke_request(
+    client: TritonizeClient, model: str, task: str, text: str, metadata: dict[str, Any]
+) -> str | None:
+    """What is wrong with one smoke request's response, if anything."""
+    try:
+        if task == "generation":
+            for _delta in client.generate(model, text, SMOKE_NEW_TOKENS):
+                pass  # an error anywhere in the stream raises
+            return None
+        return response_problem(client.infer(model, [text]), 1, metadata)
+    except TritonizeError as exc:
+        return str(exc)
+
+
 def _reading(url: str) -> Reading | None:
     try:
         return read(url)
@@ -150,7 +187,7 @@ def _reading(url: str) -> Reading | None:
         return None
 
 
-def _metrics(deployment: Deployment, before: Reading | None) -> Check:
+def _metrics(deployment: Deployment, before: Reading | None, golden_requests: int) -> Check:
     after = _reading(deployment.metrics)
     if before is None or after is None:
         return Check("metrics", False, f"cannot scrape {deployment.metrics}")
@@ -160,7 +197,7 @@ def _metrics(deployment: Deployment, before: Reading | None) -> Check:
         return after.total(name, model) - before.total(name, model)
 
     per_client = -(-deployment.smoke_requests // deployment.smoke_concurrency)
-    sent = per_client * deployment.smoke_concurrency + 1  # the smoke load and the golden call
+    sent = per_client * deployment.smoke_concurrency + golden_requests
     successes, failures = (
         delta("nv_inference_request_success"),
         delta("nv_inference_request_failure"),

@@ -3,6 +3,9 @@ streaming over SSE and gRPC, parameters, bad input, metrics."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -188,3 +191,53 @@ def test_streaming_load_test_reports_ttft_itl_and_end_to_end(
     # One first token per request (streams cut short when Locust stopped have no E2E event).
     assert 0 <= int(rows["TTFT"]["Request Count"]) - result.client.requests <= test.users
     assert result.consistent  # E2E successes match Triton's request count
+
+
+def verify(server: LocalServer, golden: Path, protocol: str) -> subprocess.CompletedProcess:
+    url = server.config.http_url if protocol == "http" else server.config.grpc_url
+    return subprocess.run(
+        [sys.executable, "-m", "tritonize.cli", "verify", "--model", "tiny-llama",
+         "--golden", str(golden), "--url", url, "--protocol", protocol,
+         "--metrics-url", server.config.metrics_url],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def test_golden_continuations_are_pytorchs(
+    generation_server: LocalServer, checkpoints: dict[str, Path]
+) -> None:
+    golden = json.loads(
+        (generation_server.config.repository / "tiny-llama" / "golden.json").read_text()
+    )
+    assert golden["task"] == "generation" and len(golden["continuations"]) == 3
+    for record in golden["continuations"]:
+        text = expected_text(checkpoints["tiny-llama"], record["prompt"], record["max_tokens"])
+        assert record["text"] == text
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_verify_passes_on_a_generation_model(generation_server: LocalServer, protocol: str) -> None:
+    result = verify(
+        generation_server, generation_server.config.repository / "tiny-llama" / "golden.json",
+        protocol,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for check in ("readiness", "interface", "golden outputs", "smoke load", "metrics"):
+        assert f"PASS  {check}" in result.stdout
+    assert "3/3 greedy continuations identical to PyTorch" in result.stdout
+
+
+def test_verify_names_a_continuation_that_differs(
+    generation_server: LocalServer, tmp_path: Path
+) -> None:
+    golden = json.loads(
+        (generation_server.config.repository / "tiny-llama" / "golden.json").read_text()
+    )
+    golden["continuations"][1]["text"] += " and then"
+    path = tmp_path / "golden.json"
+    path.write_text(json.dumps(golden))
+    result = verify(generation_server, path, "http")
+    assert result.returncode == 1
+    assert "FAIL  golden outputs: 2/3 greedy continuations" in result.stdout
+    assert "'Once upon a time': served" in result.stdout
+    assert "PASS  smoke load" in result.stdout

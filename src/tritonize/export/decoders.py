@@ -24,6 +24,9 @@ from tritonize.triton_models.decoding import past_names, present_names
 
 INPUTS = ("input_ids", "attention_mask", "position_ids")
 ATOL = 1e-4
+# Prompts whose greedy continuations by PyTorch go into golden.json for `tritonize verify`.
+GOLDEN_PROMPTS = ("The capital of France is", "Once upon a time", "def fibonacci(n):")
+GOLDEN_NEW_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ class ExportedDecoder:
     kv_heads: int
     head_dim: int
     max_abs_diff: dict[str, float]
+    golden: list[dict[str, Any]]  # PyTorch's greedy continuations of GOLDEN_PROMPTS
 
 
 def export_generation(spec: Any, workdir: Path) -> ExportedDecoder:
@@ -224,9 +228,33 @@ def export_generation(spec: Any, workdir: Path) -> ExportedDecoder:
         export_decoder(wrapper, config, path, spec.opset)
     with step("Validating ONNX Runtime against PyTorch (prefill and decode steps)"):
         diffs = validate_decoder(wrapper, config, path)
-    return ExportedDecoder(
-        path, tokenizer, end_ids, *decoder_for(config).cache_shape(config), diffs
-    )
+    with step("Recording PyTorch's greedy continuations for `tritonize verify`"):
+        golden = greedy_continuations(wrapper.model, tokenizer, end_ids, spec.max_seq_len)
+    layers, kv_heads, head_dim = decoder_for(config).cache_shape(config)
+    return ExportedDecoder(path, tokenizer, end_ids, layers, kv_heads, head_dim, diffs, golden)
+
+
+def greedy_continuations(
+    model: Any, tokenizer: Any, end_ids: list[int], context_window: int
+) -> list[dict[str, Any]]:
+    """Hugging Face `generate(do_sample=False)` on GOLDEN_PROMPTS, as the generator serves it:
+    the text after the prompt, up to an end id, `max_tokens` or the context window."""
+    records = []
+    for prompt in GOLDEN_PROMPTS:
+        ids = tokenizer.encode(prompt).ids
+        max_tokens = min(GOLDEN_NEW_TOKENS, context_window - len(ids))
+        if max_tokens < 1:
+            continue  # the prompt fills the window
+        tensor = torch.tensor([ids])
+        with torch.inference_mode():
+            out = model.generate(tensor, attention_mask=torch.ones_like(tensor), do_sample=False,
+                                 max_new_tokens=max_tokens, eos_token_id=end_ids,
+                                 pad_token_id=end_ids[0])  # fmt: skip
+        new = out[0, len(ids) :].tolist()
+        new = new[: next((i for i, t in enumerate(new) if t in end_ids), len(new))]
+        text = tokenizer.decode(ids + new)[len(tokenizer.decode(ids)) :]
+        records.append({"prompt": prompt, "max_tokens": max_tokens, "text": text, "tokens": new})
+    return records
 
 
 def _end_ids(model_dir: Path, config: Any) -> list[int]:

@@ -67,6 +67,21 @@ def golden_record(
     return record
 
 
+def generation_golden_record(
+    spec: BuildSpec, config: ModelConfig, continuations: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Greedy continuations by PyTorch, which a deployment must reproduce exactly."""
+    return {
+        "model": spec.name,
+        "task": spec.task.value,
+        "version": spec.version,
+        "precision": spec.precision.value,
+        "interface": interface(config),
+        "texts": [c["prompt"] for c in continuations],
+        "continuations": continuations,
+    }
+
+
 def write_golden(directory: Path, record: dict[str, Any]) -> Path:
     path = directory / GOLDEN
     path.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n")

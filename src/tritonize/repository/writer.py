@@ -26,7 +26,7 @@ from tritonize.progress import note, step
 from tritonize.repository import configs
 from tritonize.repository.checker import check_repository
 from tritonize.repository.configs import ModelConfig, StepNames
-from tritonize.repository.golden import golden_record, write_golden
+from tritonize.repository.golden import generation_golden_record, golden_record, write_golden
 from tritonize.repository.manifest import write_manifest
 from tritonize.spec import BuildSpec, Target, Task
 
@@ -80,6 +80,7 @@ def write_generator(
     shutil.copy2(engine.path, engine_file)
     files = [engine_file, directory / "tokenizer.json"]
     write_manifest(directory, spec, decoder.max_abs_diff, files, engine.manifest)
+    write_golden(repository / spec.name, generation_golden_record(spec, config, decoder.golden))
     return [spec.name]
 
 
