@@ -57,8 +57,7 @@ def test_the_cache_stays_on_the_gpu(tiny_decoder: Callable[[str], Path], tmp_pat
     )  # fmt: skip
     plan = build_repository(spec).repository / "tiny" / "1" / "model.plan"
     session = DecoderSession(TensorRTDecoderRuntime(plan, layers=2))
-    session.prefill("a", [5, 6, 7])
-    session.prefill("b", [5])
+    session.prefill({"a": [5, 6, 7], "b": [5]})
     session.decode(["a", "b"], [8, 9])
     logits = session.decode(["a", "b"], [10, 11])
     assert logits.shape[0] == 2

@@ -82,8 +82,8 @@ def test_the_cache_stays_in_the_runtime_until_the_batch_changes(
     runtime = RecordingRuntime(onnx_path, layers=2)
     session = DecoderSession(runtime)
     short, long = "short", "long"
-    session.prefill(short, [5, 6])
-    session.prefill(long, [5, 6, 7, 8, 9])
+    session.prefill({short: [5, 6]})
+    session.prefill({long: [5, 6, 7, 8, 9]})
     session.decode([short, long], [1, 2])
     first_presents = session.past
     session.decode([short, long], [1, 2])
@@ -98,14 +98,16 @@ def test_the_cache_stays_in_the_runtime_until_the_batch_changes(
         session.decode(["unknown"], [1])
 
 
-def test_a_sequence_decodes_the_same_alone_and_in_company(decoder: tuple[Path, Path]) -> None:
+def test_a_sequence_prefills_and_decodes_the_same_alone_and_in_company(
+    decoder: tuple[Path, Path],
+) -> None:
     import numpy as np
 
     _, onnx_path = decoder
     alone, crowd = (DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2)) for _ in range(2))
-    alone.prefill("a", [3, 4, 5])
-    crowd.prefill("a", [3, 4, 5])
-    crowd.prefill("b", list(range(10, 30)))
+    expected = alone.prefill({"a": [3, 4, 5]})[0]
+    together = crowd.prefill({"b": list(range(10, 30)), "a": [3, 4, 5]})  # "a" left-padded
+    np.testing.assert_allclose(together[1], expected, atol=1e-5)
     expected = alone.decode(["a"], [7])[0]
     np.testing.assert_allclose(crowd.decode(["b", "a"], [9, 7])[1], expected, atol=1e-5)
 
@@ -117,9 +119,9 @@ def test_a_sequence_may_leave_while_another_waits_to_join(decoder: tuple[Path, P
     session = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
     alone = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
     for key, prompt in {"a": [3, 4], "b": [5, 6, 7], "c": [8, 9, 10, 11]}.items():
-        session.prefill(key, prompt)
+        session.prefill({key: prompt})
         if key == "c":
-            alone.prefill(key, prompt)
+            alone.prefill({key: prompt})
     session.decode(["a", "b"], [1, 2])  # c was prefilled during this step: it joins next
     session.decode(["a"], [1])  # b left
     session.release("never-prefilled")  # harmless

@@ -6,7 +6,7 @@ Embeddings are compared by cosine similarity; classifiers by their labels and pr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,8 +113,8 @@ def decoder_gate(
     candidate: DecoderRuntime, reference: DecoderRuntime, profiles: DecoderProfiles, vocab: int
 ) -> dict[str, float]:
     """Both runtimes through the serving code (`DecoderSession`): prefill at the profile's
-    longest prompt, then a full batch of prompts from 1 token to the longest cache, decoded
-    twice (left-padded, at the decode profile's max). Raise listing every miss."""
+    longest prompt, then a full batch of prompts from 1 token to the longest cache prefilled
+    together and decoded twice (left-padded, at the profiles' max). Raise listing every miss."""
     rng = np.random.default_rng(0)
     window = profiles.context_window - 1
     lengths = [window, *np.linspace(window - 1, 1, profiles.max_batch).astype(int).tolist()]
@@ -129,10 +129,12 @@ def decoder_gate(
         scale = max(1.0, float(np.abs(expected).max()))
         worst[kind] = max(worst[kind], float(np.abs(got - expected).max()) / scale)
 
-    for key, prompt in prompts.items():
-        got, expected = (session.prefill(key, prompt) for session in sessions)
+    longest, *batch = prompts  # the longest alone, then the others prefilled together
+    for group in ([longest], batch):
+        chosen: dict[Hashable, list[int]] = {key: prompts[key] for key in group}
+        got, expected = (session.prefill(chosen) for session in sessions)
         check("prefill", got, expected)
-    keys = list(prompts)[1:]  # the longest prompt was for the prefill profile only
+    keys = batch
     tokens = rng.integers(0, vocab, len(keys)).tolist()
     agreement = []
     for _ in range(2):

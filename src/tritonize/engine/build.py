@@ -85,7 +85,7 @@ def build_decoder_engine(
 
     profiles = DecoderProfiles.from_spec(spec, decoder.layers, decoder.kv_heads, decoder.head_dim)
     window = spec.max_seq_len - 1
-    shapes = f"prompts up to {window} tokens; up to {spec.max_batch_size} sequences per step"
+    shapes = f"up to {spec.max_batch_size} sequences per step, prompts up to {window} tokens"
     with step(f"Building the TensorRT decoder plan (fp32; {shapes})"):
         plan = build_plan(decoder.onnx_path, workdir / "model.plan", spec, profiles.all())
     with step("Accuracy gate: TensorRT against ONNX Runtime, prefill and batched decode steps"):

@@ -103,21 +103,27 @@ class DecoderSession:
         self.rows: list[Hashable] = []  # the batch the cache is arranged for
         self.lengths: list[int] = []  # real (unpadded) cache length of each row
         self.past: list[Array] = []
-        self.joining: dict[Hashable, tuple[list[Array], int]] = {}  # prefilled caches
+        # prefilled, not yet decoding: the prefill's presents, the row in them, the length
+        self.joining: dict[Hashable, tuple[list[Array], int, int]] = {}
 
-    def prefill(self, key: Hashable, prompt: list[int]) -> np.ndarray:
-        """The logits after `prompt`; its cache waits to join the next `decode`."""
-        ids = np.array([prompt], dtype=np.int64)
+    def prefill(self, prompts: dict[Hashable, list[int]]) -> np.ndarray:
+        """The next-token logits after each prompt, in one call (prompts left-padded to the
+        longest, the padding masked); their caches wait to join the next `decode`."""
+        lengths = [len(prompt) for prompt in prompts.values()]
+        batch, longest = len(prompts), max(lengths)
+        ids = np.zeros((batch, longest), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        positions = np.zeros_like(ids)
+        for row, (prompt, length) in enumerate(zip(prompts.values(), lengths, strict=True)):
+            ids[row, longest - length :] = prompt
+            mask[row, longest - length :] = 1
+            positions[row, longest - length :] = np.arange(length)
         runtime = self.runtime
-        empty = runtime.zeros((1, runtime.kv_heads, 0, runtime.head_dim))
-        logits, presents = runtime.run(
-            ids,
-            np.ones_like(ids),
-            np.arange(len(prompt), dtype=np.int64)[None, :],
-            [empty] * (2 * runtime.layers),
-        )
-        self.joining[key] = (presents, len(prompt))
-        return logits[0]
+        empty = runtime.zeros((batch, runtime.kv_heads, 0, runtime.head_dim))
+        logits, presents = runtime.run(ids, mask, positions, [empty] * (2 * runtime.layers))
+        for row, (key, length) in enumerate(zip(prompts, lengths, strict=True)):
+            self.joining[key] = (presents, row, length)
+        return logits
 
     def decode(self, keys: Sequence[Hashable], tokens: list[int]) -> np.ndarray:
         """One step: the next-token logits of each key's sequence, in `keys` order."""
@@ -149,7 +155,7 @@ class DecoderSession:
         """Re-pack the cache for a new batch: kept rows and joining sequences, left-padded."""
         rows = zip(self.rows, self.lengths, strict=True)
         sources = {key: (self.past, row, length) for row, (key, length) in enumerate(rows)}
-        sources.update({key: (cache, 0, length) for key, (cache, length) in self.joining.items()})
+        sources.update(self.joining)
         missing = [key for key in keys if key not in sources]
         if missing:
             raise KeyError(f"decode of {len(missing)} sequence(s) that were never prefilled")

@@ -76,22 +76,25 @@ class Scheduler:
         self.waiting.put(sequence)
 
     def step(self, idle_wait_s: float = 0.05) -> list[Event]:
-        """Admit waiting sequences (prefill), then advance every active one by one token."""
+        """Admit waiting sequences (one prefill), then advance every active one by one token."""
         events: list[Event] = []
         for sequence in self.active:
             if sequence.cancelled:
                 self.session.release(sequence)
         self.active = [s for s in self.active if not s.cancelled]
-        while len(self.active) < self.max_active:
+        admitted: list[Sequence] = []
+        while len(self.active) + len(admitted) < self.max_active:
             try:
-                sequence = self.waiting.get(timeout=idle_wait_s if not self.active else 0)
+                wait = idle_wait_s if not (self.active or admitted) else 0
+                admitted.append(self.waiting.get(timeout=wait))
             except queue.Empty:
                 break
-            logits = self.session.prefill(sequence, sequence.prompt)
-            events.append(self._advance(sequence, sequence.sampler.next_token(logits)))
-            if not sequence.finished:
-                self.active.append(sequence)
-            idle_wait_s = 0
+        if admitted:  # prefilled together, in one call
+            logits = self.session.prefill({s: s.prompt for s in admitted})
+            for row, sequence in enumerate(admitted):
+                events.append(self._advance(sequence, sequence.sampler.next_token(logits[row])))
+                if not sequence.finished:
+                    self.active.append(sequence)
         joined = [
             s for s in self.active if s.generated and not any(e.sequence is s for e in events)
         ]

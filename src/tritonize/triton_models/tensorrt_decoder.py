@@ -1,7 +1,7 @@
 """The decoder as a TensorRT plan on the GPU, behind `DecoderRuntime` (decoding.py).
 
-The plan has two optimisation profiles (engine/profiles.py `DecoderProfiles`): 0 prefills one
-prompt into an empty cache, 1 decodes one token for many sequences. Each profile has its own
+The plan has two optimisation profiles (engine/profiles.py `DecoderProfiles`): 0 prefills
+prompts into empty caches, 1 decodes one token for many sequences. Each profile has its own
 execution context, so switching between them costs nothing. Caches are CUDA tensors of PyTorch:
 the presents of a step are bound as the next step's pasts without leaving the GPU, and only the
 last position's logits are copied to the host.
