@@ -148,7 +148,8 @@ class TritonPythonModel:
         self.end_ids = frozenset(json.loads(params["end_ids"]))
         self.context_window = int(params["context_window"])
         self.max_tokens_limit = int(params["max_tokens_limit"])
-        session = DecoderSession(_runtime(directory, params))
+        device = int(args.get("model_instance_device_id") or 0)  # KIND_GPU: this instance's GPU
+        session = DecoderSession(_runtime(directory, params, device))
         self.scheduler = Scheduler(session, int(params["max_active"]), self.context_window)
         self.metrics = _GeneratorMetrics(self.name)
         self.pending: dict[int, Sequence] = {}
@@ -255,13 +256,13 @@ class TritonPythonModel:
         self.scheduler.active = []
 
 
-def _runtime(directory: Path, params: dict[str, str]) -> DecoderRuntime:
+def _runtime(directory: Path, params: dict[str, str], device: int) -> DecoderRuntime:
     """The decoder the build wrote: a TensorRT plan (GPU) or the ONNX graph (ONNX Runtime)."""
     layers = int(params["layers"])
     if params.get("runtime") == "tensorrt":
         from .tensorrt_decoder import TensorRTDecoderRuntime
 
-        return TensorRTDecoderRuntime(directory / "model.plan", layers)
+        return TensorRTDecoderRuntime(directory / "model.plan", layers, device)
     return OnnxDecoderRuntime(directory / "model.onnx", layers)
 
 
