@@ -92,7 +92,7 @@ class OnnxDecoderRuntime:
 
 
 class DecoderSession:
-    """Prefill one prompt, or decode one token for each sequence of the running batch.
+    """Prefill prompts, or decode one token for each sequence of the running batch.
 
     Sequences are named by any hashable key. `decode(keys, ...)` takes the batch as it should be
     now: sequences absent since the last step have left, prefilled ones join.

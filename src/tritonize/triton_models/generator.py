@@ -152,7 +152,6 @@ class TritonPythonModel:
         session = DecoderSession(_runtime(directory, params, device))
         self.scheduler = Scheduler(session, int(params["max_active"]), self.context_window)
         self.metrics = _GeneratorMetrics(self.name)
-        self.pending: dict[int, Sequence] = {}
         self.running = True
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
