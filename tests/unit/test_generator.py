@@ -127,3 +127,23 @@ def test_a_sequence_may_leave_while_another_waits_to_join(decoder: tuple[Path, P
     session.release("never-prefilled")  # harmless
     logits = session.decode(["a", "c"], [1, 12])
     np.testing.assert_allclose(logits[1], alone.decode(["c"], [12])[0], atol=1e-5)
+
+
+def test_sequences_whose_prefill_fails_are_active_so_they_get_an_answer(
+    decoder: tuple[Path, Path],
+) -> None:
+    class Broken(OnnxDecoderRuntime):
+        def run(self, *args):  # type: ignore[no-untyped-def]
+            raise RuntimeError("device lost")
+
+    checkpoint, onnx_path = decoder
+    tokenizer = tokenizers.Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    scheduler = Scheduler(DecoderSession(Broken(onnx_path, layers=2)), 4, context_window=128)
+    params = GenerationParams(max_tokens=4)
+    sequences = [Sequence(tokenizer.encode(p).ids, params, tokenizer) for p in PROMPTS]
+    for sequence in sequences:
+        scheduler.submit(sequence)
+    with pytest.raises(RuntimeError, match="device lost"):
+        scheduler.step(idle_wait_s=0)
+    assert scheduler.abort() == sequences  # the adapter answers each of them with the error
+    assert not scheduler.active and not scheduler.session.joining

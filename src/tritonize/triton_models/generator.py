@@ -90,11 +90,10 @@ class Scheduler:
             except queue.Empty:
                 break
         if admitted:  # prefilled together, in one call
+            self.active += admitted  # first: should the call fail, they are answered with all
             logits = self.session.prefill({s: s.prompt for s in admitted})
             for row, sequence in enumerate(admitted):
                 events.append(self._advance(sequence, sequence.sampler.next_token(logits[row])))
-                if not sequence.finished:
-                    self.active.append(sequence)
         joined = [
             s for s in self.active if s.generated and not any(e.sequence is s for e in events)
         ]
@@ -106,6 +105,12 @@ class Scheduler:
         if not self.active:
             self.session.reset()
         return events
+
+    def abort(self) -> list[Sequence]:
+        """After a failed step: drop every active sequence (to be answered) and free caches."""
+        dropped, self.active = self.active, []
+        self.session.reset()
+        return dropped
 
     def _advance(self, sequence: Sequence, token: int) -> Event:
         now = time.perf_counter()
@@ -245,14 +250,13 @@ class TritonPythonModel:
         )
 
     def _fail_all(self, message: str) -> None:
-        for sequence in self.scheduler.active:
+        for sequence in self.scheduler.abort():
             sequence.owner.send(
                 pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"generation failed: {message}")
                 ),
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
             )
-        self.scheduler.active = []
 
 
 def _runtime(directory: Path, params: dict[str, str], device: int) -> DecoderRuntime:
