@@ -20,6 +20,7 @@ from tritonize.repository.golden import read_golden
 from tritonize.triton_models.common import EMBEDDING, LABEL, PROBABILITIES
 
 SMOKE_NEW_TOKENS = 8  # per smoke request to a generation model
+METRICS_SETTLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -188,20 +189,25 @@ def _reading(url: str) -> Reading | None:
 
 
 def _metrics(deployment: Deployment, before: Reading | None, golden_requests: int) -> Check:
-    after = _reading(deployment.metrics)
-    if before is None or after is None:
-        return Check("metrics", False, f"cannot scrape {deployment.metrics}")
-    model = deployment.model
+    """Triton's success counter moved by every request sent, and its failure counter not at all.
 
-    def delta(name: str) -> float:
-        return after.total(name, model) - before.total(name, model)
-
+    Triton counts a request when it releases it, a moment after the client has its response:
+    the counters get `METRICS_SETTLE_S` to catch up.
+    """
     per_client = -(-deployment.smoke_requests // deployment.smoke_concurrency)
     sent = per_client * deployment.smoke_concurrency + golden_requests
-    successes, failures = (
-        delta("nv_inference_request_success"),
-        delta("nv_inference_request_failure"),
-    )
+    deadline = time.monotonic() + METRICS_SETTLE_S
+    while True:
+        after = _reading(deployment.metrics)
+        if before is None or after is None:
+            return Check("metrics", False, f"cannot scrape {deployment.metrics}")
+        successes, failures = (
+            after.total(name, deployment.model) - before.total(name, deployment.model)
+            for name in ("nv_inference_request_success", "nv_inference_request_failure")
+        )
+        if successes >= sent or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     passed = successes >= sent and failures == 0
     return Check(
         "metrics",
