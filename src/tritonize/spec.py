@@ -93,8 +93,6 @@ class BuildSpec:
             )
         if self.task is Task.GENERATION and self.target is Target.ONNXRUNTIME:
             _fail("target", self.target.value, "`local` or `tensorrt` for task `generation`")
-        if self.task is Task.GENERATION and self.precision is not Precision.FP32:
-            _fail("precision", self.precision.value, "fp32 for task `generation`")
         if self.target is Target.ONNXRUNTIME and self.precision is Precision.BF16:
             _fail("precision", "bf16", "fp32 or fp16 with target `onnxruntime`")
         if self.opt_batch_size is not None:

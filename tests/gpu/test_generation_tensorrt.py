@@ -1,6 +1,7 @@
 """The TensorRT generation path: a decoder plan with a prefill and a decode profile, built and
 gated against ONNX Runtime, then decoding through the generator's scheduler with prompts joining
-and leaving the batch: greedy tokens identical to Hugging Face `generate`."""
+and leaving the batch: at fp32, greedy tokens identical to Hugging Face `generate`; fp16 and
+bf16 plans pass their gates and generate."""
 
 from __future__ import annotations
 
@@ -63,3 +64,24 @@ def test_the_cache_stays_on_the_gpu(tiny_decoder: Callable[[str], Path], tmp_pat
     assert logits.shape[0] == 2
     assert all(t.is_cuda for t in session.past)
     assert session.lengths == [5, 3]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_typed_decoder_plan_passes_its_gates_and_generates(
+    precision: str, tiny_decoder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from tritonize.triton_models.tensorrt_decoder import TensorRTDecoderRuntime
+
+    checkpoint = tiny_decoder("llama-decoder")
+    spec = BuildSpec(
+        name="tiny", task="generation", target="tensorrt", precision=precision,
+        model=checkpoint, output=tmp_path / "repo", max_batch_size=8, max_seq_len=128,
+        timing_cache=tmp_path / "timing.cache",
+    )  # fmt: skip
+    version = build_repository(spec).repository / "tiny" / "1"  # both gates inside
+    runtime = TensorRTDecoderRuntime(version / "model.plan", layers=2)
+    assert runtime.cache_dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    results = greedy_through_scheduler(checkpoint, DecoderSession(runtime), PROMPTS, NEW_TOKENS)
+    assert any(len(generated) > 3 for _, generated in results)

@@ -5,12 +5,13 @@ TensorRT runtime themselves run in tests/gpu."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tritonize.engine.accuracy import decoder_gate
+from tritonize.engine.accuracy import MAX_RELATIVE_LOGIT_DIFF, decoder_gate
 from tritonize.engine.build import EngineArtifact
 from tritonize.engine.compat import EngineRuntime
 from tritonize.engine.profiles import DecoderProfiles
@@ -20,7 +21,7 @@ from tritonize.repository.checker import check_repository
 from tritonize.repository.manifest import read_manifest
 from tritonize.repository.writer import write_generator
 from tritonize.server import LocalServer, ServerConfig
-from tritonize.spec import BuildSpec
+from tritonize.spec import BuildSpec, Precision
 from tritonize.triton_models.decoding import OnnxDecoderRuntime
 
 
@@ -31,6 +32,9 @@ def decoder(
     spec = BuildSpec(name="tiny-llama", task="generation", model=tiny_decoder("llama-decoder"),
                      max_batch_size=4, max_seq_len=48)  # fmt: skip
     return export_generation(spec, tmp_path_factory.mktemp("export"))
+
+
+FP32 = Precision.FP32
 
 
 def profiles_for(decoder: ExportedDecoder) -> DecoderProfiles:
@@ -50,7 +54,7 @@ class Perturbed(OnnxDecoderRuntime):
 def test_gate_passes_an_identical_runtime(decoder: ExportedDecoder) -> None:
     runtime = OnnxDecoderRuntime(decoder.onnx_path, decoder.layers)
     reference = OnnxDecoderRuntime(decoder.onnx_path, decoder.layers)
-    figures = decoder_gate(runtime, reference, profiles_for(decoder), reference.vocab)
+    figures = decoder_gate("same", runtime, reference, profiles_for(decoder), reference.vocab, FP32)
     assert figures["prefill_max_relative_logit_diff"] < 1e-6
     assert figures["decode_max_relative_logit_diff"] < 1e-6
     assert figures["decode_top1_agreement"] == 1.0
@@ -62,7 +66,7 @@ def test_gate_names_what_drifted(decoder: ExportedDecoder, shift: float) -> None
     candidate.shift = shift
     reference = OnnxDecoderRuntime(decoder.onnx_path, decoder.layers)
     with pytest.raises(ValidationError) as info:
-        decoder_gate(candidate, reference, profiles_for(decoder), reference.vocab)
+        decoder_gate("shifted", candidate, reference, profiles_for(decoder), reference.vocab, FP32)
     problems = "\n".join(info.value.mismatches)
     assert "prefill:" in problems and "decode:" in problems
     assert ("non-finite" in problems) == np.isnan(shift)
@@ -105,3 +109,38 @@ def test_check_and_the_bundled_server_refuse_a_decoder_plan_clearly(
     with pytest.raises(ServerError, match=r"`tiny-llama` \(a TensorRT decoder plan\)"):
         server.start()
     assert server.process is None
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("family", ["gpt2-decoder", "llama-decoder"])
+def test_typed_decoder_keeps_norms_softmax_and_logits_fp32_and_passes_its_check(
+    family: str, precision: str, tiny_decoder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    import onnx
+
+    from tritonize.engine.precision import export_typed_decoder
+
+    spec = BuildSpec(name="g", task="generation", target="tensorrt", precision=precision,
+                     model=tiny_decoder(family), max_batch_size=4, max_seq_len=48)  # fmt: skip
+    fp32 = export_generation(replace(spec, target="local", precision="fp32"), tmp_path)
+    typed = export_typed_decoder(spec, tmp_path / "typed.onnx")
+
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "typed.onnx"))).graph
+    dtypes = {v.name: v.type.tensor_type.elem_type
+              for v in [*graph.input, *graph.value_info, *graph.output]}  # fmt: skip
+    low = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.BFLOAT16
+    assert dtypes["past_key_values.0.key"] == dtypes["present.1.value"] == low
+    assert dtypes["logits"] == onnx.TensorProto.FLOAT
+    softmax_inputs = {dtypes.get(n.input[0]) for n in graph.node if n.op_type == "Softmax"}
+    assert softmax_inputs == {onnx.TensorProto.FLOAT}
+
+    # The build's check: the typed model through the serving code against fp32 ONNX Runtime.
+    reference = OnnxDecoderRuntime(fp32.onnx_path, fp32.layers)
+    figures = decoder_gate("typed", typed, reference, profiles_for(fp32), reference.vocab,
+                           Precision(precision))  # fmt: skip
+    assert 0 < figures["decode_max_relative_logit_diff"] <= MAX_RELATIVE_LOGIT_DIFF[spec.precision]
+    if precision == "fp16":  # and the exported graph itself, on ONNX Runtime's fp16 kernels
+        graph_runtime = OnnxDecoderRuntime(tmp_path / "typed.onnx", fp32.layers)
+        assert graph_runtime.cache_dtype is np.float16
+        decoder_gate("typed graph", graph_runtime, reference, profiles_for(fp32),
+                     reference.vocab, Precision.FP16)  # fmt: skip

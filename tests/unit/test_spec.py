@@ -82,9 +82,9 @@ def test_unreadable_toml_names_the_file(tmp_path: Path) -> None:
         BuildSpec.from_toml(path)
 
 
-def test_generation_runs_locally_or_as_an_fp32_tensorrt_plan() -> None:
-    BuildSpec(name="g", task="generation", target="tensorrt")
+def test_generation_runs_locally_or_as_a_tensorrt_plan() -> None:
+    BuildSpec(name="g", task="generation", target="tensorrt", precision="fp16")
     with pytest.raises(SpecError, match="`target` = 'onnxruntime'.*`local` or `tensorrt`"):
         BuildSpec(name="g", task="generation", target="onnxruntime")
-    with pytest.raises(SpecError, match="`precision` = 'fp16'.*fp32 for task `generation`"):
-        BuildSpec(name="g", task="generation", target="tensorrt", precision="fp16")
+    with pytest.raises(SpecError, match="`precision`.*target `local`"):
+        BuildSpec(name="g", task="generation", precision="bf16")

@@ -15,6 +15,7 @@ from tritonize.export.decoders import ExportedDecoder
 from tritonize.export.validation import validation_cases
 from tritonize.progress import step
 from tritonize.spec import BuildSpec, Precision, Target
+from tritonize.triton_models.decoding import OnnxDecoderRuntime
 from tritonize.triton_models.onnx_runner import OnnxEncoder
 
 ENGINE_FILES = {
@@ -76,24 +77,43 @@ def build_decoder_engine(
     spec: BuildSpec, decoder: ExportedDecoder, workdir: Path
 ) -> EngineArtifact:
     """`model.onnx` for `local`; for `tensorrt`, a decoder plan with a prefill and a decode
-    profile that passed its gate against ONNX Runtime."""
+    profile that passed its gate against the fp32 graph on ONNX Runtime."""
     if spec.target is not Target.TENSORRT:
         return EngineArtifact(decoder.onnx_path)
     from tritonize.engine.tensorrt import build_plan
-    from tritonize.triton_models.decoding import OnnxDecoderRuntime
     from tritonize.triton_models.tensorrt_decoder import TensorRTDecoderRuntime
 
     profiles = DecoderProfiles.from_spec(spec, decoder.layers, decoder.kv_heads, decoder.head_dim)
+    reference = OnnxDecoderRuntime(decoder.onnx_path, decoder.layers)
+    source = decoder.onnx_path
+    if spec.precision is not Precision.FP32:
+        source = _typed_decoder_graph(spec, workdir, reference, profiles)
     window = spec.max_seq_len - 1
     shapes = f"up to {spec.max_batch_size} sequences per step, prompts up to {window} tokens"
-    with step(f"Building the TensorRT decoder plan (fp32; {shapes})"):
-        plan = build_plan(decoder.onnx_path, workdir / "model.plan", spec, profiles.all())
+    with step(f"Building the TensorRT decoder plan ({spec.precision.value}; {shapes})"):
+        plan = build_plan(source, workdir / "model.plan", spec, profiles.all())
     with step("Accuracy gate: TensorRT against ONNX Runtime, prefill and batched decode steps"):
-        reference = OnnxDecoderRuntime(decoder.onnx_path, decoder.layers)
         candidate = TensorRTDecoderRuntime(plan.plan, decoder.layers)
-        figures = decoder_gate(candidate, reference, profiles, reference.vocab)
+        figures = decoder_gate(
+            "TensorRT decoder plan", candidate, reference, profiles, reference.vocab,
+            spec.precision,
+        )  # fmt: skip
     manifest = _tensorrt_manifest(spec, profiles.to_dict(), plan.seconds, figures)
     return EngineArtifact(plan.plan, manifest)
+
+
+def _typed_decoder_graph(
+    spec: BuildSpec, workdir: Path, reference: OnnxDecoderRuntime, profiles: DecoderProfiles
+) -> Path:
+    from tritonize.engine.precision import export_typed_decoder
+
+    name = spec.precision.value
+    path = workdir / f"model.{name}.onnx"
+    with step(f"Exporting the {name} decoder (norms, softmax and logits stay fp32)"):
+        typed = export_typed_decoder(spec, path)
+    with step(f"Checking the {name} decoder against fp32"):
+        decoder_gate(f"{name} decoder", typed, reference, profiles, reference.vocab, spec.precision)
+    return path
 
 
 def _typed_graph(

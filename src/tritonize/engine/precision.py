@@ -13,17 +13,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from tritonize.export.decoders import TorchDecoderRuntime, export_decoder, load_decoder
 from tritonize.export.onnx_export import export_graph
 from tritonize.export.tasks import TaskDefinition
 from tritonize.progress import note
 from tritonize.spec import BuildSpec, Precision
 
+Module = TypeVar("Module", bound=nn.Module)
 DTYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
 ATTENTION = "tritonize_fp32_softmax"
 
@@ -51,6 +53,9 @@ def fp32_softmax_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention with scores, mask and softmax in fp32 (a transformers attention function)."""
     scale = query.size(-1) ** -0.5 if scaling is None else scaling
+    groups = getattr(module, "num_key_value_groups", 1)  # grouped-query attention
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)).float() * scale
     if attention_mask is not None:
         scores = scores + attention_mask.float()
@@ -71,7 +76,7 @@ def register_attention() -> None:
     AttentionMaskInterface.register(ATTENTION, eager_mask)
 
 
-def to_precision(model: nn.Module, precision: Precision) -> nn.Module:
+def to_precision(model: Module, precision: Precision) -> Module:
     """A copy of `model` in `precision`, with every LayerNorm kept in fp32."""
     if precision is Precision.FP32:
         return model
@@ -108,3 +113,14 @@ def export_typed_graph(
             return typed(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).numpy()
 
     return path, run
+
+
+def export_typed_decoder(spec: BuildSpec, path: Path) -> TorchDecoderRuntime:
+    """Export `spec`'s decoder in `spec.precision` (KV cache too) to `path`; return a PyTorch
+    runtime of the typed model, to check it on any machine."""
+    register_attention()
+    wrapper, config = load_decoder(spec.model_dir, spec.trust_remote_code, ATTENTION)
+    typed = to_precision(wrapper, spec.precision)
+    dtype = DTYPES[spec.precision]
+    export_decoder(typed, config, path, spec.opset, cache_dtype=dtype)
+    return TorchDecoderRuntime(typed, config, dtype)

@@ -109,7 +109,34 @@ class DecoderWithCache(nn.Module):
         return (out.logits[:, -1, :].float(), *presents)
 
 
-def load_decoder(model_dir: Path, trust_remote_code: bool) -> tuple[DecoderWithCache, Any]:
+class TorchDecoderRuntime:
+    """A `DecoderRuntime` over the PyTorch wrapper: the reference a typed (fp16/bf16) decoder
+    is checked with where ONNX Runtime has no kernels for it."""
+
+    def __init__(self, wrapper: DecoderWithCache, config: Any, dtype: torch.dtype) -> None:
+        self.wrapper = wrapper
+        self.layers, self.kv_heads, self.head_dim = decoder_for(config).cache_shape(config)
+        self.dtype = dtype
+
+    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape, dtype=self.dtype)
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[torch.Tensor],
+    ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        feeds = (torch.from_numpy(a) for a in (input_ids, attention_mask, position_ids))
+        with torch.inference_mode():
+            logits, *presents = self.wrapper(*feeds, *past)
+        return logits.numpy(), presents
+
+
+def load_decoder(
+    model_dir: Path, trust_remote_code: bool, attn_implementation: str = "eager"
+) -> tuple[DecoderWithCache, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(
@@ -118,14 +145,17 @@ def load_decoder(model_dir: Path, trust_remote_code: bool) -> tuple[DecoderWithC
     layers, _, _ = decoder_for(config).cache_shape(config)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, local_files_only=True, trust_remote_code=trust_remote_code,
-        attn_implementation="eager",
+        attn_implementation=attn_implementation,
     )  # fmt: skip
     # eval() on the wrapper itself: the exporter restores its training flag afterwards.
     return DecoderWithCache(model, layers).eval(), config
 
 
-def export_decoder(wrapper: DecoderWithCache, config: Any, path: Path, opset: int) -> None:
-    """Trace to ONNX with dynamic batch, sequence and past axes."""
+def export_decoder(
+    wrapper: DecoderWithCache, config: Any, path: Path, opset: int,
+    cache_dtype: torch.dtype = torch.float32,
+) -> None:  # fmt: skip
+    """Trace to ONNX with dynamic batch, sequence and past axes; the KV cache in `cache_dtype`."""
     import contextlib
     import io
     import warnings
@@ -136,7 +166,10 @@ def export_decoder(wrapper: DecoderWithCache, config: Any, path: Path, opset: in
         torch.ones((batch, seq), dtype=torch.int64),
         torch.ones((batch, past_len + seq), dtype=torch.int64),
         torch.arange(past_len, past_len + seq).repeat(batch, 1),
-        *[torch.zeros((batch, kv_heads, past_len, head_dim)) for _ in range(2 * layers)],
+        *[
+            torch.zeros((batch, kv_heads, past_len, head_dim), dtype=cache_dtype)
+            for _ in range(2 * layers)
+        ],
     )
     axes: dict[str, dict[int, str]] = {
         "input_ids": {0: "batch", 1: "sequence"},

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 Array = Any  # the runtime's array type: numpy on CPU, torch CUDA tensors under TensorRT
+_NUMPY_TYPES: dict[str, type] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def past_names(layers: int) -> list[str]:
@@ -59,12 +60,13 @@ class OnnxDecoderRuntime:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.layers = layers
         self.past_names, self.present_names = past_names(layers), present_names(layers)
-        shapes = {i.name: i.shape for i in self.session.get_inputs()}
-        self.kv_heads, self.head_dim = (int(d) for d in shapes[self.past_names[0]][1::2])
+        past = {i.name: i for i in self.session.get_inputs()}[self.past_names[0]]
+        self.kv_heads, self.head_dim = (int(d) for d in past.shape[1::2])
+        self.cache_dtype = _NUMPY_TYPES[past.type]  # fp32, or fp16 for a typed graph
         self.vocab = int(self.session.get_outputs()[0].shape[1])
 
     def zeros(self, shape: tuple[int, ...]) -> np.ndarray:
-        return np.zeros(shape, dtype=np.float32)
+        return np.zeros(shape, dtype=self.cache_dtype)
 
     def run(
         self,
@@ -81,12 +83,13 @@ class OnnxDecoderRuntime:
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         batch, total = attention_mask.shape
         logits = np.empty((batch, self.vocab), dtype=np.float32)
-        presents = [
-            np.empty((batch, self.kv_heads, total, self.head_dim), dtype=np.float32)
+        presents: list[np.ndarray] = [
+            np.empty((batch, self.kv_heads, total, self.head_dim), dtype=self.cache_dtype)
             for _ in self.present_names
         ]
         for name, array in zip(["logits", *self.present_names], [logits, *presents], strict=True):
-            binding.bind_output(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
+            shape = list(array.shape)
+            binding.bind_output(name, "cpu", 0, array.dtype.type, shape, array.ctypes.data)
         self.session.run_with_iobinding(binding)
         return logits, presents
 
