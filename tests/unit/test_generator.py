@@ -94,6 +94,7 @@ def test_the_cache_stays_in_the_runtime_until_the_batch_changes(
     positions, shape, past = runtime.calls[-1]
     assert positions == [4] and shape == (1, 5)
     assert not any(a is b for a in past for b in first_presents)
+    assert min(past[0].shape[2] for _, _, past in runtime.calls) == 1  # never an empty tensor
     with pytest.raises(KeyError, match="never prefilled"):
         session.decode(["unknown"], [1])
 

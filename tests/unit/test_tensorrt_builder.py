@@ -180,9 +180,11 @@ def test_a_decoder_plan_gets_a_prefill_and_a_decode_profile(builder: Any, tmp_pa
     prefill, decode = (value for name, value in rec.calls if name == "profile")
     inputs = {"input_ids", "attention_mask", "position_ids", *past_names(2)}
     assert set(prefill) == set(decode) == inputs
-    # prefill: up to 8 prompts of up to 63 tokens (one position stays free), empty caches
+    # prefill: up to 8 prompts of up to 63 tokens (one position stays free) behind one masked
+    # cache slot: no tensor is ever empty
     assert prefill["input_ids"] == ((1, 1), (1, 63), (8, 63))
-    assert prefill["past_key_values.1.value"] == ((1, 4, 0, 16), (1, 4, 0, 16), (8, 4, 0, 16))
+    assert prefill["attention_mask"] == ((1, 2), (1, 64), (8, 64))
+    assert prefill["past_key_values.1.value"] == ((1, 4, 1, 16), (1, 4, 1, 16), (8, 4, 1, 16))
     # decode: up to 8 sequences, one new token each, caches up to 63 long
     assert decode["input_ids"] == decode["position_ids"] == ((1, 1), (4, 1), (8, 1))
     assert decode["attention_mask"] == ((1, 2), (4, 32), (8, 64))

@@ -42,8 +42,8 @@ class ShapeProfile:
 
 @dataclass(frozen=True)
 class DecoderProfiles:
-    """The two profiles of a decoder plan: 0 prefills up to `max_batch` prompts into empty
-    caches, 1 decodes one token for up to `max_batch` sequences whose caches are up to
+    """The two profiles of a decoder plan: 0 prefills up to `max_batch` prompts (behind one
+    masked cache slot), 1 decodes one token for up to `max_batch` sequences whose caches are up to
     `context_window - 1` long.
 
     Separate profiles let each be tuned for its own shapes (long prompts; wide batches of
@@ -65,8 +65,8 @@ class DecoderProfiles:
     def prefill(self) -> TensorProfile:
         window = self.context_window - 1  # a prompt leaves room for at least one new token
         opt = min(128, window)
-        batch = (1, 1, self.max_batch)
-        return self._tensors(batch=batch, sequence=(1, opt, window), past=(0, 0, 0))
+        batch = (1, 1, self.max_batch)  # the past is one masked slot (DecoderSession.prefill)
+        return self._tensors(batch=batch, sequence=(1, opt, window), past=(1, 1, 1))
 
     def decode(self) -> TensorProfile:
         window = self.context_window - 1

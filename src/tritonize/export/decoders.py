@@ -202,19 +202,24 @@ def validate_decoder(wrapper: DecoderWithCache, config: Any, path: Path) -> dict
     layers, kv_heads, head_dim = decoder_for(config).cache_shape(config)
     vocab = int(config.vocab_size)
     generator = torch.Generator().manual_seed(0)
-    cases = {"prefill 1x7": (1, 7, 0), "prefill 3x6, left-padded": (3, 6, 0),
-             "decode 4x1, past 9": (4, 1, 9), "decode 2x1, past 1": (2, 1, 1)}  # fmt: skip
+    # (batch, new tokens, past): prefill runs after one masked cache slot, as the generator
+    # sends it (decoding.py), and a batch of prompts is left-padded, as are decode batches.
+    cases = {"prefill 1x7": (1, 7, 1), "prefill 3x6, left-padded": (3, 6, 1),
+             "decode 4x1, past 9": (4, 1, 9), "decode 2x1, past 2": (2, 1, 2)}  # fmt: skip
     misses, diffs = [], {}
     for name, (batch, seq, past_len) in cases.items():
         ids = torch.randint(0, vocab, (batch, seq), generator=generator)
         mask = torch.ones((batch, past_len + seq), dtype=torch.int64)
         positions = torch.arange(past_len, past_len + seq).repeat(batch, 1)
-        if past_len > 1:
-            mask[0, : past_len // 2] = 0  # a left-padded cache, as in a batched decode step
-        elif batch > 1:  # a shorter prompt left-padded, as in a batched prefill
-            pad = seq // 2
-            mask[0, :pad] = 0
-            positions[0] = torch.clamp(torch.arange(seq) - pad, min=0)
+        if name.startswith("prefill"):
+            mask[:, 0] = 0  # the masked slot; prompts start at position 0
+            positions -= past_len
+            if batch > 1:
+                pad = seq // 2
+                mask[0, 1 : 1 + pad] = 0
+                positions[0] = torch.clamp(torch.arange(seq) - pad, min=0)
+        else:
+            mask[0, : past_len // 2] = 0
         past = [torch.randn((batch, kv_heads, past_len, head_dim), generator=generator)
                 for _ in range(2 * layers)]  # fmt: skip
         with torch.inference_mode():

@@ -111,19 +111,24 @@ class DecoderSession:
 
     def prefill(self, prompts: dict[Hashable, list[int]]) -> np.ndarray:
         """The next-token logits after each prompt, in one call (prompts left-padded to the
-        longest, the padding masked); their caches wait to join the next `decode`."""
+        longest, the padding masked); their caches wait to join the next `decode`.
+
+        Every prompt runs after one masked cache slot, so that no runtime ever gets an empty
+        tensor (a TensorRT profile would need a zero-length past); the slot is dropped when the
+        cache joins the batch.
+        """
         lengths = [len(prompt) for prompt in prompts.values()]
         batch, longest = len(prompts), max(lengths)
         ids = np.zeros((batch, longest), dtype=np.int64)
-        mask = np.zeros_like(ids)
+        mask = np.zeros((batch, 1 + longest), dtype=np.int64)
         positions = np.zeros_like(ids)
         for row, (prompt, length) in enumerate(zip(prompts.values(), lengths, strict=True)):
             ids[row, longest - length :] = prompt
-            mask[row, longest - length :] = 1
+            mask[row, 1 + longest - length :] = 1
             positions[row, longest - length :] = np.arange(length)
         runtime = self.runtime
-        empty = runtime.zeros((batch, runtime.kv_heads, 0, runtime.head_dim))
-        logits, presents = runtime.run(ids, mask, positions, [empty] * (2 * runtime.layers))
+        slot = runtime.zeros((batch, runtime.kv_heads, 1, runtime.head_dim))
+        logits, presents = runtime.run(ids, mask, positions, [slot] * (2 * runtime.layers))
         for row, (key, length) in enumerate(zip(prompts, lengths, strict=True)):
             self.joining[key] = (presents, row, length)
         return logits

@@ -1,7 +1,7 @@
 """The decoder as a TensorRT plan on the GPU, behind `DecoderRuntime` (decoding.py).
 
 The plan has two optimisation profiles (engine/profiles.py `DecoderProfiles`): 0 prefills
-prompts into empty caches, 1 decodes one token for many sequences. Each profile has its own
+prompts, 1 decodes one token for many sequences. Each profile has its own
 execution context, so switching between them costs nothing. Caches are CUDA tensors of PyTorch:
 the presents of a step are bound as the next step's pasts without leaving the GPU, and only the
 last position's logits are copied to the host.
@@ -59,8 +59,6 @@ class TensorRTDecoderRuntime:
         self.kv_heads, self.head_dim = int(cache_shape[1]), int(cache_shape[3])
         self.vocab = int(engine.get_tensor_shape("logits")[1])
         self.cache_dtype = self._dtype(self.past_names[0])
-        # TensorRT wants an address even for an empty tensor (the prefill's past).
-        self.placeholder = torch.zeros(1, dtype=self.cache_dtype, device=self.device)
 
     def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
@@ -72,7 +70,8 @@ class TensorRTDecoderRuntime:
         position_ids: np.ndarray,
         past: list[torch.Tensor],
     ) -> tuple[np.ndarray, list[torch.Tensor]]:
-        context = self.contexts[PREFILL if past[0].shape[2] == 0 else DECODE]
+        # One new token per sequence fits the decode profile (a one-token prompt too).
+        context = self.contexts[PREFILL if input_ids.shape[1] > 1 else DECODE]
         # The caches were re-packed on PyTorch's current stream: run after that work.
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
@@ -90,7 +89,7 @@ class TensorRTDecoderRuntime:
                     raise RuntimeError(
                         f"`{name}` of shape {tuple(tensor.shape)} is outside the plan's profile"
                     )
-                context.set_tensor_address(name, self._address(tensor))
+                context.set_tensor_address(name, tensor.data_ptr())
             batch, total = attention_mask.shape
             logits = torch.empty((batch, self.vocab), dtype=torch.float32, device=self.device)
             presents = [
@@ -108,6 +107,3 @@ class TensorRTDecoderRuntime:
 
     def _dtype(self, name: str) -> torch.dtype:
         return _TORCH_TYPES[self.engine.get_tensor_dtype(name)]
-
-    def _address(self, tensor: torch.Tensor) -> int:
-        return tensor.data_ptr() if tensor.numel() else self.placeholder.data_ptr()
