@@ -241,3 +241,23 @@ def test_verify_names_a_continuation_that_differs(
     assert "FAIL  golden outputs: 2/3 greedy continuations" in result.stdout
     assert "'Once upon a time': served" in result.stdout
     assert "PASS  smoke load" in result.stdout
+
+
+def test_verify_of_a_reduced_precision_deployment_accepts_a_late_parting(
+    generation_server: LocalServer, tmp_path: Path
+) -> None:
+    golden = json.loads(
+        (generation_server.config.repository / "tiny-llama" / "golden.json").read_text()
+    )
+    golden["tolerance"]["min_common_prefix"] = 0.5  # what an fp16/bf16 build writes
+    late, early = golden["continuations"][:2]
+    assert len(late["text"]) >= 12  # long enough for a late parting to stay above one half
+    late["text"] += " and then"  # parts after all the served text
+    path = tmp_path / "golden.json"
+    path.write_text(json.dumps(golden))
+    result = verify(generation_server, path, "http")
+    assert "PASS  golden outputs: 3/3 greedy continuations sharing >= 50%" in result.stdout
+    early["text"] = "~" + early["text"]  # parts at once
+    path.write_text(json.dumps(golden))
+    result = verify(generation_server, path, "http")
+    assert "FAIL  golden outputs: 2/3" in result.stdout and result.returncode == 1
