@@ -193,6 +193,10 @@ def test_streaming_load_test_reports_ttft_itl_and_end_to_end(
     assert result.consistent  # E2E successes match Triton's request count
 
 
+def golden_path(server: LocalServer) -> Path:
+    return server.config.repository / "tiny-llama" / "golden.json"
+
+
 def verify(server: LocalServer, golden: Path, protocol: str) -> subprocess.CompletedProcess:
     url = server.config.http_url if protocol == "http" else server.config.grpc_url
     return subprocess.run(
@@ -206,9 +210,7 @@ def verify(server: LocalServer, golden: Path, protocol: str) -> subprocess.Compl
 def test_golden_continuations_are_pytorchs(
     generation_server: LocalServer, checkpoints: dict[str, Path]
 ) -> None:
-    golden = json.loads(
-        (generation_server.config.repository / "tiny-llama" / "golden.json").read_text()
-    )
+    golden = json.loads(golden_path(generation_server).read_text())
     assert golden["task"] == "generation" and len(golden["continuations"]) == 3
     for record in golden["continuations"]:
         text = expected_text(checkpoints["tiny-llama"], record["prompt"], record["max_tokens"])
@@ -217,10 +219,7 @@ def test_golden_continuations_are_pytorchs(
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_verify_passes_on_a_generation_model(generation_server: LocalServer, protocol: str) -> None:
-    result = verify(
-        generation_server, generation_server.config.repository / "tiny-llama" / "golden.json",
-        protocol,
-    )  # fmt: skip
+    result = verify(generation_server, golden_path(generation_server), protocol)
     assert result.returncode == 0, result.stdout + result.stderr
     for check in ("readiness", "interface", "golden outputs", "smoke load", "metrics"):
         assert f"PASS  {check}" in result.stdout
@@ -230,9 +229,7 @@ def test_verify_passes_on_a_generation_model(generation_server: LocalServer, pro
 def test_verify_names_a_continuation_that_differs(
     generation_server: LocalServer, tmp_path: Path
 ) -> None:
-    golden = json.loads(
-        (generation_server.config.repository / "tiny-llama" / "golden.json").read_text()
-    )
+    golden = json.loads(golden_path(generation_server).read_text())
     golden["continuations"][1]["text"] += " and then"
     path = tmp_path / "golden.json"
     path.write_text(json.dumps(golden))
@@ -246,9 +243,7 @@ def test_verify_names_a_continuation_that_differs(
 def test_verify_of_a_reduced_precision_deployment_accepts_a_late_parting(
     generation_server: LocalServer, tmp_path: Path
 ) -> None:
-    golden = json.loads(
-        (generation_server.config.repository / "tiny-llama" / "golden.json").read_text()
-    )
+    golden = json.loads(golden_path(generation_server).read_text())
     golden["tolerance"]["min_common_prefix"] = 0.5  # what an fp16/bf16 build writes
     late, early = golden["continuations"][:2]
     assert len(late["text"]) >= 12  # long enough for a late parting to stay above one half
