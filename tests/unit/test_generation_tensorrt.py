@@ -13,7 +13,7 @@ import pytest
 
 from tritonize.engine.accuracy import MAX_RELATIVE_LOGIT_DIFF, decoder_gate
 from tritonize.engine.build import EngineArtifact
-from tritonize.engine.compat import EngineRuntime
+from tritonize.engine.compat import EngineRuntime, python_tensorrt_version
 from tritonize.engine.profiles import DecoderProfiles
 from tritonize.errors import RepositoryError, ServerError, ValidationError
 from tritonize.export.decoders import ExportedDecoder, export_generation
@@ -144,3 +144,12 @@ def test_typed_decoder_keeps_norms_softmax_and_logits_fp32_and_passes_its_check(
         assert graph_runtime.cache_dtype is np.float16
         decoder_gate("typed graph", graph_runtime, reference, profiles_for(fp32),
                      reference.vocab, Precision.FP16)  # fmt: skip
+
+
+def test_a_server_without_tensorrt_says_how_to_serve_a_decoder_plan(tmp_path: Path) -> None:
+    from tritonize.triton_models.generator import _runtime
+
+    if python_tensorrt_version() is not None:
+        pytest.skip("this machine has tensorrt")
+    with pytest.raises(RuntimeError, match="needs 'tensorrt'.*GENERATION_TENSORRT=true"):
+        _runtime(tmp_path, {"runtime": "tensorrt", "layers": "2"}, device=0)

@@ -263,8 +263,14 @@ def _runtime(directory: Path, params: dict[str, str], device: int) -> DecoderRun
     """The decoder the build wrote: a TensorRT plan (GPU) or the ONNX graph (ONNX Runtime)."""
     layers = int(params["layers"])
     if params.get("runtime") == "tensorrt":
-        from .tensorrt_decoder import TensorRTDecoderRuntime
-
+        try:
+            from .tensorrt_decoder import TensorRTDecoderRuntime
+        except ImportError as exc:
+            raise RuntimeError(
+                f"this generator's decoder is a TensorRT plan, which needs {exc.name!r} here: "
+                "build the Triton image with TensorRT's Python package and CUDA PyTorch "
+                "(`GENERATION_TENSORRT=true docker compose build triton`)"
+            ) from exc
         return TensorRTDecoderRuntime(directory / "model.plan", layers, device)
     return OnnxDecoderRuntime(directory / "model.onnx", layers)
 
