@@ -40,7 +40,7 @@ def test_decoder_plan_decodes_like_hf_generate(
     assert manifest["tensorrt"]["profile"]["decode"]["max"] == [8, 127]
     check_repository(result.repository, EngineRuntime.detect())
 
-    runtime = TensorRTDecoderRuntime(version / "model.plan", layers=2)
+    runtime = TensorRTDecoderRuntime(version / "model.plan")
     session = DecoderSession(runtime)
     results = greedy_through_scheduler(checkpoint, session, PROMPTS, NEW_TOKENS)
     for prompt, generated in results:
@@ -57,7 +57,7 @@ def test_the_cache_stays_on_the_gpu(tiny_decoder: Callable[[str], Path], tmp_pat
         timing_cache=tmp_path / "timing.cache",
     )  # fmt: skip
     plan = build_repository(spec).repository / "tiny" / "1" / "model.plan"
-    session = DecoderSession(TensorRTDecoderRuntime(plan, layers=2))
+    session = DecoderSession(TensorRTDecoderRuntime(plan))
     session.prefill({"a": [5, 6, 7], "b": [5]})
     session.decode(["a", "b"], [8, 9])
     logits = session.decode(["a", "b"], [10, 11])
@@ -81,7 +81,7 @@ def test_typed_decoder_plan_passes_its_gates_and_generates(
         timing_cache=tmp_path / "timing.cache",
     )  # fmt: skip
     version = build_repository(spec).repository / "tiny" / "1"  # both gates inside
-    runtime = TensorRTDecoderRuntime(version / "model.plan", layers=2)
+    runtime = TensorRTDecoderRuntime(version / "model.plan")
     assert runtime.cache_dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     results = greedy_through_scheduler(checkpoint, DecoderSession(runtime), PROMPTS, NEW_TOKENS)
     assert any(len(generated) > 3 for _, generated in results)

@@ -52,8 +52,8 @@ class Perturbed(OnnxDecoderRuntime):
 
 
 def test_gate_passes_an_identical_runtime(decoder: ExportedDecoder) -> None:
-    runtime = OnnxDecoderRuntime(decoder.onnx_path, decoder.layers)
-    reference = OnnxDecoderRuntime(decoder.onnx_path, decoder.layers)
+    runtime = OnnxDecoderRuntime(decoder.onnx_path)
+    reference = OnnxDecoderRuntime(decoder.onnx_path)
     figures = decoder_gate("same", runtime, reference, profiles_for(decoder), reference.vocab, FP32)
     assert figures["prefill_max_relative_logit_diff"] < 1e-6
     assert figures["decode_max_relative_logit_diff"] < 1e-6
@@ -62,9 +62,9 @@ def test_gate_passes_an_identical_runtime(decoder: ExportedDecoder) -> None:
 
 @pytest.mark.parametrize("shift", [0.05, float("nan")])
 def test_gate_names_what_drifted(decoder: ExportedDecoder, shift: float) -> None:
-    candidate = Perturbed(decoder.onnx_path, decoder.layers)
+    candidate = Perturbed(decoder.onnx_path)
     candidate.shift = shift
-    reference = OnnxDecoderRuntime(decoder.onnx_path, decoder.layers)
+    reference = OnnxDecoderRuntime(decoder.onnx_path)
     with pytest.raises(ValidationError) as info:
         decoder_gate("shifted", candidate, reference, profiles_for(decoder), reference.vocab, FP32)
     problems = "\n".join(info.value.mismatches)
@@ -135,12 +135,12 @@ def test_typed_decoder_keeps_norms_softmax_and_logits_fp32_and_passes_its_check(
     assert softmax_inputs == {onnx.TensorProto.FLOAT}
 
     # The build's check: the typed model through the serving code against fp32 ONNX Runtime.
-    reference = OnnxDecoderRuntime(fp32.onnx_path, fp32.layers)
+    reference = OnnxDecoderRuntime(fp32.onnx_path)
     figures = decoder_gate("typed", typed, reference, profiles_for(fp32), reference.vocab,
                            Precision(precision))  # fmt: skip
     assert 0 < figures["decode_max_relative_logit_diff"] <= MAX_RELATIVE_LOGIT_DIFF[spec.precision]
     if precision == "fp16":  # and the exported graph itself, on ONNX Runtime's fp16 kernels
-        graph_runtime = OnnxDecoderRuntime(tmp_path / "typed.onnx", fp32.layers)
+        graph_runtime = OnnxDecoderRuntime(tmp_path / "typed.onnx")
         assert graph_runtime.cache_dtype is np.float16
         decoder_gate("typed graph", graph_runtime, reference, profiles_for(fp32),
                      reference.vocab, Precision.FP16)  # fmt: skip
@@ -152,4 +152,4 @@ def test_a_server_without_tensorrt_says_how_to_serve_a_decoder_plan(tmp_path: Pa
     if python_tensorrt_version() is not None:
         pytest.skip("this machine has tensorrt")
     with pytest.raises(RuntimeError, match="needs 'tensorrt'.*GENERATION_TENSORRT=true"):
-        _runtime(tmp_path, {"runtime": "tensorrt", "layers": "2"}, device=0)
+        _runtime(tmp_path, {"runtime": "tensorrt"}, device=0)

@@ -30,7 +30,7 @@ def decoder(request: pytest.FixtureRequest, tiny_decoder: Callable[[str], Path],
 
 def test_greedy_is_token_identical_to_hf_generate(decoder: tuple[Path, Path]) -> None:
     checkpoint, onnx_path = decoder
-    session = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
+    session = DecoderSession(OnnxDecoderRuntime(onnx_path))
     results = greedy_through_scheduler(checkpoint, session, PROMPTS, NEW_TOKENS)
     for prompt, generated in results:
         assert generated == hf_greedy(checkpoint, prompt, NEW_TOKENS)
@@ -40,7 +40,7 @@ def test_greedy_is_token_identical_to_hf_generate(decoder: tuple[Path, Path]) ->
 def test_seeded_sampling_is_reproducible_and_batch_independent(decoder: tuple[Path, Path]) -> None:
     checkpoint, onnx_path = decoder
     tokenizer = tokenizers.Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
-    session = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
+    session = DecoderSession(OnnxDecoderRuntime(onnx_path))
 
     def sample(with_company: bool) -> list[int]:
         params = GenerationParams(max_tokens=10, temperature=1.0, top_p=0.9, seed=42)
@@ -57,7 +57,7 @@ def test_context_window_and_stop_words_end_a_sequence(decoder: tuple[Path, Path]
     checkpoint, onnx_path = decoder
     tokenizer = tokenizers.Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
     prompt = tokenizer.encode(PROMPTS[3]).ids
-    session = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
+    session = DecoderSession(OnnxDecoderRuntime(onnx_path))
     scheduler = Scheduler(session, 4, context_window=len(prompt) + 3)
     sequence = Sequence(prompt, GenerationParams(max_tokens=50), tokenizer)
     run_scheduler(scheduler, [sequence])
@@ -79,7 +79,7 @@ def test_the_cache_stays_in_the_runtime_until_the_batch_changes(
     decoder: tuple[Path, Path],
 ) -> None:
     _, onnx_path = decoder
-    runtime = RecordingRuntime(onnx_path, layers=2)
+    runtime = RecordingRuntime(onnx_path)
     session = DecoderSession(runtime)
     short, long = "short", "long"
     session.prefill({short: [5, 6]})
@@ -105,7 +105,7 @@ def test_a_sequence_prefills_and_decodes_the_same_alone_and_in_company(
     import numpy as np
 
     _, onnx_path = decoder
-    alone, crowd = (DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2)) for _ in range(2))
+    alone, crowd = (DecoderSession(OnnxDecoderRuntime(onnx_path)) for _ in range(2))
     expected = alone.prefill({"a": [3, 4, 5]})[0]
     together = crowd.prefill({"b": list(range(10, 30)), "a": [3, 4, 5]})  # "a" left-padded
     np.testing.assert_allclose(together[1], expected, atol=1e-5)
@@ -117,8 +117,8 @@ def test_a_sequence_may_leave_while_another_waits_to_join(decoder: tuple[Path, P
     import numpy as np
 
     _, onnx_path = decoder
-    session = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
-    alone = DecoderSession(OnnxDecoderRuntime(onnx_path, layers=2))
+    session = DecoderSession(OnnxDecoderRuntime(onnx_path))
+    alone = DecoderSession(OnnxDecoderRuntime(onnx_path))
     for key, prompt in {"a": [3, 4], "b": [5, 6, 7], "c": [8, 9, 10, 11]}.items():
         session.prefill({key: prompt})
         if key == "c":
@@ -139,7 +139,7 @@ def test_sequences_whose_prefill_fails_are_active_so_they_get_an_answer(
 
     checkpoint, onnx_path = decoder
     tokenizer = tokenizers.Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
-    scheduler = Scheduler(DecoderSession(Broken(onnx_path, layers=2)), 4, context_window=128)
+    scheduler = Scheduler(DecoderSession(Broken(onnx_path)), 4, context_window=128)
     params = GenerationParams(max_tokens=4)
     sequences = [Sequence(tokenizer.encode(p).ids, params, tokenizer) for p in PROMPTS]
     for sequence in sequences:

@@ -84,7 +84,7 @@ def build_decoder_engine(
     from tritonize.triton_models.tensorrt_decoder import TensorRTDecoderRuntime
 
     profiles = DecoderProfiles.from_spec(spec, decoder.layers, decoder.kv_heads, decoder.head_dim)
-    reference = OnnxDecoderRuntime(decoder.onnx_path, decoder.layers)
+    reference = OnnxDecoderRuntime(decoder.onnx_path)
     source = decoder.onnx_path
     if spec.precision is not Precision.FP32:
         source = _typed_decoder_graph(spec, workdir, reference, profiles)
@@ -93,7 +93,7 @@ def build_decoder_engine(
     with step(f"Building the TensorRT decoder plan ({spec.precision.value}; {shapes})"):
         plan = build_plan(source, workdir / "model.plan", spec, profiles.all())
     with step("Accuracy gate: TensorRT against ONNX Runtime, prefill and batched decode steps"):
-        candidate = TensorRTDecoderRuntime(plan.plan, decoder.layers)
+        candidate = TensorRTDecoderRuntime(plan.plan)
         figures = decoder_gate(
             "TensorRT decoder plan", candidate, reference, profiles, reference.vocab,
             spec.precision,

@@ -227,7 +227,7 @@ GENERATION_OUTPUTS = [
 ]
 
 
-def generator_config(spec: BuildSpec, end_ids: list[int], layers: int) -> ModelConfig:
+def generator_config(spec: BuildSpec, end_ids: list[int]) -> ModelConfig:
     """A decoupled Python model: the prompt in, text out (streamed or whole). Its decoder is a
     TensorRT plan on a GPU for target `tensorrt`, else the ONNX graph on ONNX Runtime."""
     on_gpu = spec.target is Target.TENSORRT
@@ -248,7 +248,6 @@ def generator_config(spec: BuildSpec, end_ids: list[int], layers: int) -> ModelC
                 "max_tokens_limit": spec.max_seq_len - 1,
                 "max_active": spec.max_batch_size,  # sequences decoded together
                 "end_ids": json.dumps(end_ids),
-                "layers": layers,
             }.items()
         },
     )

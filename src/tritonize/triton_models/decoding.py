@@ -9,7 +9,7 @@ the cache re-packed, left-padded to the longest sequence with the padding masked
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,11 @@ def past_names(layers: int) -> list[str]:
 
 def present_names(layers: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def count_layers(input_names: Iterable[str]) -> int:
+    """A decoder graph's layers: its past comes as a key and a value per layer."""
+    return sum(name.startswith("past_key_values.") for name in input_names) // 2
 
 
 class DecoderRuntime(Protocol):
@@ -51,16 +56,17 @@ class OnnxDecoderRuntime:
     """ONNX Runtime with I/O binding: outputs are written into arrays allocated here, which the
     next step binds as its inputs, so a cache is never copied between steps."""
 
-    def __init__(self, path: Path, layers: int, threads: int = 0) -> None:
+    def __init__(self, path: Path, threads: int = 0) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.layers = layers
-        self.past_names, self.present_names = past_names(layers), present_names(layers)
-        past = {i.name: i for i in self.session.get_inputs()}[self.past_names[0]]
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.layers = count_layers(inputs)
+        self.past_names, self.present_names = past_names(self.layers), present_names(self.layers)
+        past = inputs[self.past_names[0]]
         self.kv_heads, self.head_dim = (int(d) for d in past.shape[1::2])
         self.cache_dtype = _NUMPY_TYPES[past.type]  # fp32, or fp16 for a typed graph
         self.vocab = int(self.session.get_outputs()[0].shape[1])

@@ -81,25 +81,22 @@ class Scheduler:
         for sequence in self.active:
             if sequence.cancelled:
                 self.session.release(sequence)
-        self.active = [s for s in self.active if not s.cancelled]
+        running = [s for s in self.active if not s.cancelled]  # each has had a token already
         admitted: list[Sequence] = []
-        while len(self.active) + len(admitted) < self.max_active:
+        while len(running) + len(admitted) < self.max_active:
             try:
-                wait = idle_wait_s if not (self.active or admitted) else 0
+                wait = idle_wait_s if not (running or admitted) else 0
                 admitted.append(self.waiting.get(timeout=wait))
             except queue.Empty:
                 break
+        self.active = running + admitted  # before the calls: should one fail, all are answered
         if admitted:  # prefilled together, in one call
-            self.active += admitted  # first: should the call fail, they are answered with all
             logits = self.session.prefill({s: s.prompt for s in admitted})
             for row, sequence in enumerate(admitted):
                 events.append(self._advance(sequence, sequence.sampler.next_token(logits[row])))
-        joined = [
-            s for s in self.active if s.generated and not any(e.sequence is s for e in events)
-        ]
-        if joined:
-            logits = self.session.decode(joined, [s.generated[-1] for s in joined])
-            for row, sequence in enumerate(joined):
+        if running:
+            logits = self.session.decode(running, [s.generated[-1] for s in running])
+            for row, sequence in enumerate(running):
                 events.append(self._advance(sequence, sequence.sampler.next_token(logits[row])))
         self.active = [s for s in self.active if not s.finished]
         if not self.active:
@@ -261,7 +258,6 @@ class TritonPythonModel:
 
 def _runtime(directory: Path, params: dict[str, str], device: int) -> DecoderRuntime:
     """The decoder the build wrote: a TensorRT plan (GPU) or the ONNX graph (ONNX Runtime)."""
-    layers = int(params["layers"])
     if params.get("runtime") == "tensorrt":
         try:
             from .tensorrt_decoder import TensorRTDecoderRuntime
@@ -271,8 +267,8 @@ def _runtime(directory: Path, params: dict[str, str], device: int) -> DecoderRun
                 "build the Triton image with TensorRT's Python package and CUDA PyTorch "
                 "(`GENERATION_TENSORRT=true docker compose build triton`)"
             ) from exc
-        return TensorRTDecoderRuntime(directory / "model.plan", layers, device)
-    return OnnxDecoderRuntime(directory / "model.onnx", layers)
+        return TensorRTDecoderRuntime(directory / "model.plan", device)
+    return OnnxDecoderRuntime(directory / "model.onnx")
 
 
 def _read_inputs(request: Any) -> dict[str, Any]:

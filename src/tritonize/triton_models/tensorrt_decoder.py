@@ -17,7 +17,7 @@ import numpy as np
 import tensorrt as trt
 import torch
 
-from .decoding import past_names, present_names
+from .decoding import count_layers, past_names, present_names
 
 PREFILL, DECODE = 0, 1  # optimisation profile indices, in the order the build adds them
 
@@ -33,7 +33,7 @@ _TORCH_TYPES = {
 class TensorRTDecoderRuntime:
     """Runs the decoder plan; its arrays are torch CUDA tensors on `device`."""
 
-    def __init__(self, plan: Path, layers: int, device: int = 0) -> None:
+    def __init__(self, plan: Path, device: int = 0) -> None:
         self.device = torch.device("cuda", device)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -53,8 +53,8 @@ class TensorRTDecoderRuntime:
         self.contexts = [engine.create_execution_context() for _ in (PREFILL, DECODE)]
         for profile, context in enumerate(self.contexts):
             context.set_optimization_profile_async(profile, self.stream.cuda_stream)
-        self.layers = layers
-        self.past_names, self.present_names = past_names(layers), present_names(layers)
+        self.layers = count_layers(engine.get_tensor_name(i) for i in range(engine.num_io_tensors))
+        self.past_names, self.present_names = past_names(self.layers), present_names(self.layers)
         cache_shape = engine.get_tensor_shape(self.past_names[0])  # [-1, kv_heads, -1, head_dim]
         self.kv_heads, self.head_dim = int(cache_shape[1]), int(cache_shape[3])
         self.vocab = int(engine.get_tensor_shape("logits")[1])
