@@ -51,15 +51,7 @@ def golden_record(
     spec: BuildSpec, exported: ExportedModel, config: ModelConfig, texts: list[str]
 ) -> dict[str, Any]:
     assert exported.golden_outputs is not None
-    record: dict[str, Any] = {
-        "model": spec.name,
-        "task": spec.task.value,
-        "version": spec.version,
-        "precision": spec.precision.value,
-        "tolerance": TOLERANCES[spec.precision],
-        "interface": interface(config),
-        "texts": texts,
-    }
+    record = _record(spec, config, TOLERANCES[spec.precision], texts)
     if spec.task is Task.EMBEDDING:
         record["embeddings"] = exported.golden_outputs.round(6).tolist()
     else:
@@ -74,15 +66,24 @@ def generation_golden_record(
 ) -> dict[str, Any]:
     """Greedy continuations by PyTorch (fp32), which a deployment must reproduce: exactly at
     fp32; at fp16/bf16 greedy decoding may part ways at a near tie, so a shared start will do."""
+    tolerance = {"min_common_prefix": GENERATION_COMMON_PREFIX[spec.precision]}
+    record = _record(spec, config, tolerance, [c["prompt"] for c in continuations])
+    record["continuations"] = continuations
+    return record
+
+
+def _record(
+    spec: BuildSpec, config: ModelConfig, tolerance: dict[str, float], texts: list[str]
+) -> dict[str, Any]:
+    """What every golden file holds: the model, its build, the interface and the inputs."""
     return {
         "model": spec.name,
         "task": spec.task.value,
         "version": spec.version,
         "precision": spec.precision.value,
-        "tolerance": {"min_common_prefix": GENERATION_COMMON_PREFIX[spec.precision]},
+        "tolerance": tolerance,
         "interface": interface(config),
-        "texts": [c["prompt"] for c in continuations],
-        "continuations": continuations,
+        "texts": texts,
     }
 
 
