@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
+from tritonize.api_key import API_KEY_HEADER
 from tritonize.errors import InferenceError
-from tritonize.server.local import API_KEY_HEADER
 from tritonize.triton_models.common import EMBEDDING, LABEL, PROBABILITIES, SCORE, TEXT, TRUNCATED
 
 

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from tritonize.api_key import API_KEY_HEADER
 from tritonize.errors import ServerError
 from tritonize.processes import die_with_parent, stop_process
 from tritonize.repository.checker import check_repository, serves_a_plan
 from tritonize.repository.configs import ModelConfig
 from tritonize.server.bundled import BundledTriton
 
-# The model-repository API key header; gRPC clients send `triton-grpc-protocol-tritonize-key`.
-API_KEY_HEADER = "tritonize-key"
 # Backends the bundled CPU server lacks.
 _GPU_PLATFORMS = ("tensorrt_plan", "onnxruntime_onnx")
 
