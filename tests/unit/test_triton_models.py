@@ -6,14 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tokenizers
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
+from helpers import train_tokenizer
 from tritonize.export.onnx_export import load_tokenizer
 from tritonize.export.validation import SAMPLE_TEXTS
 from tritonize.triton_models.classifier import Classifier
 from tritonize.triton_models.common import RequestError
 from tritonize.triton_models.onnx_runner import pad_and_stack
+from tritonize.triton_models.prefix_encoding import encode_within, has_visible_text
 from tritonize.triton_models.tokenizer import TextTokenizer
 
 
@@ -53,11 +58,23 @@ def test_each_request_is_padded_to_its_own_longest(text_tokenizer: TextTokenizer
         (b" \t\n ", r"`TEXT`\[0\] is empty or whitespace only"),
         (b"ok\xff\xfe", r"`TEXT`\[0\] is not valid UTF-8 \(byte 2"),
         (b"x" * 1001, r"`TEXT`\[0\] is 1001 bytes: at most 1000 allowed"),
+        (b"\0", r"`TEXT`\[0\] has no visible character"),
+        ("\u200b".encode(), r"`TEXT`\[0\] has no visible character"),
+        ("\ufeff".encode(), r"`TEXT`\[0\] has no visible character"),
+        ("\x07\x1b \x7f".encode(), r"`TEXT`\[0\] has no visible character"),
+        ("\u0301".encode(), r"`TEXT`\[0\] has no visible character"),
     ],
+    ids=["empty", "whitespace", "utf8", "too-long", "nul", "zwsp", "bom", "controls", "lone-mark"],
 )
 def test_bad_texts_are_named(text_tokenizer: TextTokenizer, raw: bytes, message: str) -> None:
     with pytest.raises(RequestError, match=message):
         text_tokenizer.decode_texts(np.array([[raw]], dtype=object))
+
+
+def test_texts_the_normaliser_removes_are_flagged(text_tokenizer: TextTokenizer) -> None:
+    """A private-use character passes the Unicode check, but MiniLM's normaliser drops it."""
+    (batch,) = text_tokenizer.encode([["fine", "\ue000"]])
+    assert batch.tokenless == (1,)
 
 
 def test_bad_text_position_is_reported(text_tokenizer: TextTokenizer) -> None:
@@ -81,3 +98,72 @@ def test_classifier_matches_torch_softmax() -> None:
     assert [label.decode() for label in labels[:, 0]] == ["neu", "neg", "neg"]
     np.testing.assert_allclose(scores[:, 0], expected.max(axis=1), atol=1e-7)
     assert probabilities.dtype == np.float32 and labels.shape == (3, 1)
+
+
+# -- long texts: a bounded prefix is tokenized, with the same window as the whole text ----------
+
+PIECES = st.sampled_from(
+    [*"abcdefghij xyz  \n\t.,!?'-", "é", "e\u0301", "日本語", "🚀", "ß", "\u200b", "ﬁ"]
+)
+WORDS = st.one_of(
+    st.lists(PIECES, min_size=1, max_size=12).map("".join),
+    st.text(st.sampled_from("abc"), min_size=90, max_size=140),  # around WordPiece's 100
+)
+LONG_TEXTS = st.lists(WORDS, min_size=1, max_size=400).map(" ".join)
+
+
+def wordpiece(minilm_dir: Path) -> tokenizers.Tokenizer:
+    return tokenizers.Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module", params=["wordpiece", "byte_level", "sentencepiece"])
+def any_tokenizer(request: pytest.FixtureRequest, minilm_dir: Path) -> tokenizers.Tokenizer:
+    if request.param == "wordpiece":
+        return wordpiece(minilm_dir)
+    return train_tokenizer(request.param)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=LONG_TEXTS, window=st.integers(min_value=3, max_value=48))
+def test_prefix_window_equals_whole_text_window(
+    any_tokenizer: tokenizers.Tokenizer, text: str, window: int
+) -> None:
+    tokenizer = any_tokenizer
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(window)
+    whole = tokenizer.encode(text)
+    (bounded,) = encode_within(tokenizer, [text], window)
+    assert bounded.ids == whole.ids
+    assert bool(bounded.overflowing) == bool(whole.overflowing)
+
+
+def test_a_long_text_is_tokenized_by_a_short_prefix(minilm_dir: Path) -> None:
+    """A 900 kB text costs about what its first few kilobytes cost, not the whole text."""
+    tokenizer = wordpiece(minilm_dir)
+    tokenizer.enable_truncation(256)
+    text = ("All work and no play makes a long text. " * 23_000)[:900_000]
+    seen: list[int] = []
+    encode_batch = tokenizer.encode_batch
+
+    class Counting:  # the Rust tokenizer cannot be patched: wrap it
+        model = tokenizer.model
+
+        def encode_batch(self, texts: list[str]) -> list[tokenizers.Encoding]:
+            seen.extend(len(t) for t in texts)
+            return encode_batch(texts)
+
+    (encoding,) = encode_within(Counting(), [text], 256)  # type: ignore[arg-type]
+    assert encoding.ids == tokenizer.encode(text).ids and encoding.overflowing
+    assert sum(seen) <= 8 * 256 * 3, seen
+
+
+@pytest.mark.parametrize(
+    "text", ["\0", "\u200b", "\ufeff", "\u0301", "\x07 \x01", " \u200b\ufeff\t", "\u0301" * 1000]
+)
+def test_texts_without_visible_characters_are_found(text: str) -> None:
+    assert not has_visible_text(text)
+
+
+@pytest.mark.parametrize("text", ["a", "!", "日本", "🚀", "\u200bx", "e\u0301", "1"])
+def test_texts_with_visible_characters_pass(text: str) -> None:
+    assert has_visible_text(text)

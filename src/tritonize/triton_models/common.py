@@ -34,5 +34,15 @@ def version_dir(args: dict[str, str]) -> Path:
 
 
 def error_responses(pb_utils: Any, count: int, message: str) -> list[Any]:
-    """`count` responses that all carry `message` as their error."""
+    """`count` responses that all carry `message` as their (server-side, INTERNAL) error."""
     return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in range(count)]
+
+
+def invalid_argument(pb_utils: Any, error: RequestError) -> Any:
+    """The client's mistake: INVALID_ARGUMENT over gRPC, 400 over HTTP (not 500 / INTERNAL)."""
+    return pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
+
+
+def rejection(pb_utils: Any, error: RequestError) -> Any:
+    """A response refusing a request the client got wrong."""
+    return pb_utils.InferenceResponse(error=invalid_argument(pb_utils, error))

@@ -8,7 +8,10 @@ the next bucket length, so that requests of similar length share a shape and mer
 
 Texts longer than `max_seq_len` tokens are truncated (the documented choice, as
 sentence-transformers does); each truncation is logged, counted in a metric and flagged in the
-TRUNCATED output, never silent.
+TRUNCATED output, never silent. Only a bounded prefix of a long text is tokenized
+(prefix_encoding.py), so a megabyte text costs about what its first kilobytes cost. Texts with
+nothing to embed (empty, whitespace, control or format characters, lone combining marks, or
+anything the tokenizer's normaliser removes entirely) are refused like empty text.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from .common import (
     RequestError,
     error_responses,
     model_parameters,
+    rejection,
     version_dir,
 )
+from .prefix_encoding import content_tokens, encode_within, has_visible_text
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -47,6 +52,7 @@ class EncodedBatch:
     attention_mask: np.ndarray  # INT64 [B, L]
     truncated: np.ndarray  # BOOL [B, 1]
     num_tokens: int  # real (unpadded) tokens in the batch
+    tokenless: tuple[int, ...] = ()  # rows whose text yields no token of its own
 
 
 class TextTokenizer:
@@ -89,13 +95,19 @@ class TextTokenizer:
                 ) from None
             if not text.strip():
                 raise RequestError(f"`{TEXT}`[{i}] is empty or whitespace only: expected some text")
+            if not has_visible_text(text):
+                raise RequestError(
+                    f"`{TEXT}`[{i}] has no visible character (only control or format characters "
+                    "such as U+0000, U+200B or U+FEFF, whitespace or combining marks): "
+                    "expected some text"
+                )
             texts.append(text)
         return texts
 
     def encode(self, requests: list[list[str]]) -> list[EncodedBatch]:
         """Encode every request's texts in one call; pad each request to its longest text."""
         flat = [text for texts in requests for text in texts]
-        encodings = self.tokenizer.encode_batch(flat)
+        encodings = encode_within(self.tokenizer, flat, self.max_seq_len)
         batches, start = [], 0
         for texts in requests:
             batches.append(self._pad(encodings[start : start + len(texts)]))
@@ -111,7 +123,8 @@ class TextTokenizer:
             ids[row, : len(enc.ids)] = enc.ids
             mask[row, : len(enc.ids)] = 1
         truncated = np.array([[bool(enc.overflowing)] for enc in encodings], dtype=bool)
-        return EncodedBatch(ids, mask, truncated, int(mask.sum()))
+        tokenless = tuple(row for row, enc in enumerate(encodings) if not content_tokens(enc))
+        return EncodedBatch(ids, mask, truncated, int(mask.sum()), tokenless)
 
 
 class TritonPythonModel:
@@ -145,13 +158,16 @@ class TritonPythonModel:
             try:
                 valid[i] = self.tokenizer.decode_texts(raw)
             except RequestError as exc:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                responses[i] = rejection(pb_utils, exc)
         for i, batch in zip(valid, self.tokenizer.encode(list(valid.values())), strict=True):
             responses[i] = self._respond(batch)
         self.metrics.observe(time.perf_counter() - start)
         return responses
 
     def _respond(self, batch: EncodedBatch) -> Any:
+        if batch.tokenless:
+            problem = f"`{TEXT}`[{batch.tokenless[0]}] yields no token: this model's tokenizer "
+            return rejection(pb_utils, RequestError(problem + "removes all of it; expected text"))
         truncations = int(batch.truncated.sum())
         if truncations:
             pb_utils.Logger.log_warn(

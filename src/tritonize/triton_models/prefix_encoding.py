@@ -1,0 +1,109 @@
+"""Tokenize no more of a text than a window of tokens can use.
+
+A text far longer than the window (a 900 kB document for a 256-token encoder, a 10 MB prompt
+for a 64-token decoder) used to be tokenized whole, and its overflowing tokens kept: seconds
+of work and gigabytes of memory for tokens that are then thrown away. Here each text is
+tokenized by prefixes of doubling length until the window's tokens are proven to be those of
+the whole text.
+
+Why a prefix is enough: cutting a text can change only the tokens near the cut (the word, or
+the normalised character run, that the cut splits). Prefixes end where a word ends, before a
+whitespace run, so no word and no combining sequence is split (WordPiece, for one, turns a
+word over 100 characters into one unknown token: half a word would tokenize differently).
+Where a long stretch has no whitespace the cut falls inside it, but at least
+`min_prefix_chars / 2` characters into it, so an over-long word is already over-long in the
+prefix. Once a prefix yields more tokens than the window holds, and the window's tokens stay
+the same when the prefix doubles, the cut is far enough behind the window that the whole text
+yields the same window. A text that never reaches that point is tokenized whole (exact).
+
+The tokenizer must truncate at the window (`enable_truncation`). An encoding returned here
+has the whole text's ids; its `overflowing` is non-empty exactly when the whole text has more
+tokens than the window, but holds only the prefix's overflow (use it as a flag, not as data).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import unicodedata
+
+import tokenizers
+
+CHARS_PER_TOKEN = 8  # the first prefix: most languages need far fewer characters per token
+MIN_PREFIX_CHARS = 256  # over twice WordPiece's default longest word (100 characters)
+_WORD_END = re.compile(r"\S(?=\s)")
+
+# Characters that carry no text by themselves: whitespace, control and format characters
+# (NUL, zero-width space U+200B, BOM U+FEFF, ...), separators and combining marks.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Mc", "Me"})
+
+
+def encode_within(
+    tokenizer: tokenizers.Tokenizer, texts: list[str], window: int
+) -> list[tokenizers.Encoding]:
+    """The encodings of `texts` truncated at `window` tokens, each tokenizing a bounded prefix."""
+    results: dict[int, tokenizers.Encoding] = {}
+    previous: dict[int, tokenizers.Encoding] = {}
+    pending = list(range(len(texts)))
+    size = max(CHARS_PER_TOKEN * window, min_prefix_chars(tokenizer))
+    while pending:
+        encodings = tokenizer.encode_batch([prefix(texts[i], size) for i in pending])
+        still: list[int] = []
+        for i, encoding in zip(pending, encodings, strict=True):
+            if len(texts[i]) <= size or _settled(previous.get(i), encoding):
+                results[i] = encoding
+            else:
+                previous[i] = encoding
+                still.append(i)
+        pending, size = still, size * 2
+    return [results[i] for i in range(len(texts))]
+
+
+def min_prefix_chars(tokenizer: tokenizers.Tokenizer) -> int:
+    """The shortest first prefix: twice the longest word the tokenizer's model splits."""
+    longest_word = getattr(tokenizer.model, "max_input_chars_per_word", 0) or 0
+    return max(MIN_PREFIX_CHARS, 2 * int(longest_word) + 2)
+
+
+def prefix(text: str, size: int) -> str:
+    """At most `size` characters of `text`, ending at the last word end in its second half."""
+    if len(text) <= size:
+        return text
+    ends = list(_WORD_END.finditer(text, size // 2, size))
+    return text[: ends[-1].end()] if ends else text[:size]
+
+
+def _settled(shorter: tokenizers.Encoding | None, longer: tokenizers.Encoding) -> bool:
+    """The window is full beyond doubt: both prefixes overflow it with the same tokens."""
+    return (
+        shorter is not None
+        and bool(shorter.overflowing)
+        and bool(longer.overflowing)
+        and shorter.ids == longer.ids
+    )
+
+
+def content_tokens(encoding: tokenizers.Encoding) -> int:
+    """Tokens of the text itself, not the ones the tokenizer adds ([CLS], <s>, ...)."""
+    return len(encoding.special_tokens_mask) - sum(encoding.special_tokens_mask)
+
+
+def _visible_class() -> re.Pattern[str]:
+    """A pattern matching any character outside the invisible categories."""
+    ranges: list[tuple[int, int]] = []
+    for code in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(code)) in _INVISIBLE_CATEGORIES or chr(code).isspace():
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    body = "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
+    return re.compile(f"[^{body}]")
+
+
+_VISIBLE = _visible_class()
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether `text` holds a letter, digit, punctuation mark or symbol (a C-speed scan)."""
+    return _VISIBLE.search(text) is not None
