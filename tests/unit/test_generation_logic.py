@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from itertools import pairwise
 from typing import Any
 
@@ -13,10 +14,15 @@ from hypothesis import strategies as st
 from helpers import TOKENIZERS
 from tritonize.triton_models.common import RequestError
 from tritonize.triton_models.generation import (
+    MAX_STOP_WORD_CHARS,
+    MAX_STOP_WORDS,
     GenerationParams,
     IncrementalDetokenizer,
+    PromptEncoder,
     Sampler,
     StopMatcher,
+    check_fields,
+    check_token_id,
 )
 
 
@@ -124,8 +130,65 @@ def test_greedy_and_seeded_sampling() -> None:
         (GenerationParams(max_tokens=1, top_p=0.0), r"`top_p` = 0.0: expected a value in \(0, 1\]"),
         (GenerationParams(max_tokens=1, top_p=1.5), r"`top_p` = 1.5"),
         (GenerationParams(max_tokens=1, top_k=-1), r"`top_k` = -1"),
+        (
+            GenerationParams(max_tokens=1, stop_words=("x",) * (MAX_STOP_WORDS + 1)),
+            rf"`stop_words` has {MAX_STOP_WORDS + 1} words: at most {MAX_STOP_WORDS} allowed",
+        ),
+        (
+            GenerationParams(max_tokens=1, stop_words=("ok", "y" * (MAX_STOP_WORD_CHARS + 1))),
+            rf"`stop_words`\[1\] is {MAX_STOP_WORD_CHARS + 1} characters: at most 128",
+        ),
     ],
 )
 def test_invalid_parameters_are_named(params: GenerationParams, message: str) -> None:
     with pytest.raises(RequestError, match=message):
         params.check(max_tokens_limit=64)
+
+
+def test_unknown_fields_are_refused_naming_the_allowed_ones() -> None:
+    check_fields({"text_input", "max_tokens", "temperature"})
+    with pytest.raises(RequestError, match=r"unknown field\(s\) `temprature`: allowed are text_"):
+        check_fields({"text_input", "temprature"})
+
+
+@pytest.mark.parametrize("value", [-1, 400, 2**40])
+def test_token_ids_out_of_the_vocabulary_are_named(value: int) -> None:
+    check_token_id("end_id", 0, 400)
+    check_token_id("end_id", 399, 400)
+    with pytest.raises(RequestError, match=rf"`end_id` = {value}: expected a token id in 0..399"):
+        check_token_id("end_id", value, 400)
+
+
+@pytest.fixture(params=sorted(TOKENIZERS))
+def prompts(request: pytest.FixtureRequest) -> PromptEncoder:
+    return PromptEncoder(TOKENIZERS[request.param](), context_window=64)
+
+
+def test_a_prompt_that_fits_gets_the_tokenizers_ids(prompts: PromptEncoder) -> None:
+    text = "The quick brown fox jumps over the lazy dog"
+    assert prompts.encode(text) == prompts.counter.encode(text).ids
+
+
+def test_a_prompt_over_the_window_is_refused_with_its_length(prompts: PromptEncoder) -> None:
+    count = len(prompts.counter.encode("word " * 80).ids)
+    with pytest.raises(RequestError, match=rf"`text_input` is {count} tokens: the context window"):
+        prompts.encode("word " * 80)
+
+
+def test_a_10mb_prompt_is_refused_after_a_bounded_prefix(prompts: PromptEncoder) -> None:
+    text = "All work and no play makes a long prompt. " * 250_000
+    start = time.perf_counter()
+    with pytest.raises(RequestError, match=r"`text_input` is over 63 tokens \(10500000 char"):
+        prompts.encode(text)
+    elapsed = time.perf_counter() - start
+    full = time.perf_counter()
+    prompts.counter.encode(text[:1_000_000])  # a tenth of the prompt, tokenized whole
+    tenth = time.perf_counter() - full
+    print(f"10 MB prompt refused in {elapsed * 1000:.1f} ms; 1 MB tokenized in {tenth * 1000:.0f}")
+    assert elapsed < tenth / 10
+
+
+@pytest.mark.parametrize("text", ["", "  \n", "\0", "\u200b\ufeff", "\u0301"])
+def test_prompts_without_text_are_refused(prompts: PromptEncoder, text: str) -> None:
+    with pytest.raises(RequestError, match=r"`text_input` (is empty|has no visible character)"):
+        prompts.encode(text)

@@ -17,7 +17,7 @@ from tritonize.export.onnx_export import load_tokenizer
 from tritonize.export.validation import SAMPLE_TEXTS
 from tritonize.triton_models.classifier import Classifier
 from tritonize.triton_models.common import RequestError
-from tritonize.triton_models.onnx_runner import pad_and_stack
+from tritonize.triton_models.onnx_runner import OnnxEncoder, check_request, pad_and_stack
 from tritonize.triton_models.prefix_encoding import encode_within, has_visible_text
 from tritonize.triton_models.tokenizer import TextTokenizer
 
@@ -61,7 +61,7 @@ def test_each_request_is_padded_to_its_own_longest(text_tokenizer: TextTokenizer
         (b"\0", r"`TEXT`\[0\] has no visible character"),
         ("\u200b".encode(), r"`TEXT`\[0\] has no visible character"),
         ("\ufeff".encode(), r"`TEXT`\[0\] has no visible character"),
-        ("\x07\x1b \x7f".encode(), r"`TEXT`\[0\] has no visible character"),
+        (b"\x07\x1b \x7f", r"`TEXT`\[0\] has no visible character"),
         ("\u0301".encode(), r"`TEXT`\[0\] has no visible character"),
     ],
     ids=["empty", "whitespace", "utf8", "too-long", "nul", "zwsp", "bom", "controls", "lone-mark"],
@@ -98,6 +98,51 @@ def test_classifier_matches_torch_softmax() -> None:
     assert [label.decode() for label in labels[:, 0]] == ["neu", "neg", "neg"]
     np.testing.assert_allclose(scores[:, 0], expected.max(axis=1), atol=1e-7)
     assert probabilities.dtype == np.float32 and labels.shape == (3, 1)
+
+
+# -- the steps are public: every door checks what comes in --------------------------------------
+
+IDS = np.array([[101, 2000, 102]])
+MASK = np.ones((1, 3), dtype=np.int64)
+
+
+@pytest.mark.parametrize(
+    ("ids", "mask", "message"),
+    [
+        (IDS, np.zeros((1, 3), np.int64), r"`attention_mask` row 0 is all zeros"),
+        (np.array([[101, -1, 102]]), MASK, r"`input_ids` holds -1: expected token ids in 0\.\.999"),
+        (np.array([[101, 1000, 102]]), MASK, r"`input_ids` holds 1000: expected token ids in 0"),
+        (IDS, np.ones((1, 4), np.int64), r"`input_ids` has shape \[1, 3\] and `attention_mask`"),
+        (IDS[0], MASK[0], r"expected the same shape \[batch, sequence\]"),
+        (IDS, np.array([[1, 2, 1]]), r"`attention_mask` holds values other than 0 and 1"),
+        (IDS[:, :0], MASK[:, :0], r"`input_ids` is empty"),
+    ],
+    ids=["zero-mask", "minus-one", "over-vocab", "shapes", "1-d", "mask-values", "empty"],
+)
+def test_engine_requests_are_checked(ids: np.ndarray, mask: np.ndarray, message: str) -> None:
+    check_request(np.array([[5, 99]]), np.array([[1, 0]]), vocab_size=100)  # fine
+    with pytest.raises(RequestError, match=message):
+        check_request(ids, mask, vocab_size=1000)
+
+
+def test_the_engine_finds_its_vocabulary_in_the_graph(classifier_repository: Path) -> None:
+    graph = classifier_repository / "sentiment_engine" / "1" / "model.onnx"
+    encoder = OnnxEncoder(graph, output_name="logits", pad_id=0, threads=1)
+    assert encoder.vocab_size == 30522  # tiny_configs/bert-classifier.json
+
+
+@pytest.mark.parametrize(
+    ("logits", "message"),
+    [
+        (np.zeros((2, 4), np.float32), r"`logits` has shape \[2, 4\]: expected \[batch, 3\]"),
+        (np.zeros(3, np.float32), r"`logits` has shape \[3\]"),
+        (np.array([[0.0, np.nan, 1.0]], np.float32), r"`logits` holds NaN or infinite values"),
+        (np.array([[0.0, np.inf, 1.0]], np.float32), r"`logits` holds NaN or infinite values"),
+    ],
+)
+def test_postprocess_checks_its_logits(logits: np.ndarray, message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        Classifier(["neg", "neu", "pos"]).postprocess(logits)
 
 
 # -- long texts: a bounded prefix is tokenized, with the same window as the whole text ----------

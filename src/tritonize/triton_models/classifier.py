@@ -1,6 +1,7 @@
 """Classification postprocess: logits -> LABEL, SCORE, PROBABILITIES.
 
 Softmax runs here in float64 so that a reduced-precision engine only has to get logits right.
+The step is public, so logits that are not [batch, labels] finite numbers are refused by name.
 """
 
 from __future__ import annotations
@@ -10,7 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from .common import LABEL, LOGITS, PROBABILITIES, SCORE, error_responses, model_parameters
+from .common import (
+    LABEL,
+    LOGITS,
+    PROBABILITIES,
+    SCORE,
+    RequestError,
+    error_responses,
+    model_parameters,
+    rejection,
+)
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -31,8 +41,18 @@ class Classifier:
     def __init__(self, labels: list[str]) -> None:
         self.labels = np.array([label.encode() for label in labels], dtype=object)
 
+    def check(self, logits: np.ndarray) -> None:
+        """Raise `RequestError` unless `logits` is [batch, labels] of finite numbers."""
+        if logits.ndim != 2 or logits.shape[1] != len(self.labels) or not logits.shape[0]:
+            raise RequestError(
+                f"`{LOGITS}` has shape {list(logits.shape)}: expected [batch, {len(self.labels)}]"
+            )
+        if not np.isfinite(logits).all():
+            raise RequestError(f"`{LOGITS}` holds NaN or infinite values: expected finite numbers")
+
     def postprocess(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(labels BYTES [B, 1], scores FP32 [B, 1], probabilities FP32 [B, N])."""
+        self.check(logits)
         probabilities = softmax(logits)
         best = probabilities.argmax(axis=1)
         scores = probabilities[np.arange(len(best)), best]
@@ -59,7 +79,10 @@ class TritonPythonModel:
 
     def _respond(self, request: Any) -> Any:
         logits = pb_utils.get_input_tensor_by_name(request, LOGITS).as_numpy()
-        labels, scores, probabilities = self.classifier.postprocess(logits)
+        try:
+            labels, scores, probabilities = self.classifier.postprocess(logits)
+        except RequestError as exc:
+            return rejection(pb_utils, exc)
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor(LABEL, labels),

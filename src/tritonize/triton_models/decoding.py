@@ -38,6 +38,7 @@ class DecoderRuntime(Protocol):
     layers: int
     kv_heads: int
     head_dim: int
+    vocab: int  # the logits' width: every token id the decoder can produce
 
     def zeros(self, shape: tuple[int, ...]) -> Array: ...
 

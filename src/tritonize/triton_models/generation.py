@@ -9,6 +9,22 @@ import numpy as np
 import tokenizers
 
 from .common import RequestError
+from .prefix_encoding import (
+    CHARS_PER_TOKEN,
+    content_tokens,
+    encode_within,
+    has_visible_text,
+    min_prefix_chars,
+)
+
+MAX_STOP_WORDS = 16  # every step scans the pending text for each: bound the work per token
+MAX_STOP_WORD_CHARS = 128
+
+# The request fields a generator reads (TensorRT-LLM's names); anything else is refused.
+REQUEST_FIELDS = (
+    "text_input", "max_tokens", "stream", "temperature", "top_k", "top_p", "seed",
+    "stop_words", "end_id", "pad_id", "exclude_input_in_output",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,78 @@ class GenerationParams:
             raise RequestError(f"`top_p` = {self.top_p}: expected a value in (0, 1]")
         if self.top_k < 0:
             raise RequestError(f"`top_k` = {self.top_k}: expected >= 0 (0 turns it off)")
+        check_stop_words(self.stop_words)
+
+
+def check_stop_words(words: tuple[str, ...] | list[str]) -> None:
+    """At most MAX_STOP_WORDS words of at most MAX_STOP_WORD_CHARS characters each."""
+    if len(words) > MAX_STOP_WORDS:
+        raise RequestError(f"`stop_words` has {len(words)} words: at most {MAX_STOP_WORDS} allowed")
+    for i, word in enumerate(words):
+        if len(word) > MAX_STOP_WORD_CHARS:
+            raise RequestError(
+                f"`stop_words`[{i}] is {len(word)} characters: "
+                f"at most {MAX_STOP_WORD_CHARS} allowed"
+            )
+
+
+def check_token_id(name: str, value: int, vocab_size: int) -> None:
+    """A token id the decoder can produce: 0..vocab_size - 1."""
+    if not 0 <= value < vocab_size:
+        raise RequestError(f"`{name}` = {value}: expected a token id in 0..{vocab_size - 1}")
+
+
+def check_fields(names: set[str]) -> None:
+    """Refuse fields the generator does not read (a typo such as `temprature` must not pass)."""
+    unknown = sorted(names - set(REQUEST_FIELDS))
+    if unknown:
+        raise RequestError(
+            f"unknown field(s) {', '.join(f'`{n}`' for n in unknown)}: "
+            f"allowed are {', '.join(REQUEST_FIELDS)}"
+        )
+
+
+class PromptEncoder:
+    """Prompt ids, refused before any decoding when they cannot fit the context window.
+
+    Only a bounded prefix of the prompt is tokenized (prefix_encoding.py): a 10 MB prompt is
+    refused after a few kilobytes of it, not after tokenizing all of it.
+    """
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, context_window: int) -> None:
+        self.limit = context_window - 1  # at least one token must be left to generate
+        self.context_window = context_window
+        self.tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.limit)
+        self.exact_count_chars = 2 * max(CHARS_PER_TOKEN * self.limit, min_prefix_chars(tokenizer))
+        self.counter = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self.counter.no_padding()
+        self.counter.no_truncation()
+
+    def encode(self, text: str) -> list[int]:
+        if not text or text.isspace():  # no stripped copy of a long prompt
+            raise RequestError("`text_input` is empty: expected a prompt")
+        if not has_visible_text(text):
+            raise RequestError(
+                "`text_input` has no visible character (only control or format characters, "
+                "whitespace or combining marks): expected a prompt"
+            )
+        (encoding,) = encode_within(self.tokenizer, [text], self.limit)
+        if encoding.overflowing:
+            raise RequestError(
+                f"`text_input` is {self._size(text)}: the context window is "
+                f"{self.context_window}, so at most {self.limit} fit"
+            )
+        if not content_tokens(encoding):
+            raise RequestError("`text_input` yields no token: the tokenizer removes all of it")
+        return list(encoding.ids)
+
+    def _size(self, text: str) -> str:
+        """The exact token count where counting is cheap; a bound where it is not."""
+        if len(text) <= self.exact_count_chars:
+            return f"{len(self.counter.encode(text).ids)} tokens"
+        return f"over {self.limit} tokens ({len(text)} characters)"
 
 
 class Sampler:

@@ -19,9 +19,20 @@ from typing import Any
 import numpy as np
 import tokenizers
 
-from .common import RequestError, model_parameters, version_dir
+from .common import RequestError, model_parameters, rejection, version_dir
 from .decoding import DecoderRuntime, DecoderSession, OnnxDecoderRuntime
-from .generation import GenerationParams, IncrementalDetokenizer, Sampler, StopMatcher
+from .generation import (
+    MAX_STOP_WORDS,
+    REQUEST_FIELDS,
+    GenerationParams,
+    IncrementalDetokenizer,
+    PromptEncoder,
+    Sampler,
+    StopMatcher,
+    check_fields,
+    check_stop_words,
+    check_token_id,
+)
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -150,8 +161,11 @@ class TritonPythonModel:
         self.end_ids = frozenset(json.loads(params["end_ids"]))
         self.context_window = int(params["context_window"])
         self.max_tokens_limit = int(params["max_tokens_limit"])
+        self.prompts = PromptEncoder(self.tokenizer, self.context_window)
         device = int(args.get("model_instance_device_id") or 0)  # KIND_GPU: this instance's GPU
-        session = DecoderSession(_runtime(directory, params, device))
+        runtime = _runtime(directory, params, device)
+        self.vocab_size = int(runtime.vocab)
+        session = DecoderSession(runtime)
         self.scheduler = Scheduler(session, int(params["max_active"]), self.context_window)
         self.metrics = _GeneratorMetrics(self.name)
         self.running = True
@@ -163,31 +177,39 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 sequence = self._sequence(request)
-            except RequestError as exc:
-                sender.send(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-                )
+            except Exception as exc:  # never let a request take the stub down: answer it
+                final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+                sender.send(self._refusal(exc), flags=final)
                 continue
             sequence.owner = sender
             self.scheduler.submit(sequence)
         return None
+
+    def _refusal(self, exc: Exception) -> Any:
+        """The client's mistake as INVALID_ARGUMENT; anything else as a logged INTERNAL error.
+        Both are counted: Triton counts a decoupled model's error responses as successes."""
+        if isinstance(exc, RequestError):
+            self.metrics.fail("invalid_argument")
+            return rejection(pb_utils, exc)
+        pb_utils.Logger.log_error(f"{self.name}: {exc!r}")
+        self.metrics.fail("internal")
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {exc}"))
 
     def finalize(self) -> None:
         self.running = False
         self.thread.join(timeout=10)
 
     def _sequence(self, request: Any) -> Sequence:
+        check_fields(_parameter_names(request))
         values = _read_inputs(request)
         prompt_text = values.get("text_input")
-        if not isinstance(prompt_text, str) or not prompt_text.strip():
-            raise RequestError("`text_input` is empty: expected a prompt")
-        prompt = self.tokenizer.encode(prompt_text).ids
-        if len(prompt) >= self.context_window:
-            raise RequestError(
-                f"`text_input` is {len(prompt)} tokens: the context window is "
-                f"{self.context_window}, so at most {self.context_window - 1} fit"
-            )
+        if not isinstance(prompt_text, str):
+            raise RequestError("`text_input` is missing: expected a prompt")
+        for name in ("end_id", "pad_id"):
+            if name in values:
+                check_token_id(name, int(values[name]), self.vocab_size)
+        check_stop_words(values.get("stop_words", []))  # before the prompt's tokenization
+        prompt = self.prompts.encode(prompt_text)
         end_ids = self.end_ids | ({values["end_id"]} if "end_id" in values else set())
         params = GenerationParams(
             max_tokens=int(values.get("max_tokens", 16)),
@@ -248,6 +270,7 @@ class TritonPythonModel:
 
     def _fail_all(self, message: str) -> None:
         for sequence in self.scheduler.abort():
+            self.metrics.fail("internal")
             sequence.owner.send(
                 pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"generation failed: {message}")
@@ -271,11 +294,16 @@ def _runtime(directory: Path, params: dict[str, str], device: int) -> DecoderRun
     return OnnxDecoderRuntime(directory / "model.onnx")
 
 
+def _parameter_names(request: Any) -> set[str]:
+    """Names of the request's parameters: over HTTP `/generate`, Triton turns every JSON field
+    that is not one of the model's inputs into a parameter, so a misspelt field lands here."""
+    return set(json.loads(request.parameters() or "{}"))
+
+
 def _read_inputs(request: Any) -> dict[str, Any]:
     """The request's tensors as Python values; a batch of several prompts is refused."""
     values: dict[str, Any] = {}
-    for name in ("text_input", "max_tokens", "stream", "temperature", "top_k", "top_p", "seed",
-                 "stop_words", "end_id", "pad_id", "exclude_input_in_output"):  # fmt: skip
+    for name in REQUEST_FIELDS:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
             continue
@@ -287,7 +315,7 @@ def _read_inputs(request: Any) -> dict[str, Any]:
             )
         flat = array.reshape(-1)
         if name == "stop_words":
-            values[name] = [w.decode() if isinstance(w, bytes) else str(w) for w in flat]
+            values[name] = _stop_words(flat)
         elif name == "text_input":
             raw = flat[0]
             try:
@@ -297,6 +325,19 @@ def _read_inputs(request: Any) -> dict[str, Any]:
         elif flat.size:
             values[name] = flat[0].item()
     return values
+
+
+def _stop_words(flat: np.ndarray) -> list[str]:
+    """The stop words as text; too many are refused before any is decoded."""
+    if flat.size > MAX_STOP_WORDS:
+        raise RequestError(f"`stop_words` has {flat.size} words: at most {MAX_STOP_WORDS} allowed")
+    words = []
+    for i, word in enumerate(flat):
+        try:
+            words.append(word.decode("utf-8") if isinstance(word, bytes) else str(word))
+        except UnicodeDecodeError as exc:
+            raise RequestError(f"`stop_words`[{i}] is not valid UTF-8 (byte {exc.start})") from None
+    return words
 
 
 class _GeneratorMetrics:
@@ -315,6 +356,12 @@ class _GeneratorMetrics:
             ("tritonize_inter_token_latency_seconds", "Between tokens of a request", "HISTOGRAM"),
             ("tritonize_generated_tokens_total", "Tokens generated", "COUNTER"),
             ("tritonize_active_sequences", "Sequences in the running batch", "GAUGE"),
+            (
+                "tritonize_request_failures_total",
+                "Generation requests answered with an error, by reason (invalid_argument: "
+                "refused as the client's mistake; internal: failed in the server)",
+                "COUNTER",
+            ),
         ]
         self.families = [
             family(name=name, description=text, kind=getattr(family, kind))
@@ -324,6 +371,13 @@ class _GeneratorMetrics:
         self.itl = self.families[1].Metric(labels=labels, buckets=seconds)
         self.tokens = self.families[2].Metric(labels=labels)
         self.active = self.families[3].Metric(labels=labels)
+        self.failures = {
+            reason: self.families[4].Metric(labels={**labels, "reason": reason})
+            for reason in ("invalid_argument", "internal")
+        }
+
+    def fail(self, reason: str) -> None:
+        self.failures[reason].increment(1)
 
     def observe(self, event: Event) -> None:
         if event.first_token_s is not None:

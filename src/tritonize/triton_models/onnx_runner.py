@@ -3,6 +3,11 @@
 The dynamic batcher hands over several requests at once, each padded to its own length
 (the inputs are declared ragged, so requests of any length merge). They are padded to the
 longest, run as one ONNX Runtime call, and the output rows are split back per request.
+
+The step is public (a client may call it directly), so every request is checked first: ids
+and mask of the same 2-D shape, a mask of 0s and 1s with at least one token per row (an
+all-zero row would pool to a zero vector), and ids inside the vocabulary (ONNX Runtime's
+Gather takes -1 as the last row). A bad request is refused alone; the others run.
 """
 
 from __future__ import annotations
@@ -13,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from .common import ATTENTION_MASK, INPUT_IDS, error_responses, model_parameters, version_dir
+from .common import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    RequestError,
+    error_responses,
+    model_parameters,
+    rejection,
+    version_dir,
+)
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -37,6 +50,32 @@ def pad_and_stack(
     return input_ids, attention_mask
 
 
+Batch = tuple[np.ndarray, np.ndarray]  # input_ids, attention_mask of one request
+
+
+def check_request(input_ids: np.ndarray, attention_mask: np.ndarray, vocab_size: int) -> None:
+    """Raise `RequestError` naming the first thing wrong with one request's tensors."""
+    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
+        raise RequestError(
+            f"`{INPUT_IDS}` has shape {list(input_ids.shape)} and `{ATTENTION_MASK}` "
+            f"{list(attention_mask.shape)}: expected the same shape [batch, sequence]"
+        )
+    if input_ids.size == 0:
+        raise RequestError(f"`{INPUT_IDS}` is empty: expected at least one token per row")
+    if not np.isin(attention_mask, (0, 1)).all():
+        raise RequestError(f"`{ATTENTION_MASK}` holds values other than 0 and 1")
+    empty = np.flatnonzero(attention_mask.sum(axis=1) == 0)
+    if empty.size:
+        raise RequestError(
+            f"`{ATTENTION_MASK}` row {int(empty[0])} is all zeros: every row needs a token"
+        )
+    outside = input_ids[(input_ids < 0) | (input_ids >= vocab_size)]
+    if outside.size:
+        raise RequestError(
+            f"`{INPUT_IDS}` holds {int(outside[0])}: expected token ids in 0..{vocab_size - 1}"
+        )
+
+
 class OnnxEncoder:
     """One ONNX Runtime session over the exported graph."""
 
@@ -48,8 +87,32 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.output_name = output_name
         self.pad_id = pad_id
+        self.vocab_size = self._probe_vocab_size()
 
-    def run(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    def _probe_vocab_size(self) -> int:
+        """The first id the graph's embedding lookup refuses, found by bisection (the graph
+        does not name its vocabulary; a one-token run costs well under a millisecond)."""
+        import onnxruntime as ort
+
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the refused probes are expected: do not log them
+        mask = np.ones((1, 1), dtype=np.int64)
+
+        def accepted(token: int) -> bool:
+            feeds = {INPUT_IDS: np.array([[token]], dtype=np.int64), ATTENTION_MASK: mask}
+            try:
+                self.session.run([self.output_name], feeds, quiet)
+            except Exception:
+                return False
+            return True
+
+        low, high = 1, 2**31  # id 0 is always a row of the table
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (middle + 1, high) if accepted(middle) else (low, middle)
+        return low
+
+    def run(self, batches: list[Batch]) -> list[np.ndarray]:
         """One session call for all batches; the outputs split back per batch."""
         input_ids, attention_mask = pad_and_stack(batches, self.pad_id)
         feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
@@ -72,18 +135,30 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        valid: dict[int, Batch] = {}
+        for i, request in enumerate(requests):
+            batch = (
+                pb_utils.get_input_tensor_by_name(request, INPUT_IDS).as_numpy(),
+                pb_utils.get_input_tensor_by_name(request, ATTENTION_MASK).as_numpy(),
+            )
+            try:
+                check_request(*batch, self.encoder.vocab_size)
+                valid[i] = batch
+            except RequestError as exc:
+                responses[i] = rejection(pb_utils, exc)
+        for i, response in zip(valid, self._run(list(valid.values())), strict=True):
+            responses[i] = response
+        return responses
+
+    def _run(self, batches: list[Batch]) -> list[Any]:
+        if not batches:
+            return []
         try:
-            batches = [
-                (
-                    pb_utils.get_input_tensor_by_name(r, INPUT_IDS).as_numpy(),
-                    pb_utils.get_input_tensor_by_name(r, ATTENTION_MASK).as_numpy(),
-                )
-                for r in requests
-            ]
             outputs = self.encoder.run(batches)
         except Exception as exc:  # answer every request rather than crash the stub
             pb_utils.Logger.log_error(f"{self.name}: {exc!r}")
-            return error_responses(pb_utils, len(requests), f"engine failed: {exc}")
+            return error_responses(pb_utils, len(batches), f"engine failed: {exc}")
         name = self.encoder.output_name
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, out)])
