@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +44,19 @@ def test_minilm_plan_passes_its_gate_and_loads(precision: str, tmp_path: Path) -
 
 
 def test_timing_cache_is_reused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The first build starts a cache and says so; the second reuses every byte the first
+    wrote (a reuse message on the first build, or 0 bytes, fails)."""
     cache = tmp_path / "timing.cache"
+    notes, sizes = [], []
     for attempt in range(2):
         spec = BuildSpec(
             name="minilm", task="embedding", target="tensorrt", output=tmp_path / f"r{attempt}",
             max_batch_size=4, max_seq_len=64, timing_cache=cache,
         )  # fmt: skip
         build_repository(spec)
-    assert "bytes reused" in capsys.readouterr().err.split("timing cache:")[-1]
+        notes.append(capsys.readouterr().err)
+        sizes.append(cache.stat().st_size)
+    assert f"timing cache: {cache} is new" in notes[0] and "bytes reused" not in notes[0]
+    reused = re.search(rf"timing cache: {re.escape(str(cache))} \((\d+) bytes reused\)", notes[1])
+    assert reused, notes[1]
+    assert int(reused.group(1)) == sizes[0] > 0

@@ -69,33 +69,96 @@ MANIFEST = {
 
 
 def test_matching_runtime_has_no_problems() -> None:
-    assert plan_problems("m", MANIFEST, EngineRuntime("10.8.0", ("9.0",))) == []
+    assert plan_problems("m", MANIFEST, EngineRuntime("10.8.0.43", ("9.0",))) == []
 
 
 def test_tensorrt_mismatch_names_both_versions_and_the_rebuild() -> None:
-    (problem,) = plan_problems("model `enc_engine`", MANIFEST, EngineRuntime("10.9.0", ("9.0",)))
-    assert "plan built with TensorRT 10.8.0.43, runtime has TensorRT 10.9.0" in problem
+    (problem,) = plan_problems("model `enc_engine`", MANIFEST, EngineRuntime("10.9.0.34", ("9.0",)))
+    assert "plan built with TensorRT 10.8.0.43, runtime has TensorRT 10.9.0.34" in problem
     assert rebuild_command(MANIFEST) in problem
     assert rebuild_command(MANIFEST).startswith("docker compose run --rm build tritonize build")
     assert "--precision fp16 --max-batch-size 64" in rebuild_command(MANIFEST)
 
 
+def test_the_build_number_counts() -> None:
+    """Same-tag images have shipped 8.6.1.2 and 8.6.1.6: each refuses the other's plans."""
+    (problem,) = plan_problems("m", MANIFEST, EngineRuntime("10.8.0.40", ("9.0",)))
+    assert "runtime has TensorRT 10.8.0.40" in problem
+    (problem,) = plan_problems("m", MANIFEST, EngineRuntime("10.8.0", ("9.0",)))
+    assert "all four parts" in problem
+
+
+def test_an_unreadable_runtime_version_fails_loudly() -> None:
+    (problem,) = plan_problems("m", MANIFEST, EngineRuntime(None, ("9.0",)))
+    assert "needs TensorRT 10.8.0.43" in problem and "cannot be read" in problem
+
+
 def test_compute_capability_mismatch_is_named() -> None:
-    (problem,) = plan_problems("m", MANIFEST, EngineRuntime("10.8.0", ("8.6",)))
+    (problem,) = plan_problems("m", MANIFEST, EngineRuntime("10.8.0.43", ("8.6",)))
     assert "built for compute capability 9.0" in problem and "runtime GPU has 8.6" in problem
 
 
-def test_compatibility_flags_widen_what_loads() -> None:
-    flexible = json.loads(json.dumps(MANIFEST))
-    flexible["tensorrt"].update(hardware_compatibility="ampere_plus", version_compatible=True)
-    assert plan_problems("m", flexible, EngineRuntime("10.9.1", ("8.0", "8.6"))) == []
-    assert plan_problems("m", flexible, EngineRuntime("10.7.0", ("8.6",)))  # older: no
-    assert plan_problems("m", flexible, EngineRuntime("11.0.0", ("8.6",)))  # next major: no
-    assert plan_problems("m", flexible, EngineRuntime("10.8.0", ("7.5",)))  # pre-Ampere: no
+def flexible(task: str = "embedding", built: str = "10.8.0.43") -> dict:
+    manifest = json.loads(json.dumps(MANIFEST))
+    manifest["spec"]["task"] = task
+    manifest["tensorrt"].update(
+        version=built, hardware_compatibility="ampere_plus", version_compatible=True
+    )
+    return manifest
+
+
+def test_compatibility_flags_follow_tensorrts_rules() -> None:
+    def loads(runtime: str, built: str = "10.8.0.43", gpus: tuple = ("8.6",)) -> bool:
+        return not plan_problems("m", flexible(built=built), EngineRuntime(runtime, gpus, True))
+
+    assert loads("10.9.1.2", gpus=("8.0", "8.6"))
+    assert loads("10.8.0.43") and loads("10.8.0.50")  # a later build of the same release
+    assert not loads("10.8.0.40")  # older: no
+    assert not loads("10.7.0.23")
+    assert loads("11.0.0.1")  # TensorRT 10 version-compatible plans run on TensorRT 11
+    assert not loads("12.0.0.1")
+    assert loads("10.0.1.6", built="8.6.1.6")  # and TensorRT 8.6's on TensorRT 10
+    assert not loads("8.6.1.6", built="8.5.3.1")  # version compatibility starts with 8.6
+    assert not loads("10.8.0.43", gpus=("7.5",))  # pre-Ampere: no
+
+
+def test_version_compatible_plan_needs_tritons_backend_flag() -> None:
+    runtime = EngineRuntime("10.9.0.34", ("9.0",))
+    (problem,) = plan_problems("m", flexible(), runtime)
+    assert "--backend-config=tensorrt,version-compatible=true" in problem
+    assert "TRITONIZE_TENSORRT_VERSION_COMPATIBLE=true" in problem
+    assert plan_problems("m", flexible(), EngineRuntime("10.9.0.34", ("9.0",), True)) == []
+    # A generator's decoder plan runs in the Python backend, which allows the host code itself.
+    assert plan_problems("m", flexible("generation"), runtime) == []
+
+
+def test_detect_reads_the_flag_and_the_library_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tritonize.engine.compat import VERSION_COMPATIBLE_ENV, library_version
+
+    monkeypatch.setenv(VERSION_COMPATIBLE_ENV, "true")
+    assert EngineRuntime.detect().version_compatible_allowed
+    monkeypatch.delenv(VERSION_COMPATIBLE_ENV)
+    assert not EngineRuntime.detect().version_compatible_allowed
+
+    class Library:  # libnvinfer's exported getInferLib*Version functions
+        def __init__(self, **parts: int) -> None:
+            for name, value in parts.items():
+                setattr(self, f"getInferLib{name}Version", _Function(value))
+
+    assert library_version(Library(Major=10, Minor=13, Patch=2, Build=6)) == "10.13.2.6"
+    assert library_version(Library(Major=10, Minor=13, Patch=2)) is None
+
+
+class _Function:
+    def __init__(self, value: int) -> None:
+        self.value, self.restype = value, None
+
+    def __call__(self) -> int:
+        return self.value
 
 
 def test_manifest_without_tensorrt_section_is_a_problem() -> None:
-    (problem,) = plan_problems("m", {"spec": {}}, EngineRuntime("10.8.0", ("9.0",)))
+    (problem,) = plan_problems("m", {"spec": {}}, EngineRuntime("10.8.0.43", ("9.0",)))
     assert "does not say which TensorRT" in problem
 
 
@@ -142,12 +205,13 @@ def test_mismatched_plan_is_refused_by_check(onnxruntime_repository: Path, tmp_p
     (engine / "1" / "model.onnx").rename(engine / "1" / "model.plan")
     manifest = read_manifest(engine / "1")
     manifest["tensorrt"] = MANIFEST["tensorrt"]
+    manifest.pop("contents", None)  # the engine file was swapped by hand: no seal to compare
     (engine / "1" / "manifest.json").write_text(json.dumps(manifest))
     check_repository(repo)  # without a runtime to compare with, the layout is fine
     with pytest.raises(RepositoryError) as info:
-        check_repository(repo, EngineRuntime("10.9.0", ("8.9",)))
+        check_repository(repo, EngineRuntime("10.9.0.34", ("8.9",)))
     assert len(info.value.problems) == 2
-    assert "TensorRT 10.8.0.43, runtime has TensorRT 10.9.0" in info.value.problems[0]
+    assert "TensorRT 10.8.0.43, runtime has TensorRT 10.9.0.34" in info.value.problems[0]
     assert "docker compose run --rm build tritonize build" in info.value.problems[1]
 
 

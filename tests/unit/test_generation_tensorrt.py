@@ -104,7 +104,7 @@ def test_check_and_the_bundled_server_refuse_a_decoder_plan_clearly(
 ) -> None:
     check_repository(plan_repository, EngineRuntime("10.13.0.35", ("9.0",)))
     with pytest.raises(RepositoryError, match="built with TensorRT 10.13.0.35.*has TensorRT 10.9"):
-        check_repository(plan_repository, EngineRuntime("10.9.0", ("9.0",)))
+        check_repository(plan_repository, EngineRuntime("10.9.0.34", ("9.0",)))
     server = LocalServer(ServerConfig(plan_repository, http_port=1, grpc_port=2))
     with pytest.raises(ServerError, match=r"`tiny-llama` \(a TensorRT decoder plan\)"):
         server.start()

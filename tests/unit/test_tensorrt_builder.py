@@ -1,20 +1,27 @@
-"""The TensorRT build logic against a recording stand-in for the `tensorrt` module.
+"""The TensorRT build and run logic against a recording stand-in for the `tensorrt` module.
 
-TensorRT cannot run without a GPU, so this fake only records what the builder is asked to do
-(tests/gpu builds real plans). It checks the flow around the API: strong typing, the profile,
-builder settings, parser errors, the timing cache and the plan file.
+TensorRT cannot run without a GPU, so this fake records what the builder is asked to do
+(tests/gpu builds real plans) and runs "plans" on CPU memory: it reads and writes the tensors
+at the addresses it is given, so bindings, dtypes and shapes are checked for real. It checks the
+flow around the API: strong typing, the profile, builder settings, parser errors, the timing
+cache and the plan file, deserialization with host code allowed, the decoder's contexts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import enum
 import importlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 from tritonize.engine.profiles import DecoderProfiles, ShapeProfile
 from tritonize.errors import EngineError
@@ -35,6 +42,10 @@ class Recorder:
         self.parse_ok = True
         self.build_ok = True
         self.cache_fits = True
+        self.cache_readable = True
+        self.refused_address: str | None = None  # set_tensor_address returns False for it
+        self.engine: Any = None  # what deserialize_cuda_engine returns
+        self.runtimes: list[Any] = []
 
 
 def fake_tensorrt(rec: Recorder) -> ModuleType:
@@ -71,8 +82,10 @@ def fake_tensorrt(rec: Recorder) -> ModuleType:
         def add_optimization_profile(self, profile: Any) -> None:
             rec.calls.append(("profile", profile.shapes))
 
-        def create_timing_cache(self, data: bytes) -> TimingCache:
+        def create_timing_cache(self, data: bytes) -> TimingCache | None:
             rec.calls.append(("timing_cache_in", data))
+            if data and not rec.cache_readable:
+                return None  # what TensorRT gives for a corrupt file
             return TimingCache(data)
 
         def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
@@ -121,7 +134,21 @@ def fake_tensorrt(rec: Recorder) -> ModuleType:
         def get_error(self, index: int) -> str:
             return f"node {index}: unsupported operator"
 
+    class Runtime:
+        def __init__(self, logger: Any) -> None:
+            self.engine_host_code_allowed = False
+            rec.runtimes.append(self)
+
+        def deserialize_cuda_engine(self, data: bytes) -> Any:
+            rec.calls.append(("deserialize", data, self.engine_host_code_allowed))
+            return rec.engine
+
     trt.ILogger = ILogger
+    trt.Logger = Logger
+    trt.Runtime = Runtime
+    trt.DataType = DataType
+    trt.TensorIOMode = TensorIOMode
+    trt.ExecutionContextAllocationStrategy = AllocationStrategy
     trt.IProgressMonitor = IProgressMonitor
     trt.Builder = Builder
     trt.OnnxParser = OnnxParser
@@ -135,6 +162,107 @@ def fake_tensorrt(rec: Recorder) -> ModuleType:
     trt.IBuilderConfig = Config
     trt.ITimingCache = TimingCache
     return trt
+
+
+class DataType(enum.Enum):
+    FLOAT = np.float32
+    HALF = np.float16
+    BF16 = "bf16"
+    INT32 = np.int32
+    INT64 = np.int64
+
+
+class TensorIOMode(enum.Enum):
+    INPUT = 0
+    OUTPUT = 1
+
+
+class AllocationStrategy(enum.Enum):
+    STATIC = 0
+    ON_PROFILE_CHANGE = 1
+    USER_MANAGED = 2
+
+
+class Logger:
+    WARNING = 2
+
+    def __init__(self, severity: int) -> None:
+        pass
+
+
+def host_array(address: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The CPU memory at `address` as an array: what the fake's kernels read and write."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer((ctypes.c_byte * size).from_address(address), dtype=dtype).reshape(shape)
+
+
+class FakeEngine:
+    """A plan whose tensors are declared by `tensors` (name -> (mode, dtype, dims)) and whose
+    `kernel` computes the outputs from the inputs, in the memory bound to each."""
+
+    def __init__(self, rec: Recorder, tensors: dict[str, tuple], kernel: Any,
+                 profiles: int = 1, memory: tuple[int, ...] = (1024,)) -> None:  # fmt: skip
+        self.rec, self.tensors, self.kernel = rec, tensors, kernel
+        self.num_io_tensors, self.num_optimization_profiles = len(tensors), profiles
+        self.memory = memory
+
+    def get_tensor_name(self, index: int) -> str:
+        return list(self.tensors)[index]
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        return self.tensors[name][0]
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return self.tensors[name][1]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self.tensors[name][2]
+
+    def get_device_memory_size_for_profile_v2(self, profile: int) -> int:
+        return self.memory[profile]
+
+    def create_execution_context(self, strategy: Any = AllocationStrategy.STATIC) -> FakeContext:
+        self.rec.calls.append(("context", strategy))
+        return FakeContext(self)
+
+
+class FakeContext:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+
+    def set_optimization_profile_async(self, profile: int, stream: int) -> bool:
+        self.engine.rec.calls.append(("profile_selected", profile))
+        return True
+
+    def set_device_memory(self, address: int, size: int) -> None:
+        self.engine.rec.calls.append(("device_memory", address, size))
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self.engine.kernel.output_shape(name, self.shapes)
+
+    def set_tensor_address(self, name: str, address: int) -> bool:
+        if name == self.engine.rec.refused_address:
+            return False
+        self.addresses[name] = address
+        return True
+
+    def execute_async_v3(self, stream: int) -> bool:
+        engine = self.engine
+        inputs = {
+            name: host_array(self.addresses[name], shape, engine.tensors[name][1].value)
+            for name, shape in self.shapes.items()
+        }
+        for name, values in engine.kernel.outputs(inputs).items():
+            dtype = engine.tensors[name][1].value
+            host_array(self.addresses[name], values.shape, dtype)[...] = values.astype(dtype)
+        engine.rec.calls.append(("execute", stream))
+        return True
 
 
 @pytest.fixture
@@ -239,3 +367,214 @@ def test_a_failed_build_names_tensorrts_errors(builder: Any, tmp_path: Path) -> 
         module.build_plan(tmp_path / "m.onnx", tmp_path / "p", build_spec,
                           [ShapeProfile.from_spec(build_spec).tensors()])  # fmt: skip
     assert not (tmp_path / "p").exists()
+
+
+def test_a_corrupt_timing_cache_is_replaced_with_a_warning(
+    builder: Any, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    module, rec = builder
+    rec.cache_readable = False
+    build_spec = spec(tmp_path)
+    (tmp_path / "cache.bin").write_bytes(b"truncated")
+    module.build_plan(tmp_path / "m.onnx", tmp_path / "p", build_spec,
+                      [ShapeProfile.from_spec(build_spec).tensors()])  # fmt: skip
+    assert "unreadable (corrupt or truncated): starting a new one" in capsys.readouterr().err
+    assert (tmp_path / "p").read_bytes() == b"PLAN"
+    assert (tmp_path / "cache.bin").read_bytes() == b"+timings"
+
+
+def test_a_first_build_claims_no_reuse(
+    builder: Any, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    module, _ = builder
+    build_spec = spec(tmp_path)
+    module.build_plan(tmp_path / "m.onnx", tmp_path / "p", build_spec,
+                      [ShapeProfile.from_spec(build_spec).tensors()])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "is new" in err and "reused" not in err
+
+
+def test_the_timing_cache_is_replaced_whole(builder: Any, tmp_path: Path) -> None:
+    """A concurrent build that opened the cache reads the old file to its end, never a
+    truncated or half-written one, and no temporary file is left behind."""
+    module, _ = builder
+    build_spec = spec(tmp_path)
+    cache = tmp_path / "cache.bin"
+    cache.write_bytes(b"earlier")
+    with cache.open("rb") as concurrent_reader:
+        module.build_plan(tmp_path / "m.onnx", tmp_path / "p", build_spec,
+                          [ShapeProfile.from_spec(build_spec).tensors()])  # fmt: skip
+        assert concurrent_reader.read() == b"earlier"
+    assert cache.read_bytes() == b"earlier+timings"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.bin", "p"]
+
+
+# -- running plans: the encoder's accuracy-gate runner and the decoder runtime -----------------
+@pytest.fixture
+def runtimes(builder: Any) -> Iterator[tuple[Any, Any, Recorder]]:
+    """`engine.tensorrt` and `triton_models.tensorrt_decoder` imported against the fake."""
+    module, rec = builder
+    sys.modules.pop("tritonize.triton_models.tensorrt_decoder", None)
+    decoder = importlib.import_module("tritonize.triton_models.tensorrt_decoder")
+    yield module, decoder, rec
+    sys.modules.pop("tritonize.triton_models.tensorrt_decoder", None)
+
+
+class SumKernel:
+    """Encoder: output row b is sum(input_ids[b] * attention_mask[b]) + [0, 1, 2, 3]."""
+
+    def output_shape(self, name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+        return (shapes["input_ids"][0], 4)
+
+    def outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        total = (inputs["input_ids"] * inputs["attention_mask"]).sum(axis=1, keepdims=True)
+        return {"embedding": total + np.arange(4)}
+
+
+def encoder_engine(rec: Recorder, output_dtype: DataType) -> FakeEngine:
+    tensors = {
+        "input_ids": (TensorIOMode.INPUT, DataType.INT32, (-1, -1)),
+        "attention_mask": (TensorIOMode.INPUT, DataType.INT64, (-1, -1)),
+        "embedding": (TensorIOMode.OUTPUT, output_dtype, (-1, 4)),
+    }
+    return FakeEngine(rec, tensors, SumKernel())
+
+
+@pytest.mark.parametrize("output_dtype", [DataType.FLOAT, DataType.HALF])
+def test_plan_runner_reads_outputs_in_the_engines_dtype(
+    runtimes: Any, tmp_path: Path, output_dtype: DataType
+) -> None:
+    module, _, rec = runtimes
+    rec.engine = encoder_engine(rec, output_dtype)
+    (tmp_path / "model.plan").write_bytes(b"PLAN")
+    runner = module.PlanRunner(tmp_path / "model.plan", torch.device("cpu"))
+    ids = np.array([[1, 2, 3], [4, 5, 0]], dtype=np.int64)
+    mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.int64)
+    for _ in range(2):
+        result = runner.run(ids, mask)
+        np.testing.assert_array_equal(result, [[6, 7, 8, 9], [9, 10, 11, 12]])
+    assert ("deserialize", b"PLAN", True) in rec.calls  # host code allowed before loading
+    assert sum(call[0] == "execute" for call in rec.calls) == 2
+
+
+def test_plan_runner_refuses_a_rejected_address(runtimes: Any, tmp_path: Path) -> None:
+    module, _, rec = runtimes
+    rec.engine = encoder_engine(rec, DataType.FLOAT)
+    rec.refused_address = "embedding"
+    (tmp_path / "model.plan").write_bytes(b"PLAN")
+    runner = module.PlanRunner(tmp_path / "model.plan", torch.device("cpu"))
+    ones = np.ones((1, 2), dtype=np.int64)
+    with pytest.raises(RuntimeError, match="TensorRT refused the address of tensor `embedding`"):
+        runner.run(ones, ones)
+    assert not any(call[0] == "execute" for call in rec.calls)
+
+
+def test_plan_runner_names_an_undeserializable_plan(runtimes: Any, tmp_path: Path) -> None:
+    module, _, _ = runtimes
+    (tmp_path / "model.plan").write_bytes(b"FOREIGN")
+    with pytest.raises(EngineError, match="cannot deserialize"):
+        module.PlanRunner(tmp_path / "model.plan", torch.device("cpu"))
+
+
+VOCAB, KV_HEADS, HEAD_DIM = 5, 2, 3
+
+
+class DecoderKernel:
+    """Logits row b is input_ids[b, -1] * 10 + [0..VOCAB); each present is its past with one
+    position per new token appended, filled with that token's id."""
+
+    def output_shape(self, name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+        raise AssertionError("the decoder sizes its outputs itself")
+
+    def outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = inputs["input_ids"]
+        out = {"logits": (ids[:, -1:] * 10 + np.arange(VOCAB)).astype(np.float32)}
+        for layer in range(2):
+            for kv in ("key", "value"):
+                past = inputs[f"past_key_values.{layer}.{kv}"]
+                new = np.broadcast_to(ids[:, None, :, None], (*ids.shape[:1], KV_HEADS,
+                                      ids.shape[1], HEAD_DIM))  # fmt: skip
+                out[f"present.{layer}.{kv}"] = np.concatenate([past, new], axis=2)
+        return out
+
+
+def decoder_engine(rec: Recorder, cache_dtype: DataType) -> FakeEngine:
+    tensors: dict[str, tuple] = {
+        "input_ids": (TensorIOMode.INPUT, DataType.INT64, (-1, -1)),
+        "attention_mask": (TensorIOMode.INPUT, DataType.INT64, (-1, -1)),
+        "position_ids": (TensorIOMode.INPUT, DataType.INT64, (-1, -1)),
+    }
+    for name in past_names(2):
+        tensors[name] = (TensorIOMode.INPUT, cache_dtype, (-1, KV_HEADS, -1, HEAD_DIM))
+    tensors["logits"] = (TensorIOMode.OUTPUT, DataType.FLOAT, (-1, VOCAB))
+    for layer in range(2):
+        for kv in ("key", "value"):
+            tensors[f"present.{layer}.{kv}"] = (
+                TensorIOMode.OUTPUT, cache_dtype, (-1, KV_HEADS, -1, HEAD_DIM)
+            )  # fmt: skip
+    return FakeEngine(rec, tensors, DecoderKernel(), profiles=2, memory=(4096, 1536))
+
+
+def test_decoder_contexts_share_one_workspace_and_allow_host_code(
+    runtimes: Any, tmp_path: Path
+) -> None:
+    _, decoder, rec = runtimes
+    rec.engine = decoder_engine(rec, DataType.HALF)
+    (tmp_path / "model.plan").write_bytes(b"DECODER")
+    runtime = decoder.TensorRTDecoderRuntime(tmp_path / "model.plan", torch.device("cpu"))
+    assert ("deserialize", b"DECODER", True) in rec.calls
+    strategies = [call[1] for call in rec.calls if call[0] == "context"]
+    assert strategies == [AllocationStrategy.USER_MANAGED] * 2  # no static max-size copies
+    memories = [call[1:] for call in rec.calls if call[0] == "device_memory"]
+    assert len(memories) == 2 and memories[0] == memories[1]
+    assert memories[0][1] == 4096  # the larger profile's need, allocated once
+    assert runtime._workspace.numel() == 4096
+    assert [call[1] for call in rec.calls if call[0] == "profile_selected"] == [0, 1]
+    assert (runtime.layers, runtime.kv_heads, runtime.head_dim, runtime.vocab) == (2, 2, 3, 5)
+    assert runtime.cache_dtype == torch.float16
+
+
+def test_decoder_steps_bind_in_the_engines_dtypes(runtimes: Any, tmp_path: Path) -> None:
+    _, decoder, rec = runtimes
+    rec.engine = decoder_engine(rec, DataType.HALF)
+    (tmp_path / "model.plan").write_bytes(b"DECODER")
+    runtime = decoder.TensorRTDecoderRuntime(tmp_path / "model.plan", torch.device("cpu"))
+    past = [runtime.zeros((2, KV_HEADS, 1, HEAD_DIM)) for _ in range(4)]
+    ids = np.array([[7, 8], [3, 4]], dtype=np.int64)
+    mask = np.ones((2, 3), dtype=np.int64)
+    logits, presents = runtime.run(ids, mask, np.array([[1, 2], [1, 2]]), past)
+    np.testing.assert_array_equal(logits, [[80, 81, 82, 83, 84], [40, 41, 42, 43, 44]])
+    assert all(p.dtype == torch.float16 and p.shape == (2, KV_HEADS, 3, HEAD_DIM) for p in presents)
+    assert presents[3][1, 0, :, 0].tolist() == [0, 3, 4]
+    step, _ = runtime.run(np.array([[9], [5]]), np.ones((2, 4), np.int64),
+                          np.array([[3], [3]]), presents)  # fmt: skip
+    assert step[:, 0].tolist() == [90, 50]
+
+
+def test_decoder_creates_and_runs_its_engine_on_its_device(
+    runtimes: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every TensorRT object is made and run with the runtime's device current (Triton puts
+    instances on GPU 1, 2, ... while the current device stays 0)."""
+    _, decoder, rec = runtimes
+    inside: list[str] = []
+
+    @contextlib.contextmanager
+    def recording_scope(device: torch.device) -> Iterator[None]:
+        inside.append(str(device))
+        rec.calls.append(("enter", str(device)))
+        yield
+        rec.calls.append(("exit", str(device)))
+
+    monkeypatch.setattr(decoder, "on_device", recording_scope)
+    rec.engine = decoder_engine(rec, DataType.FLOAT)
+    (tmp_path / "model.plan").write_bytes(b"DECODER")
+    runtime = decoder.TensorRTDecoderRuntime(tmp_path / "model.plan", torch.device("cpu"))
+    runtime.run(np.array([[1]]), np.ones((1, 2), np.int64), np.array([[1]]),
+                [runtime.zeros((1, KV_HEADS, 1, HEAD_DIM)) for _ in range(4)])  # fmt: skip
+    depth, outside = 0, []
+    for call in rec.calls:
+        depth += {"enter": 1, "exit": -1}.get(call[0], 0)
+        if call[0] in ("deserialize", "context", "device_memory", "execute") and depth == 0:
+            outside.append(call[0])
+    assert outside == [] and inside == ["cpu", "cpu"]

@@ -1,30 +1,45 @@
 """Will a TensorRT plan load here? Compare its manifest with the TensorRT and GPUs at hand.
 
-A plan only deserializes under the TensorRT version that built it (unless built
-version-compatible) and on the compute capability it was built for (unless built with a
-hardware-compatibility level). Triton's own error for either is cryptic; this names both sides
-and the command that rebuilds the plan.
+A plan only deserializes under the exact TensorRT build that made it (all four parts of the
+version: same-tag images have differed in the fourth) unless built version-compatible, and on
+the compute capability it was built for unless built with a hardware-compatibility level.
+Triton's own error for either is cryptic; this names both sides and the command that rebuilds
+the plan.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import shlex
 import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+# Set where Triton runs with `--backend-config=tensorrt,version-compatible=true`: its TensorRT
+# backend refuses version-compatible plans (their lean runtime is host code) without it.
+VERSION_COMPATIBLE_ENV = "TRITONIZE_TENSORRT_VERSION_COMPATIBLE"
+TRITON_VERSION_COMPATIBLE_FLAG = "--backend-config=tensorrt,version-compatible=true"
+
+# TensorRT's documented cross-version rules for version-compatible plans (from 8.6 on): later
+# runtimes of the same major, and TensorRT 8 -> 9, 10 and 10 -> 11 across majors.
+_FIRST_VERSION_COMPATIBLE = (8, 6)
+_LOADING_MAJORS = {8: (8, 9, 10), 9: (9, 10), 10: (10, 11)}
+
 
 @dataclass(frozen=True)
 class EngineRuntime:
-    """The TensorRT version and GPU compute capabilities a plan would be loaded with."""
+    """The TensorRT version and GPU compute capabilities a plan would be loaded with, and
+    whether Triton's TensorRT backend there accepts version-compatible plans."""
 
     tensorrt_version: str | None
     compute_capabilities: tuple[str, ...] = ()
+    version_compatible_allowed: bool = False
 
     @classmethod
     def detect(cls) -> EngineRuntime:
-        return cls(runtime_tensorrt_version(), compute_capabilities())
+        allowed = os.environ.get(VERSION_COMPATIBLE_ENV, "").lower() in ("1", "true", "yes")
+        return cls(runtime_tensorrt_version(), compute_capabilities(), allowed)
 
     @property
     def known(self) -> bool:
@@ -37,14 +52,7 @@ def plan_problems(where: str, manifest: dict[str, Any], runtime: EngineRuntime) 
     version, capability = built.get("version"), built.get("compute_capability")
     if not version or not capability:
         return [f"{where}: manifest.json does not say which TensorRT and GPU built the plan"]
-    problems = []
-    if runtime.tensorrt_version and not _version_loads(
-        version, runtime.tensorrt_version, built.get("version_compatible", False)
-    ):
-        problems.append(
-            f"{where}: plan built with TensorRT {version}, runtime has TensorRT "
-            f"{runtime.tensorrt_version}"
-        )
+    problems = version_problems(where, manifest, runtime)
     level = built.get("hardware_compatibility", "none")
     unusable = [c for c in runtime.compute_capabilities if not _gpu_loads(capability, c, level)]
     if unusable:
@@ -55,6 +63,37 @@ def plan_problems(where: str, manifest: dict[str, Any], runtime: EngineRuntime) 
     if problems:
         problems[-1] += (
             f"; rebuild it with the serving image's TensorRT: {rebuild_command(manifest)}"
+        )
+    return problems
+
+
+def version_problems(where: str, manifest: dict[str, Any], runtime: EngineRuntime) -> list[str]:
+    """The TensorRT version side of `plan_problems`: unreadable, mismatched, or a
+    version-compatible plan that Triton's TensorRT backend was not told to accept."""
+    built = manifest["tensorrt"]
+    version, compatible = str(built["version"]), bool(built.get("version_compatible", False))
+    if runtime.tensorrt_version is None:
+        return [
+            f"{where}: a TensorRT plan needs TensorRT {version}, but this machine's TensorRT "
+            "version cannot be read (no `tensorrt` package, no libnvinfer): run `tritonize "
+            "check` where the plan is served"
+        ]
+    problems = []
+    refusal = _version_refusal(version, runtime.tensorrt_version, compatible)
+    if refusal:
+        problems.append(
+            f"{where}: plan built with TensorRT {version}, runtime has TensorRT "
+            f"{runtime.tensorrt_version} ({refusal})"
+        )
+    if (
+        compatible
+        and _served_by_triton_backend(manifest)
+        and not runtime.version_compatible_allowed
+    ):
+        problems.append(
+            f"{where}: the plan is version-compatible, which Triton's TensorRT backend loads only "
+            f"when started with `{TRITON_VERSION_COMPATIBLE_FLAG}` (then set "
+            f"{VERSION_COMPATIBLE_ENV}=true for `tritonize check`)"
         )
     return problems
 
@@ -79,14 +118,36 @@ def rebuild_command(manifest: dict[str, Any]) -> str:
     return shlex.join(args)
 
 
-def _release(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+def _parts(version: str) -> tuple[int, ...]:
+    """`10.13.2.6` -> (10, 13, 2, 6); a non-numeric part ends the version."""
+    parts = []
+    for part in version.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
 
 
-def _version_loads(built: str, runtime: str, version_compatible: bool) -> bool:
-    if version_compatible:  # runs on the same major release, this version or later
-        return _release(runtime)[:1] == _release(built)[:1] and _release(runtime) >= _release(built)
-    return _release(runtime) == _release(built)
+def _version_refusal(built: str, runtime: str, version_compatible: bool) -> str | None:
+    """Why TensorRT `runtime` would refuse a plan built by TensorRT `built` (None: it loads)."""
+    plan, here = _parts(built), _parts(runtime)
+    if len(plan) < 4 or len(here) < 4:
+        return "both need all four parts of the version to be compared"
+    if not version_compatible:
+        return None if plan == here else "a plan loads only under the TensorRT build that made it"
+    if plan[:2] < _FIRST_VERSION_COMPATIBLE:
+        return "version compatibility starts with TensorRT 8.6"
+    if here[0] not in _LOADING_MAJORS.get(plan[0], (plan[0],)):
+        return f"a version-compatible plan of TensorRT {plan[0]} does not load under {here[0]}"
+    if here < plan:
+        return "a version-compatible plan loads only under its own or a later TensorRT"
+    return None
+
+
+def _served_by_triton_backend(manifest: dict[str, Any]) -> bool:
+    """Encoder plans are Triton `tensorrt_plan` models; a generator runs its decoder plan
+    from the Python backend, whose runtime allows the host code itself."""
+    return (manifest.get("spec") or {}).get("task") != "generation"
 
 
 def _gpu_loads(built: str, runtime: str, level: str) -> bool:
@@ -106,18 +167,31 @@ def python_tensorrt_version() -> str | None:
 
 
 def runtime_tensorrt_version() -> str | None:
-    """The TensorRT a plan would load under: the Python package's, else the library's."""
+    """The full TensorRT version a plan would load under: the Python package's, else the
+    library's (`major.minor.patch.build`)."""
     version = python_tensorrt_version()
     if version:
         return version
     # The Triton image has the TensorRT library but not its Python bindings.
     for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"):
         try:
-            number = int(ctypes.CDLL(name).getInferLibVersion())
-        except (OSError, AttributeError):
+            library = ctypes.CDLL(name)
+        except OSError:
             continue
-        return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+        return library_version(library)
     return None
+
+
+def library_version(library: Any) -> str | None:
+    """`major.minor.patch.build` from libnvinfer's exported version functions (None if absent)."""
+    names = ("Major", "Minor", "Patch", "Build")
+    try:
+        functions = [getattr(library, f"getInferLib{name}Version") for name in names]
+    except AttributeError:
+        return None
+    for function in functions:
+        function.restype = ctypes.c_int32
+    return ".".join(str(int(function())) for function in functions)
 
 
 def compute_capabilities() -> tuple[str, ...]:

@@ -5,9 +5,12 @@ Needs `tensorrt` and a CUDA GPU: import this module only after `require_tensorrt
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorrt as trt
@@ -17,6 +20,9 @@ from tritonize.errors import EngineError
 from tritonize.progress import note
 from tritonize.spec import BuildSpec, HardwareCompatibility, Precision
 from tritonize.triton_models.common import ATTENTION_MASK, INPUT_IDS
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "tritonize" / "tensorrt-timing.cache"
 
@@ -112,8 +118,7 @@ def build_plan(
         raise EngineError(
             "TensorRT could not build the engine:\n  - " + "\n  - ".join(logger.errors)
         )
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_bytes(bytes(cache.serialize()))
+    write_atomically(cache_path, bytes(cache.serialize()))
     plan_path.write_bytes(bytes(serialized))
     return PlanBuild(plan_path, time.perf_counter() - start, trt.__version__)
 
@@ -121,50 +126,109 @@ def build_plan(
 def _attach_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache:
     """Reuse tactic timings from earlier builds; start afresh if the file does not fit."""
     data = path.read_bytes() if path.exists() else b""
+    if not data:
+        note(f"timing cache: {path} is new")
+        return _empty_timing_cache(config)
     cache = config.create_timing_cache(data)
+    if cache is None:  # TensorRT's answer to a corrupt or truncated file
+        note(f"timing cache {path} is unreadable (corrupt or truncated): starting a new one")
+        return _empty_timing_cache(config)
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         note(f"timing cache {path} was made by another TensorRT or GPU: starting a new one")
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    else:
-        note(f"timing cache: {path} ({len(data)} bytes reused)")
+        return _empty_timing_cache(config)
+    note(f"timing cache: {path} ({len(data)} bytes reused)")
     return cache
 
 
-class PlanRunner:
-    """Runs a serialized plan on the GPU with PyTorch CUDA tensors as buffers."""
+def _empty_timing_cache(config: trt.IBuilderConfig) -> trt.ITimingCache:
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineError("TensorRT cannot create an empty timing cache")
+    return cache
 
-    def __init__(self, plan: Path) -> None:
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` by a complete file in one step: concurrent builds share the cache volume,
+    and a reader must see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(data)
+    try:
+        os.replace(f.name, path)
+    except OSError:
+        os.unlink(f.name)
+        raise
+
+
+class PlanRunner:
+    """Runs a serialized plan with PyTorch tensors on `device` as buffers (the CPU stands in
+    for the GPU in unit tests)."""
+
+    def __init__(self, plan: Path, device: torch.device | None = None) -> None:
         import torch
 
+        from tritonize.triton_models.tensorrt_decoder import on_device
+
         self._torch = torch
+        self.device = device or torch.device("cuda", 0)
+        self._streams = torch.get_device_module(self.device.type)
         self.logger = _Logger()
-        self.runtime = trt.Runtime(self.logger)
-        engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
-        if engine is None:
-            raise EngineError(f"TensorRT cannot deserialize `{plan}`: {self.logger.errors}")
-        self.engine = engine
-        self.context = engine.create_execution_context()
+        with on_device(self.device):
+            self.runtime = trt.Runtime(self.logger)
+            # A version-compatible plan carries its lean runtime as host code; this plan was
+            # just built here.
+            self.runtime.engine_host_code_allowed = True
+            engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
+            if engine is None:
+                raise EngineError(f"TensorRT cannot deserialize `{plan}`: {self.logger.errors}")
+            self.engine = engine
+            self.context = engine.create_execution_context()
+            self.stream = self._streams.Stream()  # one stream for every run
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
-        keep = []
-        for name, array in feeds.items():
-            dtype = torch.int32 if self.engine.get_tensor_dtype(name) == trt.int32 else torch.int64
-            tensor = torch.from_numpy(array).to(device="cuda", dtype=dtype).contiguous()
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
-            keep.append(tensor)
-        (output_name,) = self.outputs
-        dims = self.context.get_tensor_shape(output_name)
+        from tritonize.triton_models.tensorrt_decoder import on_device, stream_handle
+
+        with on_device(self.device):
+            feeds = self._feeds({INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
+            # The inputs were copied on PyTorch's current stream: run after those copies.
+            self.stream.wait_stream(self._streams.current_stream())
+            with self._streams.stream(self.stream):
+                self._bind_inputs(feeds)
+                output = self._output()
+                if not self.context.execute_async_v3(stream_handle(self.stream)):
+                    raise EngineError(f"TensorRT execution failed: {self.logger.errors}")
+                host = output.cpu()  # waits for the run
+        return host.float().numpy()
+
+    def _feeds(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        from tritonize.triton_models.tensorrt_decoder import torch_dtype
+
+        return {
+            name: self._torch.from_numpy(array)
+            .to(self.device, torch_dtype(self.engine, name))
+            .contiguous()
+            for name, array in arrays.items()
+        }
+
+    def _bind_inputs(self, feeds: dict[str, torch.Tensor]) -> None:
+        from tritonize.triton_models.tensorrt_decoder import bind
+
+        for name, tensor in feeds.items():
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise EngineError(
+                    f"`{name}` of shape {tuple(tensor.shape)} is outside the plan's profile"
+                )
+            bind(self.context, name, tensor)
+
+    def _output(self) -> torch.Tensor:
+        """The one output, allocated with the shape and dtype the engine gives it."""
+        from tritonize.triton_models.tensorrt_decoder import bind, torch_dtype
+
+        (name,) = self.outputs
+        dims = self.context.get_tensor_shape(name)
         shape = [dims[i] for i in range(len(dims))]
-        output = torch.empty(shape, dtype=torch.float32, device="cuda")
-        self.context.set_tensor_address(output_name, output.data_ptr())
-        stream = torch.cuda.Stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise EngineError(f"TensorRT execution failed: {self.logger.errors}")
-        stream.synchronize()
-        return output.cpu().numpy()
+        output = self._torch.empty(shape, dtype=torch_dtype(self.engine, name), device=self.device)
+        bind(self.context, name, output)
+        return output

@@ -11,6 +11,8 @@ Needs `tensorrt` and CUDA PyTorch in the serving image (see docker/triton.Docker
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +32,63 @@ _TORCH_TYPES = {
 }
 
 
+def torch_dtype(engine: trt.ICudaEngine, name: str) -> torch.dtype:
+    """The PyTorch dtype of the plan's tensor `name`, as the engine declares it."""
+    dtype = engine.get_tensor_dtype(name)
+    if dtype not in _TORCH_TYPES:
+        raise RuntimeError(f"tensor `{name}` of the plan has dtype {dtype}, which is not served")
+    return _TORCH_TYPES[dtype]
+
+
+def bind(context: trt.IExecutionContext, name: str, tensor: torch.Tensor) -> None:
+    """Point the plan's tensor `name` at `tensor`; TensorRT refuses a misaligned address or an
+    unknown name by returning False, which would otherwise run on a stale address."""
+    if not context.set_tensor_address(name, tensor.data_ptr()):
+        raise RuntimeError(f"TensorRT refused the address of tensor `{name}`")
+
+
+@contextlib.contextmanager
+def on_device(device: torch.device) -> Iterator[None]:
+    """Make `device` current, so that TensorRT (which works on the current CUDA device) puts
+    engines, contexts and their memory beside the tensors. Triton places instances on every
+    GPU, while the current device stays 0."""
+    if device.type != "cuda":  # the CPU stands in for a GPU in unit tests
+        yield
+        return
+    with torch.cuda.device(device):
+        yield
+
+
+def stream_handle(stream: object) -> int:
+    """The CUDA stream TensorRT enqueues on (0, the default stream, for the CPU stand-in)."""
+    return int(getattr(stream, "cuda_stream", 0))
+
+
 class TensorRTDecoderRuntime:
     """Runs the decoder plan; its arrays are torch CUDA tensors on `device`."""
 
-    def __init__(self, plan: Path, device: int = 0) -> None:
-        self.device = torch.device("cuda", device)
+    def __init__(self, plan: Path, device: int | torch.device = 0) -> None:
+        self.device = torch.device("cuda", device) if isinstance(device, int) else device
+        self._streams = torch.get_device_module(self.device.type)
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
+        with on_device(self.device):
+            self.runtime = trt.Runtime(self.logger)
+            # A version-compatible plan carries its lean runtime as host code. Whoever can
+            # place a plan in the repository can place model.py there too: no trust is added.
+            self.runtime.engine_host_code_allowed = True
+            self.engine = self._deserialize(plan)
+            self.stream = self._streams.Stream()
+            self.contexts, self._workspace = self._contexts()
+        self.layers = count_layers(
+            self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)
+        )
+        self.past_names, self.present_names = past_names(self.layers), present_names(self.layers)
+        cache_shape = self.engine.get_tensor_shape(self.past_names[0])  # [-1, kv_heads, -1, dim]
+        self.kv_heads, self.head_dim = int(cache_shape[1]), int(cache_shape[3])
+        self.vocab = int(self.engine.get_tensor_shape("logits")[1])
+        self.cache_dtype = torch_dtype(self.engine, self.past_names[0])
+
+    def _deserialize(self, plan: Path) -> trt.ICudaEngine:
         engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
         if engine is None:
             raise RuntimeError(
@@ -48,17 +100,24 @@ class TensorRTDecoderRuntime:
                 f"`{plan}` has {engine.num_optimization_profiles} optimisation profile(s): a "
                 "decoder plan has 2 (prefill, decode); rebuild it with `--task generation`"
             )
-        self.engine = engine
-        self.stream = torch.cuda.Stream(self.device)
-        self.contexts = [engine.create_execution_context() for _ in (PREFILL, DECODE)]
-        for profile, context in enumerate(self.contexts):
-            context.set_optimization_profile_async(profile, self.stream.cuda_stream)
-        self.layers = count_layers(engine.get_tensor_name(i) for i in range(engine.num_io_tensors))
-        self.past_names, self.present_names = past_names(self.layers), present_names(self.layers)
-        cache_shape = engine.get_tensor_shape(self.past_names[0])  # [-1, kv_heads, -1, head_dim]
-        self.kv_heads, self.head_dim = int(cache_shape[1]), int(cache_shape[3])
-        self.vocab = int(engine.get_tensor_shape("logits")[1])
-        self.cache_dtype = self._dtype(self.past_names[0])
+        return engine
+
+    def _contexts(self) -> tuple[list[trt.IExecutionContext], torch.Tensor]:
+        """One context per profile, sharing one workspace sized for the larger profile: both
+        run on `self.stream`, one after the other, so they never use it at the same time."""
+        engine = self.engine
+        size = max(engine.get_device_memory_size_for_profile_v2(p) for p in (PREFILL, DECODE))
+        workspace = torch.empty(size, dtype=torch.uint8, device=self.device)  # 256-byte aligned
+        contexts = []
+        for profile in (PREFILL, DECODE):
+            context = engine.create_execution_context(
+                trt.ExecutionContextAllocationStrategy.USER_MANAGED
+            )
+            context.set_device_memory(workspace.data_ptr(), size)
+            if not context.set_optimization_profile_async(profile, stream_handle(self.stream)):
+                raise RuntimeError(f"TensorRT cannot select optimisation profile {profile}")
+            contexts.append(context)
+        return contexts, workspace
 
     def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
@@ -72,38 +131,55 @@ class TensorRTDecoderRuntime:
     ) -> tuple[np.ndarray, list[torch.Tensor]]:
         # One new token per sequence fits the decode profile (a one-token prompt too).
         context = self.contexts[PREFILL if input_ids.shape[1] > 1 else DECODE]
-        # The caches were re-packed on PyTorch's current stream: run after that work.
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            feeds = {
-                name: torch.from_numpy(array).to(self.device, self._dtype(name))
-                for name, array in (
-                    ("input_ids", input_ids),
-                    ("attention_mask", attention_mask),
-                    ("position_ids", position_ids),
-                )
-            }
-            feeds.update(zip(self.past_names, past, strict=True))
-            for name, tensor in feeds.items():
-                if not context.set_input_shape(name, tuple(tensor.shape)):
-                    raise RuntimeError(
-                        f"`{name}` of shape {tuple(tensor.shape)} is outside the plan's profile"
-                    )
-                context.set_tensor_address(name, tensor.data_ptr())
-            batch, total = attention_mask.shape
-            logits = torch.empty((batch, self.vocab), dtype=torch.float32, device=self.device)
-            presents = [
-                torch.empty((batch, self.kv_heads, total, self.head_dim), dtype=self.cache_dtype,
-                            device=self.device)
-                for _ in self.present_names
-            ]  # fmt: skip
-            outputs = zip(["logits", *self.present_names], [logits, *presents], strict=True)
-            for name, tensor in outputs:
-                context.set_tensor_address(name, tensor.data_ptr())
-            if not context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT could not run the decoder plan (see the server log)")
-            host_logits = logits.cpu()  # waits for the step
+        with on_device(self.device):
+            # The caches were re-packed on PyTorch's current stream: run after that work.
+            self.stream.wait_stream(self._streams.current_stream())
+            with self._streams.stream(self.stream):
+                feeds = self._feeds(input_ids, attention_mask, position_ids, past)
+                self._bind_inputs(context, feeds)
+                logits, presents = self._outputs(context, attention_mask.shape)
+                if not context.execute_async_v3(stream_handle(self.stream)):
+                    raise RuntimeError("TensorRT could not run the decoder plan (see the log)")
+                host_logits = logits.cpu()  # waits for the step
         return host_logits.numpy(), presents
 
-    def _dtype(self, name: str) -> torch.dtype:
-        return _TORCH_TYPES[self.engine.get_tensor_dtype(name)]
+    def _feeds(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        arrays = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "position_ids": position_ids}  # fmt: skip
+        feeds = {
+            name: torch.from_numpy(array).to(self.device, torch_dtype(self.engine, name))
+            for name, array in arrays.items()
+        }
+        feeds.update(zip(self.past_names, past, strict=True))
+        # Bound by address: each must be contiguous and stay referenced until the step ends.
+        return {name: tensor.contiguous() for name, tensor in feeds.items()}
+
+    def _bind_inputs(self, context: trt.IExecutionContext, feeds: dict[str, torch.Tensor]) -> None:
+        for name, tensor in feeds.items():
+            if not context.set_input_shape(name, tuple(tensor.shape)):
+                raise RuntimeError(
+                    f"`{name}` of shape {tuple(tensor.shape)} is outside the plan's profile"
+                )
+            bind(context, name, tensor)
+
+    def _outputs(
+        self, context: trt.IExecutionContext, mask_shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        batch, total = mask_shape
+        logits = torch.empty(
+            (batch, self.vocab), dtype=torch_dtype(self.engine, "logits"), device=self.device
+        )
+        presents = [
+            torch.empty((batch, self.kv_heads, total, self.head_dim),
+                        dtype=torch_dtype(self.engine, name), device=self.device)
+            for name in self.present_names
+        ]  # fmt: skip
+        for name, tensor in zip(["logits", *self.present_names], [logits, *presents], strict=True):
+            bind(context, name, tensor)
+        return logits, presents
