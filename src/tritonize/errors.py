@@ -41,3 +41,7 @@ class ServerError(TritonizeError):
 
 class InferenceError(TritonizeError):
     """The server rejected a request or could not be reached."""
+
+
+class RepositoryConflictError(TritonizeError):
+    """A build would replace models another ensemble owns, or a version that may be serving."""

@@ -61,6 +61,7 @@ class BuildSpec:
     engine_instances: int = 1
     tokenizer_instances: int = 1
     version: int = 1
+    overwrite: bool = False  # replace `version` where it exists (it may be serving)
     opset: int = 17
     trust_remote_code: bool = False
     # Target `tensorrt`: the optimisation profile (min is 1 x 1) and builder settings.
@@ -83,6 +84,8 @@ class BuildSpec:
         _check_range("tokenizer_instances", self.tokenizer_instances, 1, 64)
         _check_range("version", self.version, 1, 2**31 - 1)
         _check_range("opset", self.opset, 14, 21)
+        if not isinstance(self.overwrite, bool):
+            _fail("overwrite", self.overwrite, "true or false")
         for size in self.preferred_batch_sizes:
             _check_range("preferred_batch_sizes", size, 1, self.max_batch_size)
         if self.target is Target.LOCAL and self.precision is not Precision.FP32:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tritonize.errors import RepositoryError
+from tritonize.errors import RepositoryConflictError, RepositoryError
 from tritonize.repository import configs
 from tritonize.repository.checker import check_repository
 from tritonize.repository.manifest import read_manifest
+from tritonize.repository.writer import build_repository
 from tritonize.spec import BuildSpec
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -150,3 +151,109 @@ def test_labels_travel_as_a_parameter(classifier_repository: Path) -> None:
         "neutral",
         "positive",
     ]
+
+
+def _snapshot(repository: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(repository)): p.read_bytes() if p.is_file() else None
+        for p in sorted(repository.rglob("*"))
+    }
+
+
+def _classifier_spec(checkpoint: Path, output: Path, **fields: object) -> BuildSpec:
+    values: dict[str, object] = {
+        "task": "classification",
+        "model": checkpoint,
+        "output": output,
+        "max_batch_size": 8,
+        "max_seq_len": 64,
+        "name": "sentiment",
+    }
+    return BuildSpec.from_mapping({**values, **fields})
+
+
+def test_build_refuses_models_another_ensemble_owns(repo: Path, classifier_dir: Path) -> None:
+    before = _snapshot(repo)
+    with pytest.raises(RepositoryConflictError) as info:
+        build_repository(_classifier_spec(classifier_dir, repo, name="sentiment_engine"))
+    assert "`sentiment_engine` belongs to `sentiment`" in str(info.value)
+    assert "--name" in str(info.value)
+    assert _snapshot(repo) == before
+    check_repository(repo)
+
+
+def test_build_refuses_to_replace_an_existing_version(repo: Path, classifier_dir: Path) -> None:
+    before = _snapshot(repo)
+    with pytest.raises(RepositoryConflictError) as info:
+        build_repository(_classifier_spec(classifier_dir, repo))
+    message = str(info.value)
+    assert "version 1 of `sentiment`" in message
+    assert "--overwrite" in message and "--model-version 2" in message
+    assert _snapshot(repo) == before
+
+
+def test_build_adds_a_new_version_beside_the_old_one(repo: Path, classifier_dir: Path) -> None:
+    old_engine = (repo / "sentiment_engine" / "1" / "model.onnx").read_bytes()
+    build_repository(_classifier_spec(classifier_dir, repo, version=2))
+    assert (repo / "sentiment_engine" / "1" / "model.onnx").read_bytes() == old_engine
+    assert (repo / "sentiment_engine" / "2" / "model.onnx").exists()
+    check_repository(repo, hashes=True)
+
+
+def test_build_with_overwrite_replaces_the_version(repo: Path, classifier_dir: Path) -> None:
+    manifest = repo / "sentiment_engine" / "1" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"owner"', '"owner_before"'))
+    build_repository(_classifier_spec(classifier_dir, repo, overwrite=True))
+    assert read_manifest(repo / "sentiment_engine" / "1")["owner"] == "sentiment"
+    check_repository(repo, hashes=True)
+
+
+def test_every_model_version_lists_its_files(classifier_repository: Path) -> None:
+    for model in ("sentiment_tokenizer", "sentiment_engine", "sentiment_postprocess"):
+        manifest = read_manifest(classifier_repository / model / "1")
+        assert manifest["owner"] == "sentiment"
+        listed = manifest["contents"]
+        on_disk = {
+            str(p.relative_to(classifier_repository / model / "1"))
+            for p in (classifier_repository / model / "1").rglob("*")
+            if p.is_file() and p.name != "manifest.json"
+        }
+        assert set(listed) == on_disk
+        assert "model.py" in listed
+        assert all(len(entry["sha256"]) == 64 and entry["size"] > 0 for entry in listed.values())
+
+
+def test_checker_names_a_deleted_engine_file(repo: Path) -> None:
+    (repo / "sentiment_engine" / "1" / "model.onnx").unlink()
+    assert _problems(repo) == ["model `sentiment_engine` version 1: `model.onnx` is missing"]
+
+
+def test_checker_names_an_altered_file(repo: Path) -> None:
+    path = repo / "sentiment_tokenizer" / "1" / "tokenizer.json"
+    path.write_text(path.read_text().replace('"[PAD]"', '"[PAX]"', 1))  # same size, new mtime
+    assert _problems(repo) == [
+        "model `sentiment_tokenizer` version 1: `tokenizer.json` differs from the build "
+        "(size or sha256 changed)"
+    ]
+
+
+def test_checker_hashes_files_whose_size_and_mtime_were_kept(repo: Path) -> None:
+    path = repo / "sentiment_engine" / "1" / "model.onnx"
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    check_repository(repo)  # trusted on size and mtime: the fast default cannot see it
+    with pytest.raises(RepositoryError) as info:
+        check_repository(repo, hashes=True)
+    assert info.value.problems == [
+        "model `sentiment_engine` version 1: `model.onnx` differs from the build "
+        "(size or sha256 changed)"
+    ]
+
+
+def test_a_copy_without_kept_mtimes_still_passes(repo: Path, tmp_path: Path) -> None:
+    plain_copy = tmp_path / "plain-copy"
+    shutil.copytree(repo, plain_copy, copy_function=shutil.copyfile)  # new mtimes
+    check_repository(plain_copy)

@@ -10,8 +10,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonize.engine.compat import EngineRuntime, plan_problems
 from tritonize.errors import RepositoryError
+from tritonize.progress import note
 from tritonize.repository.configs import ModelConfig, from_text
-from tritonize.repository.manifest import read_manifest
+from tritonize.repository.install import recover as recover_interrupted_builds
+from tritonize.repository.manifest import integrity_problems, read_manifest
 
 # Files each kind of model needs in every version directory.
 _MODEL_FILES = {
@@ -38,8 +40,11 @@ class TensorSpec:
         )
 
 
-def load_configs(repository: Path) -> tuple[dict[str, ModelConfig], list[str]]:
-    """Parse every `<model>/config.pbtxt`; return the configs and the problems found."""
+def load_configs(
+    repository: Path, hashes: bool = False
+) -> tuple[dict[str, ModelConfig], list[str]]:
+    """Parse every `<model>/config.pbtxt` and compare each version's files with its manifest
+    (`hashes`: by sha256 alone); return the configs and the problems found."""
     if not repository.is_dir():
         return {}, [f"`{repository}` is not a directory"]
     configs: dict[str, ModelConfig] = {}
@@ -60,20 +65,29 @@ def load_configs(repository: Path) -> tuple[dict[str, ModelConfig], list[str]]:
                 f"model `{directory.name}`: config name `{config.name}` differs from its directory"
             )
         configs[directory.name] = config
-        problems += _check_files(directory, config)
+        problems += _check_files(directory, config, hashes)
     if not configs and not problems:
         problems.append(f"`{repository}` holds no models")
     return configs, problems
 
 
 def check_repository(
-    repository: Path, runtime: EngineRuntime | None = None
+    repository: Path,
+    runtime: EngineRuntime | None = None,
+    *,
+    hashes: bool = False,
+    recover: bool = True,
 ) -> dict[str, ModelConfig]:
     """Return the parsed configs, or raise `RepositoryError` listing every problem.
 
-    With a `runtime`, TensorRT plans are also checked to load under it.
+    With a `runtime`, TensorRT plans are also checked to load under it. With `recover`, an
+    install that a killed build left half done is rolled back first. With `hashes`, every
+    file is hashed rather than trusted on size and mtime.
     """
-    configs, problems = load_configs(Path(repository))
+    if recover:
+        for message in recover_interrupted_builds(Path(repository)):
+            note(message)
+    configs, problems = load_configs(Path(repository), hashes)
     for name, config in configs.items():
         if config.platform == "ensemble":
             problems += check_ensemble(name, config, configs)
@@ -165,18 +179,24 @@ def _spec(tensor: mc.ModelInput | mc.ModelOutput) -> TensorSpec:
     return TensorSpec(tensor.data_type, tuple(tensor.dims))
 
 
-def _check_files(directory: Path, config: ModelConfig) -> list[str]:
+def _check_files(directory: Path, config: ModelConfig, hashes: bool) -> list[str]:
+    versions = sorted(p for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    problems = [
+        f"model `{directory.name}` version {v.name}: {problem}"
+        for v in versions
+        for problem in integrity_problems(v, hashes)
+    ]
     if config.platform == "ensemble":
-        return []
-    versions = [p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()]
+        return problems
     if not versions:
         return [f"model `{directory.name}`: no numeric version directory"]
     kind = config.backend or config.platform
     filename = config.default_model_filename or _MODEL_FILES.get(kind)
     if filename is None:
-        return []
-    return [
+        return problems
+    missing = [
         f"model `{directory.name}` version {v.name}: `{filename}` is missing"
-        for v in sorted(versions)
+        for v in versions
         if not (v / filename).exists()
     ]
+    return list(dict.fromkeys(missing + problems))  # a file the manifest lists too: once

@@ -59,3 +59,55 @@ def write_manifest(
 
 def read_manifest(directory: Path) -> dict[str, Any]:
     return json.loads((directory / MANIFEST).read_text())
+
+
+def seal(directory: Path, owner: str) -> Path:
+    """Record `owner` and every file of the version `directory` (sha256, size, mtime) in its
+    manifest, creating a minimal one where the model has none."""
+    path = directory / MANIFEST
+    manifest: dict[str, Any] = read_manifest(directory) if path.exists() else {}
+    manifest.setdefault("tritonize", __version__)
+    manifest["owner"] = owner
+    manifest["contents"] = {
+        str(file.relative_to(directory)): _describe(file)
+        for file in sorted(directory.rglob("*"))
+        if file.is_file() and file != path
+    }
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def integrity_problems(directory: Path, hashes: bool = False) -> list[str]:
+    """Files of a sealed version directory that are missing or altered.
+
+    By default a file whose size and mtime match the manifest is taken as intact, and only a
+    changed mtime costs a hash; `hashes` hashes every file.
+    """
+    try:
+        contents = read_manifest(directory).get("contents")
+    except (OSError, ValueError):
+        return []  # not sealed: nothing to compare with
+    if not isinstance(contents, dict):
+        return []
+    problems = []
+    for name, recorded in sorted(contents.items()):
+        file = directory / name
+        if not file.is_file():
+            problems.append(f"`{name}` is missing")
+        elif _altered(file, recorded, hashes):
+            problems.append(f"`{name}` differs from the build (size or sha256 changed)")
+    return problems
+
+
+def _describe(file: Path) -> dict[str, Any]:
+    stat = file.stat()
+    return {"sha256": sha256(file), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _altered(file: Path, recorded: dict[str, Any], hashes: bool) -> bool:
+    stat = file.stat()
+    if stat.st_size != recorded.get("size"):
+        return True
+    if not hashes and stat.st_mtime_ns == recorded.get("mtime_ns"):
+        return False
+    return sha256(file) != recorded.get("sha256")

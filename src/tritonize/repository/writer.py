@@ -1,13 +1,13 @@
 """Build a model repository from a spec: export, validate, write, check, then install.
 
-Everything is written into a staging directory beside the output and checked there first, so a
-failed build never leaves a half-written repository behind.
+Everything is written into a staging directory beside the output and checked there first, then
+installed by journalled renames (`install.py`), so a failed or killed build never leaves a
+half-written repository behind.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +27,34 @@ from tritonize.repository import configs
 from tritonize.repository.checker import check_repository
 from tritonize.repository.configs import ModelConfig, StepNames
 from tritonize.repository.golden import generation_golden_record, golden_record, write_golden
-from tritonize.repository.manifest import write_manifest
+from tritonize.repository.install import install, pause_point, staging_directory
+from tritonize.repository.manifest import seal, write_manifest
+from tritonize.repository.ownership import planned_models, refuse_conflicts
 from tritonize.spec import BuildSpec, Target, Task
 
 PACKAGE_DIR = "triton_models"  # the Python-backend sources, copied beside each model.py
+
+# The stub's embedded interpreter ignores PYTHONDONTWRITEBYTECODE, and it compiles model.py
+# before running it: so model.py turns bytecode off for what it imports and removes its own.
+_ENTRY_POINT = '''"""Triton entry point: the model lives in {package}/{module}.py."""
+
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in the model repository
+
+import contextlib  # noqa: E402
+import importlib.util  # noqa: E402
+import os  # noqa: E402
+
+from {package}.{module} import TritonPythonModel  # noqa: E402
+
+with contextlib.suppress(OSError):
+    _own_bytecode = importlib.util.cache_from_source(__file__)
+    os.remove(_own_bytecode)
+    os.rmdir(os.path.dirname(_own_bytecode))
+
+__all__ = ["TritonPythonModel"]
+'''
 
 
 @dataclass(frozen=True)
@@ -44,29 +68,43 @@ def build_repository(spec: BuildSpec) -> BuildResult:
     """Export `spec`'s checkpoint and install its models into `spec.output`."""
     if spec.target is Target.TENSORRT:
         require_tensorrt()  # before any work: never half a build
-    spec.output.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=spec.output, prefix=".staging-") as tmp:
-        staging = Path(tmp)
-        stage = staging / "repository"
-        if spec.task is Task.GENERATION:
-            decoder = export_generation(spec, staging)
-            engine = build_decoder_engine(spec, decoder, staging)
-            with step("Writing the model repository"):
-                models = write_generator(spec, decoder, engine, stage)
-            diffs = decoder.max_abs_diff
-        else:
-            exported = export_onnx(spec, staging)
-            engine = build_engine(spec, exported, staging)
-            with step("Writing the model repository"):
-                models = write_models(spec, exported, engine, stage)
-            diffs = exported.max_abs_diff
-        check_repository(stage)
-        for model in models:
-            _install(stage / model, spec.output / model, spec.version)
-            note(f"{spec.output / model}")
-    with step("Checking the whole repository"):
-        check_repository(spec.output)
+    with staging_directory(spec.output) as staging:
+        refuse_conflicts(spec, planned_models(spec))  # before any work, after any roll-back
+        pause_point("staging")
+        models, diffs = _stage(spec, staging)
+        pause_point("staged")
+        with step("Installing and checking the whole repository"):
+            install(
+                staging,
+                spec.output,
+                models,
+                guard=lambda: refuse_conflicts(spec, models),
+                check=lambda repository: check_repository(repository, recover=False),
+            )
+            for model in models:
+                note(f"{spec.output / model}")
     return BuildResult(spec.output, models, diffs)
+
+
+def _stage(spec: BuildSpec, staging: Path) -> tuple[list[str], dict[str, float]]:
+    """Export, validate and write every model into `staging/repository`, sealed and checked."""
+    stage = staging / "repository"
+    if spec.task is Task.GENERATION:
+        decoder = export_generation(spec, staging)
+        engine = build_decoder_engine(spec, decoder, staging)
+        with step("Writing the model repository"):
+            models = write_generator(spec, decoder, engine, stage)
+        diffs = decoder.max_abs_diff
+    else:
+        exported = export_onnx(spec, staging)
+        engine = build_engine(spec, exported, staging)
+        with step("Writing the model repository"):
+            models = write_models(spec, exported, engine, stage)
+        diffs = exported.max_abs_diff
+    for model in models:
+        seal(stage / model / str(spec.version), owner=spec.name)
+    check_repository(stage, recover=False)
+    return models, diffs
 
 
 def write_generator(
@@ -133,11 +171,7 @@ def _write_python_model(repository: Path, config: ModelConfig, version: int, mod
         version_dir / PACKAGE_DIR,
         ignore=shutil.ignore_patterns("__pycache__"),
     )
-    (version_dir / "model.py").write_text(
-        f'"""Triton entry point: the model lives in {PACKAGE_DIR}/{module}.py."""\n\n'
-        f"from {PACKAGE_DIR}.{module} import TritonPythonModel\n\n"
-        '__all__ = ["TritonPythonModel"]\n'
-    )
+    (version_dir / "model.py").write_text(_ENTRY_POINT.format(package=PACKAGE_DIR, module=module))
     return version_dir
 
 
@@ -145,15 +179,3 @@ def _write_config(repository: Path, config: ModelConfig) -> None:
     directory = repository / config.name
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.pbtxt").write_text(configs.to_text(config))
-
-
-def _install(staged: Path, target: Path, version: int) -> None:
-    """Replace `target`'s files and this version; other versions stay (for rollback)."""
-    target.mkdir(parents=True, exist_ok=True)
-    version_dir = target / str(version)
-    if version_dir.exists():
-        shutil.rmtree(version_dir)
-    shutil.move(staged / str(version), version_dir)
-    for item in staged.iterdir():  # config.pbtxt, golden.json
-        if item.is_file():
-            shutil.copy2(item, target / item.name)
