@@ -59,7 +59,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from tritonize.repository.checker import check_repository
 
     runtime = EngineRuntime.detect()
-    configs = check_repository(Path(args.repository), runtime)
+    configs = check_repository(Path(args.repository), runtime, hashes=args.hashes)
     for name, config in sorted(configs.items()):
         kind = config.platform or config.backend
         print(f"ok  {name:<32} {kind:<16} max_batch_size={config.max_batch_size}")
@@ -256,6 +256,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_build(commands)
     check = _command(commands, "check", cmd_check, "parse every config and verify ensemble wiring")
     check.add_argument("repository", help="model repository directory")
+    check.add_argument(
+        "--hashes",
+        action="store_true",
+        help="hash every file against its manifest (default: trust matching size and mtime)",
+    )
     _add_serve(commands)
     _add_infer(commands)
     _add_generate(commands)
@@ -285,6 +290,12 @@ def _add_build(commands: Any) -> None:
     what.add_argument("--output", help="model repository directory (default: model_repository)")
     what.add_argument(
         "--model-version", dest="version", type=int, help="version directory to write (default: 1)"
+    )
+    what.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace the version if it exists (it may be serving); else use --model-version",
     )
     what.add_argument(
         "--trust-remote-code",
