@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,6 +64,55 @@ def test_every_gate_can_pass_and_fail() -> None:
 def test_server_gates_fail_without_server_figures() -> None:
     (gate,) = evaluate(Slo(min_batch_size=2), CLIENT, None)
     assert not gate.passed and gate.describe().endswith("n/a (limit 2)")
+
+
+def test_criteria_that_do_not_apply_are_skipped_with_a_note() -> None:
+    """A generation model has no engine step: the shipped SLO's batch size cannot apply."""
+    generator = replace(SERVER, achieved_batch_size=None)
+    slo = Slo.from_file(ROOT / "loadtests" / "slo.yaml", "steady")
+    reason = "`tiny-llama` has no engine step whose batches to count"
+    gates = evaluate(slo, replace(CLIENT, failures=0), generator, {"min_batch_size": reason})
+    (batch,) = [g for g in gates if g.name == "min_batch_size"]
+    assert batch.passed and batch.describe() == f"SKIP  min_batch_size: does not apply: {reason}"
+    assert all(g.passed for g in gates), [g.describe() for g in gates]
+
+
+def result_of(client: ClientFigures, server_successes: float, **test: object) -> LoadTestResult:
+    server = replace(SERVER, successes=server_successes)
+    return LoadTestResult(test=LoadTest(model="m", **test), seconds=10, client=client,  # type: ignore[arg-type]
+                          server=server, server_source="test", gates=[], direct=server)  # fmt: skip
+
+
+def test_consistency_allows_a_request_in_flight_per_user_at_low_throughput() -> None:
+    """8 users at 10 req/s: Triton counted the 8 requests Locust stopped in flight."""
+    slow = replace(CLIENT, requests=100, failures=0, rps=10.0)
+    assert result_of(slow, 108, users=8).consistent
+    assert result_of(slow, 108, users=8).passed
+    assert not result_of(slow, 125, users=8).consistent  # beyond in-flight + 2%: lost requests
+    assert not result_of(slow, 108, users=8, scenario="smoke").consistent  # smoke runs one user
+
+
+def test_a_run_without_a_success_fails() -> None:
+    nothing = replace(CLIENT, requests=0, failures=0, rps=0.0)
+    result = result_of(nothing, 0)
+    assert not result.passed
+    assert result.failures()[0].startswith("FAIL  successes: none of 0 requests succeeded")
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "directory"])
+def test_unusable_texts_file_is_refused(tmp_path: Path, problem: str) -> None:
+    path = {"missing": tmp_path / "absent.txt", "empty": tmp_path / "empty.txt",
+            "directory": tmp_path}[problem]  # fmt: skip
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(SpecError, match=f"`--texts-file` {path}"):
+        LoadTest(model="m", texts_file=path)
+
+
+def test_smoke_report_names_the_one_user_it_ran(tmp_path: Path) -> None:
+    from tritonize.loadtest.report import summary_markdown
+
+    result = result_of(CLIENT, 998, scenario="smoke", users=8, out=tmp_path)
+    assert ", 1 user, 10 s;" in summary_markdown(result, with_throughput_plot=False)
 
 
 def test_client_figures_from_locust_csv(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def summary_markdown(result: LoadTestResult, with_throughput_plot: bool = True) 
         f"# Load test: `{test.model}`, scenario `{test.scenario}`",
         "",
         f"{'PASSED' if result.passed else 'FAILED'}: {test.protocol.upper()} to {test.url}, "
-        f"{test.users} users, {result.seconds:.0f} s"
+        f"{_users(test.peak_users)}, {result.seconds:.0f} s"
         + (f", {test.workers} Locust workers" if test.workers else "")
         + f"; server figures from {result.server_source}.",
         "",
@@ -64,7 +64,8 @@ def summary_markdown(result: LoadTestResult, with_throughput_plot: bool = True) 
         f"| max pending requests | {_number(server.max_pending, '.0f')} |",
         "",
         f"Consistency: Locust successes {result.client_successes} vs server successes "
-        f"{server.successes:.0f}: {'within' if result.consistent else 'NOT within'} 2%.",
+        f"{server.successes:.0f}: {'within' if result.consistent else 'NOT within'} the "
+        f"{result.consistency_allowance:.0f} allowed (a request in flight per user + 2%).",
         "",
     ]
     if result.ramp:
@@ -164,6 +165,10 @@ def _float(value: str | None) -> float:
 
 def _number(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def _users(count: int) -> str:
+    return f"{count} user" if count == 1 else f"{count} users"
 
 
 def _failures(failures: dict[str, float]) -> str:

@@ -70,14 +70,26 @@ class Gate:
     limit: float
     actual: float | None
     passed: bool
+    skipped: str | None = None  # why the criterion does not apply to this run
 
     def describe(self) -> str:
+        if self.skipped:
+            return f"SKIP  {self.name}: does not apply: {self.skipped}"
         actual = "n/a" if self.actual is None else f"{self.actual:.4g}"
         return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {actual} (limit {self.limit:g})"
 
 
-def evaluate(slo: Slo, client: ClientFigures, server: ServerFigures | None) -> list[Gate]:
-    """Every gate the SLO sets; a server gate without server figures fails."""
+def evaluate(
+    slo: Slo,
+    client: ClientFigures,
+    server: ServerFigures | None,
+    not_applicable: dict[str, str] | None = None,
+) -> list[Gate]:
+    """Every gate the SLO sets; a server gate without server figures fails.
+
+    `not_applicable` maps criteria that mean nothing for this model (an engine batch size for
+    a model without an engine step) to why: they are skipped, with that note, not failed.
+    """
     gates: list[tuple[str, float | None, float | None, bool]] = [
         ("p95_ms", slo.p95_ms, client.p95_ms, False),
         ("p99_ms", slo.p99_ms, client.p99_ms, False),
@@ -91,9 +103,13 @@ def evaluate(slo: Slo, client: ClientFigures, server: ServerFigures | None) -> l
             True,
         ),
     ]
+    skip = not_applicable or {}
     results = []
     for name, limit, actual, at_least in gates:
         if limit is None:
+            continue
+        if name in skip:
+            results.append(Gate(name, float(limit), actual, True, skipped=skip[name]))
             continue
         passed = actual is not None and (actual >= limit if at_least else actual <= limit)
         results.append(Gate(name, float(limit), actual, passed))

@@ -47,6 +47,30 @@ class PrometheusSource:
             for r in self.query(selector, at)
         )
 
+    def reading_matching(
+        self, direct: Reading, models: tuple[str, ...], timeout_s: float = 20.0
+    ) -> Reading:
+        """Prometheus' reading once it has scraped the request counts of `direct`.
+
+        `direct` is a reading taken straight from Triton while nothing was in flight, so the
+        counts stand still until Prometheus' next scrape brings them: from then on both sources
+        describe the same moment, whatever the scrape interval or a late scrape on a busy host.
+        """
+        from tritonize.monitor.scrape import request_counts
+
+        wanted = request_counts(direct, models)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reading = self.reading_at(time.time(), list(models))
+            if request_counts(reading, models) == wanted:
+                return reading
+            if time.monotonic() > deadline:
+                raise TritonizeError(
+                    f"Prometheus at {self.url} did not scrape Triton's current counters of "
+                    f"{', '.join(models)} within {timeout_s:.0f} s: is it scraping this Triton?"
+                )
+            time.sleep(0.25)
+
     def max_pending(self, models: list[str], start: float, end: float) -> float | None:
         """The most requests pending in `models` (summed) at any second of the window."""
         window = max(1, round(end - start))
