@@ -191,7 +191,12 @@ class TritonizeClient:
         self._call(model, "unload_model", model, headers=self._key_headers())
 
     def close(self) -> None:
-        self._client.close()
+        """Close the connection; calls after this fail. Closing twice is harmless."""
+        if self._client is not None:
+            self._client.close()
+            # Drop it now: tritonclient's gRPC client closes its channel again in __del__, and
+            # at interpreter exit under gevent that second close hangs the process.
+            self._client = None
 
     def __enter__(self) -> TritonizeClient:
         return self
@@ -223,6 +228,8 @@ class TritonizeClient:
         return {API_KEY_HEADER: self.api_key}
 
     def _call(self, model: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._client is None:
+            raise InferenceError(f"the client of {self.url} is closed")
         try:
             return getattr(self._client, method)(*args, **kwargs)
         except InferenceServerException as exc:

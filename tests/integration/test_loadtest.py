@@ -83,9 +83,15 @@ def test_wrong_shaped_responses_count_as_failures(server: LocalServer, tmp_path:
 
 
 def test_grpc_with_locust_workers(server: LocalServer, tmp_path: Path) -> None:
+    """Workers exit as soon as the run ends (a second close of a gRPC channel at interpreter exit
+    under gevent used to hang them until they were killed 30 s later)."""
+    start = time.monotonic()
     result = run_load_test(load_test(server, tmp_path, protocol="grpc", workers=2, seconds=5.0))
+    elapsed = time.monotonic() - start
+    print(f"2 workers, 5 s of load: the run took {elapsed:.1f} s")
     assert result.passed, result.failures()
     assert result.client.requests > 50
+    assert elapsed < 5.0 + 20  # start-up, shutdown and readings; not a 30 s wait on a worker
 
 
 def test_ramp_records_steps(server: LocalServer, tmp_path: Path) -> None:
