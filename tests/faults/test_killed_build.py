@@ -14,12 +14,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from integration.conftest import server_config
 
+from tritonize.client import TritonizeClient
 from tritonize.repository.checker import check_repository
+from tritonize.server import LocalServer
 
 NAME = "sentiment"  # the ensemble that `classifier_repository` holds
 
@@ -173,3 +176,36 @@ def test_next_build_rolls_back_a_killed_install_and_succeeds(
     assert "rolled back the install that a dead build left" in errors
     check_repository(repository, hashes=True)
     assert leftovers(repository) == []
+
+
+def test_serve_rolls_back_a_killed_install_and_starts(
+    repository: Path, classifier_dir: Path, empty_cwd: Path
+) -> None:
+    before = snapshot(repository)
+    command = build_command(repository, classifier_dir, "--overwrite")
+    process = start_build(command, empty_cwd, pause_at="half-installed")
+    wait_for_pause(process, "half-installed")
+    kill(process)
+
+    config = server_config(repository)
+    client = TritonizeClient(config.http_url, "http", api_key=config.api_key)
+    with LocalServer(config), client:
+        assert client.classify(NAME, ["served after a killed build"])[0].label
+    assert snapshot(repository) == before
+    assert leftovers(repository) == []
+
+
+def test_a_generation_build_writes_only_its_output(
+    tiny_decoder: Callable[[str], Path], tmp_path: Path, empty_cwd: Path
+) -> None:
+    output = tmp_path / "generation_repository"
+    command = [
+        sys.executable, "-m", "tritonize.cli", "build", "--task", "generation",
+        "--name", "tiny-llama", "--model", str(tiny_decoder("llama-decoder")),
+        "--output", str(output), "--max-seq-len", "64", "--max-batch-size", "4",
+    ]  # fmt: skip
+    build = start_build(command, empty_cwd)
+    _, errors = build.communicate(timeout=600)
+    assert build.returncode == 0, errors[-3000:]
+    assert sorted(p.name for p in output.iterdir()) == ["tiny-llama"]
+    assert leftovers(output) == []

@@ -42,6 +42,8 @@ def free_ports(count: int) -> list[int]:
 
 def server_config(repository: Path, **kwargs: object) -> ServerConfig:
     http, grpc, metrics = free_ports(3)
+    # Tests build repositories in pytest's temporary directories: the log goes beside them.
+    kwargs.setdefault("log_file", repository.parent / f"tritonize-{http}.log")
     return ServerConfig(
         repository,
         http_port=http,
