@@ -12,7 +12,7 @@ REPO=${REPO:-model_repository}
 HTTP_PORT=${HTTP_PORT:-8000} GRPC_PORT=${GRPC_PORT:-8001} METRICS_PORT=${METRICS_PORT:-8002}
 PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
 
-$TRITONIZE build --task embedding --target local --name minilm --output "$REPO"
+$TRITONIZE build --task embedding --target local --name minilm --output "$REPO" --overwrite
 $TRITONIZE check "$REPO"
 
 $TRITONIZE serve "$REPO" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" \
