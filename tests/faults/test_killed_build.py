@@ -209,3 +209,17 @@ def test_a_generation_build_writes_only_its_output(
     assert build.returncode == 0, errors[-3000:]
     assert sorted(p.name for p in output.iterdir()) == ["tiny-llama"]
     assert leftovers(output) == []
+
+
+def test_check_leaves_a_living_build_alone(
+    repository: Path, classifier_dir: Path, empty_cwd: Path
+) -> None:
+    command = build_command(repository, classifier_dir, "--overwrite")
+    process = start_build(command, empty_cwd, pause_at="staged")
+    wait_for_pause(process, "staged")
+    staged = leftovers(repository)
+    check_repository(repository)
+    assert leftovers(repository) == staged != []  # its owner is alive: not touched
+    kill(process)
+    check_repository(repository)
+    assert leftovers(repository) == []

@@ -24,3 +24,4 @@ def test_serving_writes_no_bytecode_into_the_repository(
         server.stop()
     assert sorted(repository.rglob("__pycache__")) == []
     assert sorted(p.relative_to(repository) for p in repository.rglob("*")) == files_before
+    assert config.log_path.parent == tmp_path and config.log_path.exists()  # not in /tmp

@@ -257,3 +257,9 @@ def test_a_copy_without_kept_mtimes_still_passes(repo: Path, tmp_path: Path) -> 
     plain_copy = tmp_path / "plain-copy"
     shutil.copytree(repo, plain_copy, copy_function=shutil.copyfile)  # new mtimes
     check_repository(plain_copy)
+
+
+def test_check_removes_staging_left_inside_by_earlier_builds(repo: Path) -> None:
+    (repo / ".staging-abc123" / "repository" / "sentiment").mkdir(parents=True)
+    check_repository(repo)
+    assert not list(repo.glob(".*"))

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tritonize.errors import RepositoryError
 from tritonize.progress import note
 
 STAGING_INFIX = ".staging-"
@@ -53,11 +54,11 @@ def pause_point(name: str) -> None:
 @contextmanager
 def staging_directory(repository: Path) -> Iterator[Path]:
     """A private directory beside `repository`, locked while this build lives, then removed."""
-    repository.mkdir(parents=True, exist_ok=True)
+    _create(repository)
     with repository_lock(repository):
         for message in recover(repository, locked=True):
             note(message)
-        path = Path(tempfile.mkdtemp(dir=repository.parent, prefix=_staging_prefix(repository)))
+        path = _create_staging(repository)
         held = _lock(path, wait=True)
     try:
         yield path
@@ -104,7 +105,7 @@ def recover(repository: Path, locked: bool = False) -> list[str]:
     if not locked:
         with repository_lock(repository):
             return recover(repository, locked=True)
-    done = []
+    done = _remove_staging_inside(repository)
     for staging in sorted(repository.parent.glob(_staging_prefix(repository) + "*")):
         held = _try_lock(staging)
         if held is None:
@@ -124,6 +125,15 @@ def repository_lock(repository: Path) -> Iterator[None]:
         yield
     finally:
         os.close(held)
+
+
+def _remove_staging_inside(repository: Path) -> list[str]:
+    """Earlier releases staged inside the repository, where Triton refuses the directory."""
+    done = []
+    for staging in sorted(repository.glob(STAGING_INFIX + "*")):
+        shutil.rmtree(staging, ignore_errors=True)
+        done.append(f"removed `{staging}`, the staging of an earlier build")
+    return done
 
 
 def _recover_one(staging: Path, repository: Path) -> str:
@@ -186,6 +196,22 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif os.path.lexists(path):
         path.unlink()
+
+
+def _create(repository: Path) -> None:
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RepositoryError([f"cannot create `{repository}`: {exc.strerror}"]) from None
+
+
+def _create_staging(repository: Path) -> Path:
+    try:
+        return Path(tempfile.mkdtemp(dir=repository.parent, prefix=_staging_prefix(repository)))
+    except OSError as exc:
+        raise RepositoryError(
+            [f"cannot stage beside `{repository}`: {exc.strerror} (its parent must be writable)"]
+        ) from None
 
 
 def _staging_prefix(repository: Path) -> str:
