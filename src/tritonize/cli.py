@@ -6,15 +6,19 @@ import argparse
 import dataclasses
 import json
 import os
+import pickle
 import signal
 import sys
+import tomllib
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tritonize.errors import TritonizeError
+from tritonize import __version__
+from tritonize.errors import ExportError, SpecError, TritonizeError
 from tritonize.spec import BuildSpec
 
 EPILOG = """examples:
@@ -30,15 +34,53 @@ EPILOG = """examples:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Run one command: 0 done, 1 an `error:` line, 130 Ctrl-C, 141 output to a closed pipe."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away (`| head`) shows here, not at exit
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _run(argv: list[str] | None) -> int:
+    return _dispatch(_parser().parse_args(argv))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; every exception becomes an exit code and at most one line."""
     try:
         return int(args.run(args) or 0)
     except TritonizeError as exc:
+        _traceback_if_debugging()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
+    except Exception as exc:  # the last resort: a line, not a traceback, for what was missed
+        hint = "" if _traceback_if_debugging() else " (TRITONIZE_DEBUG=1 shows where)"
+        print(f"error: unexpected {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+        return 1
+
+
+def _traceback_if_debugging() -> bool:
+    """With TRITONIZE_DEBUG=1, print the exception being handled; True if printed."""
+    if os.environ.get("TRITONIZE_DEBUG", "") in ("", "0"):
+        return False
+    traceback.print_exc()
+    return True
+
+
+def _reader_gone() -> int:
+    """Quiet exit when stdout's reader closed it, as a shell reports a writer killed by SIGPIPE."""
+    # Whatever is still buffered goes to /dev/null, so the interpreter's flush at exit is quiet.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -48,10 +90,41 @@ def cmd_build(args: argparse.Namespace) -> int:
     flags = {
         key: value for key, value in vars(args).items() if key in _SPEC_FLAGS and value is not None
     }
+    _require_name(flags, args.config)
     spec = BuildSpec.from_toml(args.config, flags) if args.config else BuildSpec.from_mapping(flags)
-    result = build_repository(spec)
+    try:
+        result = build_repository(spec)
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused the checkpoint
+        raise ExportError(_unsafe_pickle(spec.model_dir, exc)) from exc
     print(f"built {', '.join(result.models)} in {result.repository}")
     return 0
+
+
+def _require_name(flags: dict[str, Any], config: Path | None) -> None:
+    """Every build needs a name, from --name or the config file."""
+    if "name" in flags:
+        return
+    if config is not None:
+        try:
+            data = tomllib.loads(Path(config).read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return  # the spec reader names the problem with the file
+        if "name" in data.get("build", data):
+            return
+    raise SpecError(
+        "`name` is required: pass --name NAME (or `name = \"...\"` in the --config file); "
+        "it names the ensemble and prefixes its step models"
+    )
+
+
+def _unsafe_pickle(model_dir: Path, error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
+    refused = lines[0] if lines else "it holds objects other than tensors"
+    return (
+        f"`model` = {model_dir}: its PyTorch pickle is refused, since loading it could run code "
+        f"({refused}). Where you trust the checkpoint, convert it to safetensors "
+        "(`model.save_pretrained(dir, safe_serialization=True)`) and build from that"
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -140,6 +213,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from tritonize.client import TritonizeClient
 
     with TritonizeClient(args.url, args.protocol, timeout_s=args.timeout) as client:
+        _check_model_kind(client, args.model, "infer")
         outputs = client.infer(args.model, args.texts)
     if args.json:
         print(json.dumps({k: _jsonable(v) for k, v in outputs.items()}))
@@ -161,11 +235,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if value is not None
     }  # fmt: skip
     with TritonizeClient(args.url, args.protocol, timeout_s=args.timeout) as client:
+        _check_model_kind(client, args.model, "generate")
         for text in client.generate(args.model, args.prompt, args.max_tokens, args.stream,
                                     **parameters):  # fmt: skip
             print(text, end="", flush=True)
     print()
     return 0
+
+
+def _check_model_kind(client: Any, model: str, command: str) -> None:
+    """`infer` takes texts (TEXT), `generate` a prompt (text_input): say which fits `model`."""
+    from tritonize.errors import InferenceError
+    from tritonize.triton_models.common import TEXT
+
+    inputs = {tensor["name"] for tensor in client.metadata(model)["inputs"]}
+    if command == "infer" and TEXT not in inputs and "text_input" in inputs:
+        raise InferenceError(
+            f"`{model}` is a generation model, it takes a prompt: use "
+            f"`tritonize generate {model} PROMPT`"
+        )
+    if command == "generate" and "text_input" not in inputs and TEXT in inputs:
+        raise InferenceError(
+            f"`{model}` embeds or classifies texts, it does not generate: use "
+            f"`tritonize infer {model} TEXT...`"
+        )
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
@@ -252,6 +345,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     _add_build(commands)
     check = _command(commands, "check", cmd_check, "parse every config and verify ensemble wiring")
@@ -266,7 +360,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_loadtest(commands)
     _add_verify(commands)
+    for command in commands.choices.values():
+        _show_defaults(command)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append `(default: X)` to each option's help unless it says its default already."""
+    for action in parser._actions:
+        shown = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in shown:
+            continue
+        action.help = f"{shown} (default: %(default)s)".strip()
 
 
 def _command(commands: Any, name: str, run: Callable[[argparse.Namespace], int], help: str) -> Any:
@@ -391,6 +496,13 @@ def _add_generate(commands: Any) -> None:
     gen.add_argument("--timeout", type=float, default=120.0)
 
 
+_METRICS_URL: dict[str, Any] = {
+    "default": os.environ.get("TRITONIZE_METRICS_URL"),
+    "help": "Triton's metrics endpoint (default: http://HOST:8002/metrics, HOST from --url; "
+    "env TRITONIZE_METRICS_URL)",
+}
+
+
 def _add_loadtest(commands: Any) -> None:
     load = _command(commands, "loadtest", cmd_loadtest, "run a Locust scenario and gate it on SLOs")
     load.add_argument("model", help="model (ensemble) to load")
@@ -406,7 +518,7 @@ def _add_loadtest(commands: Any) -> None:
         default="http",
         help="sse: stream from a generation model (TTFT, ITL, E2E events)",
     )
-    target.add_argument("--metrics-url", help="Triton metrics (default http://HOST:8002/metrics)")
+    target.add_argument("--metrics-url", **_METRICS_URL)
     target.add_argument("--prometheus", help="Prometheus URL for the server-side figures")
     shape = load.add_argument_group("load")
     shape.add_argument(
@@ -434,7 +546,7 @@ def _add_verify(commands: Any) -> None:
     )
     check.add_argument("--url", default=os.environ.get("TRITONIZE_URL"))
     check.add_argument("--protocol", choices=["http", "grpc"], default="http")
-    check.add_argument("--metrics-url", help="Triton metrics (default http://HOST:8002/metrics)")
+    check.add_argument("--metrics-url", **_METRICS_URL)
     check.add_argument("--smoke-requests", type=int, default=64)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from http.client import HTTPException
 from types import TracebackType
 from typing import Any
 
@@ -133,6 +134,8 @@ class TritonizeClient:
             raise InferenceError(f"model `{model}` at {self.url}: {detail}") from None
         except OSError as exc:
             raise InferenceError(f"cannot reach Triton at {self.url} (http): {exc}") from exc
+        except HTTPException as exc:
+            raise InferenceError(_not_http(self.url, exc)) from exc
 
     def _generate_grpc(self, model: str, fields: dict[str, Any]) -> Iterator[str]:
         """A gRPC stream; the final (possibly empty) response closes it."""
@@ -140,11 +143,19 @@ class TritonizeClient:
 
         results: queue.Queue[Any] = queue.Queue()
         inputs = [generation_input(self._module, name, value) for name, value in fields.items()]
-        self._client.start_stream(callback=lambda result, error: results.put((result, error)))
+        self._call(
+            model, "start_stream", callback=lambda result, error: results.put((result, error))
+        )
         try:
-            self._client.async_stream_infer(model, inputs, enable_empty_final_response=True)
+            try:
+                self._call(model, "async_stream_infer", model, inputs,
+                           enable_empty_final_response=True)  # fmt: skip
+            except InferenceError:
+                if results.empty():
+                    raise
+                # The stream broke before the request went out: its callback holds the reason.
             while True:
-                result, error = results.get(timeout=self._timeout_s)
+                result, error = self._next_response(results, model)
                 if error is not None:
                     raise InferenceError(f"model `{model}` at {self.url}: {error.message()}")
                 response = result.get_response()
@@ -154,6 +165,16 @@ class TritonizeClient:
                     return
         finally:
             self._client.stop_stream()
+
+    def _next_response(self, results: Any, model: str) -> tuple[Any, Any]:
+        import queue
+
+        try:
+            return tuple(results.get(timeout=self._timeout_s))  # type: ignore[return-value]
+        except queue.Empty:
+            raise InferenceError(
+                f"model `{model}` at {self.url}: no response within {self._timeout_s:g} s"
+            ) from None
 
     # -- server and models -------------------------------------------------------------------
     def is_server_ready(self) -> bool:
@@ -238,6 +259,15 @@ class TritonizeClient:
             raise InferenceError(
                 f"cannot reach Triton at {self.url} ({self.protocol.value}): {exc}"
             ) from exc
+        except HTTPException as exc:  # an answer that is not HTTP/1.1: the gRPC port's
+            raise InferenceError(_not_http(self.url, exc)) from exc
+
+
+def _not_http(url: str, error: Exception) -> str:
+    return (
+        f"{url} did not answer in HTTP ({type(error).__name__}): is it Triton's gRPC "
+        "port? Then use --protocol grpc, or --url with its HTTP port"
+    )
 
 
 _GENERATION_TYPES = {

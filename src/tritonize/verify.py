@@ -15,7 +15,7 @@ from tritonize.client import TritonizeClient
 from tritonize.errors import TritonizeError
 from tritonize.loadtest.checks import response_problem
 from tritonize.monitor.figures import Reading
-from tritonize.monitor.scrape import default_metrics_url, read
+from tritonize.monitor.scrape import METRICS_URL_HINT, default_metrics_url, read
 from tritonize.repository.golden import read_golden
 from tritonize.triton_models.common import EMBEDDING, LABEL, PROBABILITIES
 
@@ -50,7 +50,7 @@ class Deployment:
 
 def verify(deployment: Deployment) -> list[Check]:
     """Run every check in order; later checks are skipped once the model is not ready."""
-    golden = read_golden(deployment.golden)
+    golden = _read_golden(deployment.golden)
     with TritonizeClient(deployment.url, deployment.protocol) as client:
         ready = _readiness(client, deployment.model)
         if not ready.passed:
@@ -61,6 +61,24 @@ def verify(deployment: Deployment) -> list[Check]:
         checks.append(_smoke(deployment, golden))
     checks.append(_metrics(deployment, before, _golden_requests(golden)))
     return checks
+
+
+def _read_golden(path: Path) -> dict[str, Any]:
+    """The golden file, or an error naming it and what is wrong with it."""
+    where = f"`--golden` {path}"
+    try:
+        golden = read_golden(path)
+    except OSError as exc:
+        raise TritonizeError(f"{where}: cannot read it ({exc.strerror or exc})") from exc
+    except (ValueError, TypeError) as exc:  # not JSON, or JSON that is not an object
+        raise TritonizeError(f"{where}: not a golden file (a JSON object): {exc}") from exc
+    missing = [key for key in ("task", "interface", "tolerance") if key not in golden]
+    if missing:
+        raise TritonizeError(
+            f"{where}: not a golden file written by `tritonize build` (no {', '.join(missing)}); "
+            "build writes it as <repository>/<model>/golden.json"
+        )
+    return golden
 
 
 def _readiness(client: TritonizeClient, model: str) -> Check:
@@ -208,7 +226,9 @@ def _metrics(deployment: Deployment, before: Reading | None, golden_requests: in
     while True:
         after = _reading(deployment.metrics)
         if before is None or after is None:
-            return Check("metrics", False, f"cannot scrape {deployment.metrics}")
+            return Check(
+                "metrics", False, f"cannot scrape {deployment.metrics}; {METRICS_URL_HINT}"
+            )
         successes, failures = (
             after.total(name, deployment.model) - before.total(name, deployment.model)
             for name in ("nv_inference_request_success", "nv_inference_request_failure")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
-from tritonize.cli import main
+from tritonize.cli import _dispatch, _parser, main
 
 
 def test_build_then_check(
@@ -50,3 +51,49 @@ def test_tensorrt_flags_reach_the_spec(tmp_path: Path, capsys: pytest.CaptureFix
     assert main([*args, "--hardware-compatibility", "ampere_plus", "--version-compatible"]) == 1
     assert "needs the `tensorrt` Python package" in capsys.readouterr().err  # no GPU here
     assert not (tmp_path / "r").exists()
+
+
+def fail_with(error: BaseException) -> argparse.Namespace:
+    def run(_args: argparse.Namespace) -> int:
+        raise error
+
+    return argparse.Namespace(run=run)
+
+
+def test_unexpected_errors_are_one_line_unless_debugging(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _dispatch(fail_with(ZeroDivisionError("division by zero"))) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "error: unexpected ZeroDivisionError: division by zero (TRITONIZE_DEBUG=1 shows where)\n"
+    )
+    monkeypatch.setenv("TRITONIZE_DEBUG", "1")
+    assert _dispatch(fail_with(ZeroDivisionError("division by zero"))) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith(
+        "error: unexpected ZeroDivisionError: division by zero\n"
+    )
+
+
+def test_ctrl_c_exits_130(capsys: pytest.CaptureFixture) -> None:
+    assert _dispatch(fail_with(KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_help_shows_defaults() -> None:
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    loadtest = commands.choices["loadtest"].format_help()
+    assert "(default: steady)" in loadtest and "(default: reports/loadtest)" in loadtest
+    assert "(default: 64)" in commands.choices["generate"].format_help()
+    assert "(default: None)" not in commands.choices["build"].format_help()
+
+
+def test_a_missing_name_says_where_to_give_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[build]\ntask = "embedding"\n')
+    assert main(["build", "--config", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "`name` is required: pass --name NAME" in err and "None" not in err

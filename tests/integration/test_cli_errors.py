@@ -1,0 +1,182 @@
+"""Every CLI error path, run as a real process: one `error:` line, no traceback, exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tritonize.server import LocalServer
+
+from .conftest import EMBEDDER, GENERATOR, free_ports
+
+CLI = [sys.executable, "-m", "tritonize.cli"]
+
+
+def run_cli(*args: str, timeout_s: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout_s,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+    )  # fmt: skip
+
+
+def assert_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Exit 1, an `error:` line naming every fragment, and no traceback anywhere."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert result.returncode == 1, output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors, output
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+    return result.stderr
+
+
+# -- no server needed ---------------------------------------------------------------------------
+@pytest.mark.parametrize("problem", ["missing", "directory", "not JSON", "not an object"])
+def test_verify_with_an_unreadable_golden_file(tmp_path: Path, problem: str) -> None:
+    golden = {
+        "missing": tmp_path / "absent.json",
+        "directory": tmp_path,
+        "not JSON": tmp_path / "broken.json",
+        "not an object": tmp_path / "list.json",
+    }[problem]
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    url = f"127.0.0.1:{free_ports(1)[0]}"  # never reached: the golden file is read first
+    stderr = assert_error(run_cli("verify", "--model", "m", "--golden", str(golden), "--url", url))
+    assert str(golden) in stderr and "--golden" in stderr
+
+
+def test_build_without_a_name_says_how_to_give_one(tmp_path: Path) -> None:
+    stderr = assert_error(run_cli("build", "--task", "embedding", "--output", str(tmp_path)))
+    assert "None" not in stderr
+    assert "`name` is required" in stderr and "--name" in stderr
+
+
+def test_build_refuses_an_unsafe_pickle_checkpoint(tmp_path: Path, minilm_dir: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    checkpoint = tmp_path / "pickled"
+    shutil.copytree(minilm_dir, checkpoint)
+    weights = load_file(checkpoint / "model.safetensors")
+    (checkpoint / "model.safetensors").unlink()
+    # A Namespace is an arbitrary object to `torch.load(weights_only=True)`: its pickle could
+    # as well run code.
+    torch.save({**weights, "extra": argparse.Namespace(a=1)}, checkpoint / "pytorch_model.bin")
+    stderr = assert_error(
+        run_cli("build", "--model", str(checkpoint), "--task", "embedding", "--name", "m",
+                "--output", str(tmp_path / "repo"))
+    )  # fmt: skip
+    assert str(checkpoint) in stderr and "safetensors" in stderr
+    assert not (tmp_path / "repo" / "m").exists()
+
+
+def test_loadtest_with_a_missing_texts_file(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.txt"
+    stderr = assert_error(run_cli("loadtest", "minilm", "--texts-file", str(missing),
+                                  "--url", f"127.0.0.1:{free_ports(1)[0]}"))  # fmt: skip
+    assert f"`--texts-file` {missing}" in stderr
+
+
+def test_output_to_a_closed_pipe_exits_quietly(repository: Path) -> None:
+    """`tritonize ... | head -1`: the reader is gone; exit as a shell reports SIGPIPE (141)."""
+    process = subprocess.Popen([*CLI, "check", str(repository)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the CLI has written anything (it takes >0.1 s to start)
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, stderr
+    assert stderr == ""
+
+
+def test_version() -> None:
+    from tritonize import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"tritonize {__version__}"
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def test_ctrl_c_exits_130_without_a_traceback(silent_port: int) -> None:
+    process = subprocess.Popen(
+        [*CLI, "infer", "minilm", "hello", "--url", f"127.0.0.1:{silent_port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(4)  # imported and waiting for the answer
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+
+
+# -- against the session's server --------------------------------------------------------------
+def test_http_against_the_grpc_port(server: LocalServer) -> None:
+    stderr = assert_error(run_cli("infer", EMBEDDER, "hello", "--url", server.config.grpc_url))
+    assert server.config.grpc_url in stderr and "--protocol grpc" in stderr
+
+
+def test_unreachable_server_is_named() -> None:
+    url = f"127.0.0.1:{free_ports(1)[0]}"
+    assert_error(run_cli("infer", EMBEDDER, "hello", "--url", url), url)
+    assert_error(run_cli("infer", EMBEDDER, "hello", "--url", url, "--protocol", "grpc"), url)
+
+
+def test_unknown_model_is_named(server: LocalServer) -> None:
+    assert_error(run_cli("infer", "nope", "hi", "--url", server.config.http_url), "`nope`")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_each_command_names_the_other_for_the_wrong_model_kind(
+    server: LocalServer, protocol: str
+) -> None:
+    url = server.config.http_url if protocol == "http" else server.config.grpc_url
+    common = ["--url", url, "--protocol", protocol]
+    stderr = assert_error(run_cli("generate", EMBEDDER, "Once", *common), "use `tritonize infer ")
+    assert f"`{EMBEDDER}`" in stderr
+    stderr = assert_error(run_cli("infer", GENERATOR, "Once", *common), "use `tritonize generate ")
+    assert f"`{GENERATOR}`" in stderr
+
+
+def test_metrics_on_another_port_says_which_flag_sets_it(server: LocalServer) -> None:
+    """The server's metrics are not on :8002: both commands name the URL, flag and variable."""
+    wrong = f"http://127.0.0.1:{free_ports(1)[0]}/metrics"
+    stderr = assert_error(
+        run_cli("loadtest", EMBEDDER, "--url", server.config.http_url, "--scenario", "smoke",
+                "--duration", "1s", "--metrics-url", wrong)
+    )  # fmt: skip
+    assert wrong in stderr and "--metrics-url" in stderr and "TRITONIZE_METRICS_URL" in stderr
+    golden = server.config.repository / EMBEDDER / "golden.json"
+    result = run_cli("verify", "--model", EMBEDDER, "--golden", str(golden), "--url",
+                     server.config.http_url, "--smoke-requests", "4",
+                     TRITONIZE_METRICS_URL=wrong)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"FAIL  metrics: cannot scrape {wrong}" in result.stdout
+    assert "--metrics-url" in result.stdout and "TRITONIZE_METRICS_URL" in result.stdout
+
+
+def test_metrics_url_from_the_environment(server: LocalServer) -> None:
+    golden = server.config.repository / EMBEDDER / "golden.json"
+    result = run_cli("verify", "--model", EMBEDDER, "--golden", str(golden), "--url",
+                     server.config.http_url, "--smoke-requests", "4",
+                     TRITONIZE_METRICS_URL=server.config.metrics_url)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS  metrics" in result.stdout
