@@ -26,6 +26,7 @@ EPILOG = """examples:
   tritonize build --model ./my-classifier --task classification --name sentiment
   tritonize check model_repository
   tritonize serve model_repository --http-port 8000
+  tritonize health --url 127.0.0.1:8000 --model minilm
   tritonize infer minilm "first sentence" "second sentence" --protocol grpc --json
   tritonize generate tiny-llama "Once upon a time" --max-tokens 64 --stream
   tritonize loadtest minilm --scenario steady --users 16 --duration 2m --slo loadtests/slo.yaml
@@ -146,7 +147,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tritonize.server import LocalServer, ServerConfig
+    from tritonize.server import LocalServer, ServerConfig, Supervisor
 
     options: dict[str, Any] = {}
     if args.api_key:
@@ -158,6 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         log_file=Path(args.log_file) if args.log_file else None,
+        tritonserver=Path(args.tritonserver) if args.tritonserver else None,
         **options,
     )
     server = LocalServer(config)
@@ -165,6 +167,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.start(timeout_s=args.timeout)
     prometheus = None
     try:
+        supervisor = Supervisor(
+            server, log=lambda line: print(line, flush=True), drain_timeout_s=args.drain_timeout
+        )
         prometheus = _start_prometheus(config, args.prometheus_port) if args.prometheus else None
         print(
             f"ready in {server.ready_after_s:.1f} s\n"
@@ -173,28 +178,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"  metrics    {config.metrics_url}\n"
             + (f"  Prometheus {prometheus.url} (scrapes every second, alert rules loaded)\n"
                if prometheus else "")
-            + f"  model-repository API key (header `tritonize-key`): {config.api_key}\n"
-            "Ctrl-C stops it.",
+            + f"  admin API key (header `tritonize-key`): {config.api_key}\n"
+            "Ctrl-C stops it (in-flight requests finish first).",
             flush=True,
         )  # fmt: skip
-
-        def shutdown(signum: int, _frame: Any) -> None:
-            # Only signal here: waiting inside a handler would deadlock with server.wait().
-            print(f"\nstopping ({signal.Signals(signum).name}) ...", flush=True)
-            server.terminate()
-
-        signal.signal(signal.SIGINT, shutdown)
-        signal.signal(signal.SIGTERM, shutdown)
-        code = server.wait()
+        signal.signal(signal.SIGINT, supervisor.request_stop)
+        signal.signal(signal.SIGTERM, supervisor.request_stop)
+        return supervisor.run()
     finally:
         if prometheus is not None:
             prometheus.stop()
         server.stop()
-    if code not in (0, -signal.SIGTERM):
-        print(
-            f"error: tritonserver exited with {code}; log tail:\n{server.log_tail()}",
-            file=sys.stderr,
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from tritonize.server.health import probe, public_models
+
+    if args.model:
+        models = list(args.model)
+    elif args.api_key:
+        models = public_models(args.url, args.api_key)
+    else:
+        raise TritonizeError(
+            "name the models to probe with --model, or pass the admin key (--api-key or "
+            "TRITONIZE_API_KEY) to probe every public model"
         )
+    results = probe(args.url, models, timeout_s=args.timeout)
+    for result in results:
+        status = "ok  " if result.error is None else "FAIL"
+        print(f"{status} {result.model:<32} {result.seconds * 1000:7.1f} ms  {result.error or ''}")
+    failed = [r.model for r in results if r.error is not None]
+    if failed:
+        print(f"error: not answering: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
@@ -356,6 +371,7 @@ def _parser() -> argparse.ArgumentParser:
         help="hash every file against its manifest (default: trust matching size and mtime)",
     )
     _add_serve(commands)
+    _add_health(commands)
     _add_infer(commands)
     _add_generate(commands)
     _add_loadtest(commands)
@@ -455,11 +471,37 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--log-file", help="server log (default: in the temp dir)")
     serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on Ctrl-C/SIGTERM, seconds in-flight requests get to finish (default 30)",
+    )
+    serve.add_argument(
         "--prometheus",
         action="store_true",
         help="also run a local Prometheus (the `prometheus` binary) scraping it",
     )
     serve.add_argument("--prometheus-port", type=int, default=9090)
+    serve.add_argument(
+        "--tritonserver",
+        default=os.environ.get("TRITONIZE_TRITONSERVER"),
+        help="tritonserver binary to run instead of the bundled one, e.g. "
+        "/opt/tritonserver/bin/tritonserver in the official container (env TRITONIZE_TRITONSERVER)",
+    )
+
+
+def _add_health(commands: Any) -> None:
+    health = _command(
+        commands, "health", cmd_health, "send each public model a tiny request (1: one failed)"
+    )
+    health.add_argument("--url", default="127.0.0.1:8000", help="HTTP host:port")
+    health.add_argument("--model", action="append", help="model to probe (repeatable)")
+    health.add_argument(
+        "--api-key",
+        default=os.environ.get("TRITONIZE_API_KEY"),
+        help="admin key, to list the public models (env TRITONIZE_API_KEY)",
+    )
+    health.add_argument("--timeout", type=float, default=10.0, help="seconds per model")
 
 
 def _add_infer(commands: Any) -> None:

@@ -44,7 +44,7 @@ def test_invalid_repository_is_refused_before_launch(repository: Path, tmp_path:
 
 def test_server_binds_loopback_only(server: LocalServer) -> None:
     assert server.config.host == "127.0.0.1"
-    assert "--http-address=127.0.0.1" in server.config.arguments(Path("b"), Path("d"))
+    assert "--http-address=127.0.0.1" in server.config.arguments(Path("b"), Path("d"), "p_")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

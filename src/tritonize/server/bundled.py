@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -35,20 +34,14 @@ class BundledTriton:
     def binary(self) -> Path:
         return self.root / "bin" / "tritonserver"
 
-    def backend_directory(self, cache: Path) -> Path:
-        """A backends dir with the Python backend and the stub for this interpreter."""
+    def backend_files(self) -> list[Path]:
+        """The Python backend's files and the stub for this interpreter (`<dir>/python/`)."""
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         stub = self.root / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.exists():
             raise ServerError(f"the bundled Python backend has no stub for Python {version}")
-        target = cache / "python"
-        if not (target / stub.name).exists():
-            target.mkdir(parents=True, exist_ok=True)
-            for item in (self.root / "backends" / "python").iterdir():
-                if item.is_file():
-                    shutil.copy2(item, target / item.name)
-            shutil.copy2(stub, target / stub.name)
-        return cache
+        backend = self.root / "backends" / "python"
+        return [*sorted(p for p in backend.iterdir() if p.is_file()), stub]
 
     def environment(self) -> dict[str, str]:
         """Environment that lets the Python stub embed *this* interpreter and its packages."""

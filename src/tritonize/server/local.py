@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
+import os
 import secrets
-import signal
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,8 +18,21 @@ from tritonize.errors import ServerError
 from tritonize.processes import die_with_parent, stop_process
 from tritonize.repository.checker import check_repository, serves_a_plan
 from tritonize.repository.configs import ModelConfig
+from tritonize.server import leftovers
 from tritonize.server.bundled import BundledTriton
+from tritonize.server.private import (
+    ensure_private_dir,
+    fresh_copy,
+    open_log,
+    private_root,
+    remove_tree,
+)
 
+__all__ = ["API_KEY_HEADER", "RESTRICTED_APIS", "LocalServer", "ServerConfig"]
+
+# Everything but inference, health, metadata and model-config needs the key. Model config stays
+# open: perf_analyzer, genai-perf and Triton's OpenAI frontend read it, and it holds no secret.
+RESTRICTED_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
 # Backends the bundled CPU server lacks.
 _GPU_PLATFORMS = ("tensorrt_plan", "onnxruntime_onnx")
 
@@ -39,6 +50,7 @@ class ServerConfig:
     log_file: Path | None = None
     exit_timeout_s: int = 10
     extra_args: tuple[str, ...] = ()
+    tritonserver: Path | None = None  # a binary of one's own, e.g. the official container's
 
     @property
     def http_url(self) -> str:
@@ -54,14 +66,17 @@ class ServerConfig:
 
     @property
     def log_path(self) -> Path:
-        return self.log_file or Path(tempfile.gettempdir()) / f"tritonize-{self.http_port}.log"
+        return self.log_file or private_root() / f"tritonserver-{self.http_port}.log"
 
-    def arguments(self, binary: Path, backends: Path) -> list[str]:
+    def arguments(self, binary: Path, backends: Path | None, shm_prefix: str) -> list[str]:
         h = self.host
+        restricted = f"{','.join(RESTRICTED_APIS)}:{API_KEY_HEADER}={self.api_key}"
         return [
             str(binary),
             f"--model-repository={self.repository.resolve()}",
-            f"--backend-directory={backends}",
+            *([f"--backend-directory={backends}"] if backends else []),
+            # This run's stubs and shm regions carry the prefix: they can be found by it.
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
             f"--http-address={h}",
             f"--http-port={self.http_port}",
             f"--grpc-address={h}",
@@ -76,11 +91,31 @@ class ServerConfig:
             # Explicit control so that load/unload work, behind the key below.
             "--model-control-mode=explicit",
             "--load-model=*",
-            f"--http-restricted-api=model-repository:{API_KEY_HEADER}={self.api_key}",
-            f"--grpc-restricted-protocol=model-repository:{API_KEY_HEADER}={self.api_key}",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             *self.extra_args,
         ]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What one start needs: the binary, its environment and this run's private files."""
+
+    binary: Path
+    environment: dict[str, str]
+    backends: Path | None  # a fresh copy of the bundled Python backend, removed at stop
+
+    @classmethod
+    def prepare(cls, tritonserver: Path | None) -> Launch:
+        bundled = _bundled_or_none(tritonserver)
+        if bundled is None:
+            assert tritonserver is not None
+            env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+            return cls(binary=tritonserver, environment=env, backends=None)
+        sources = bundled.backend_files()
+        backends = fresh_copy(sources, private_root(), "backends")
+        return cls(binary=bundled.binary, environment=bundled.environment(), backends=backends)
 
 
 class LocalServer:
@@ -94,40 +129,56 @@ class LocalServer:
         self.config = config
         self.process: subprocess.Popen[bytes] | None = None
         self.ready_after_s: float | None = None
+        self.shm_prefix = ""
+        self._launch: Launch | None = None
+        self.started_at = 0.0
 
     def start(self, timeout_s: float = 120.0) -> None:
         """Check the repository and ports, launch, and wait until every model is ready."""
-        _ensure_bundled_backends(check_repository(self.config.repository))
-        for name, port in (
-            ("http", self.config.http_port),
-            ("grpc", self.config.grpc_port),
-            ("metrics", self.config.metrics_port),
-        ):
-            _ensure_port_free(self.config.host, port, name)
-        bundled = BundledTriton.find()
-        backends = bundled.backend_directory(_cache_dir(bundled.root))
-        self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        with self.config.log_path.open("wb") as log:
+        leftovers.remove_orphans()
+        configs = check_repository(self.config.repository)
+        if _bundled_or_none(self.config.tritonserver) is not None:
+            _ensure_bundled_backends(configs)
+        self._ensure_ports_free()
+        self.launch()
+        self.wait_ready(timeout_s)
+
+    def launch(self) -> None:
+        """Start tritonserver with this run's own backend copy, shm prefix and log."""
+        self._launch = Launch.prepare(self.config.tritonserver)
+        self.shm_prefix = leftovers.new_prefix()
+        log = self._open_log()
+        self.started_at = time.perf_counter()
+        try:
             self.process = subprocess.Popen(
-                self.config.arguments(bundled.binary, backends),
+                self.config.arguments(self._launch.binary, self._launch.backends, self.shm_prefix),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=bundled.environment(),
+                env=self._launch.environment,
                 preexec_fn=die_with_parent,
+                # Its own session: a terminal's Ctrl-C reaches `serve`, which drains it first.
+                start_new_session=True,
             )
-        self._wait_ready(timeout_s)
-        self.ready_after_s = time.perf_counter() - started
+        finally:
+            os.close(log)
 
     def terminate(self) -> None:
         """Ask the server to stop (SIGTERM) without waiting: safe in a signal handler."""
         if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.terminate()
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout_s`. Returns the exit code."""
-        return None if self.process is None else stop_process(self.process, timeout_s)
+        """SIGTERM, then SIGKILL after `timeout_s`; then remove this run's leftovers."""
+        code = None if self.process is None else stop_process(self.process, timeout_s)
+        self.clean_up()
+        return code
+
+    def clean_up(self) -> tuple[int, int]:
+        """Kill this run's stubs, remove its shm regions and backend copy: (stubs, regions)."""
+        removed = leftovers.remove_leftovers(self.shm_prefix) if self.shm_prefix else (0, 0)
+        remove_tree(self._launch.backends if self._launch else None)
+        return removed
 
     def wait(self) -> int:
         """Block until the server exits."""
@@ -160,16 +211,35 @@ class LocalServer:
     ) -> None:
         self.stop()
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def _open_log(self) -> int:
+        path = self.config.log_path
+        if self.config.log_file is None:
+            ensure_private_dir(path.parent)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return open_log(path)
+
+    def _ensure_ports_free(self) -> None:
+        for name, port in (
+            ("http", self.config.http_port),
+            ("grpc", self.config.grpc_port),
+            ("metrics", self.config.metrics_port),
+        ):
+            _ensure_port_free(self.config.host, port, name)
+
+    def wait_ready(self, timeout_s: float) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                code = self.process.returncode
+                self.clean_up()
                 raise ServerError(
-                    f"tritonserver exited with code {self.process.returncode} before it was ready; "
+                    f"tritonserver exited with code {code} before it was ready; "
                     f"log {self.config.log_path}:\n{self.log_tail()}"
                 )
             if self.is_ready():
+                self.ready_after_s = time.perf_counter() - self.started_at
                 return
             time.sleep(0.25)
         self.stop()
@@ -177,6 +247,19 @@ class LocalServer:
             f"tritonserver was not ready within {timeout_s:.0f} s; "
             f"log {self.config.log_path}:\n{self.log_tail()}"
         )
+
+
+def _bundled_or_none(tritonserver: Path | None) -> BundledTriton | None:
+    """The bundled server, unless `tritonserver` names another binary."""
+    if tritonserver is not None:
+        if not tritonserver.is_file():
+            raise ServerError(f"--tritonserver {tritonserver}: no such file")
+        try:
+            bundled = BundledTriton.find()
+        except ServerError:
+            return None
+        return bundled if tritonserver.resolve() == bundled.binary.resolve() else None
+    return BundledTriton.find()
 
 
 def _ensure_bundled_backends(configs: dict[str, ModelConfig]) -> None:
@@ -206,8 +289,3 @@ def _ensure_port_free(host: str, port: int, name: str) -> None:
                 f"{name} port {port} on {host} is in use ({exc.strerror}): "
                 f"choose another with --{name}-port"
             ) from None
-
-
-def _cache_dir(root: Path) -> Path:
-    key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / "tritonize-backends" / key

@@ -1,0 +1,63 @@
+"""The keyed model-repository API over HTTP: index, load, unload, and waiting for states."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+
+from tritonize.api_key import API_KEY_HEADER
+from tritonize.errors import ServerError
+
+READY = "READY"
+# States in which a model still holds (or is about to hold) its stubs and requests.
+BUSY = frozenset({"READY", "LOADING", "UNLOADING"})
+
+
+class RepositoryAdmin:
+    """Load, unload and list models of one server, with its key."""
+
+    def __init__(self, http_url: str, api_key: str, timeout_s: float = 30.0) -> None:
+        self.base = f"http://{http_url}/v2/repository"
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    def states(self) -> dict[str, str]:
+        """Each model's state: READY, LOADING, UNLOADING or UNAVAILABLE."""
+        return {entry["name"]: entry.get("state", "") for entry in self._post("index")}
+
+    def load(self, model: str) -> None:
+        self._post(f"models/{model}/load")
+
+    def unload(self, model: str) -> None:
+        # Its ensembles follow it, as Triton unloads dependents; they come back with its load.
+        self._post(f"models/{model}/unload")
+
+    def wait_until_idle(self, models: Iterable[str], timeout_s: float) -> list[str]:
+        """Wait until none of `models` is loaded or unloading; returns those still busy."""
+        wanted = set(models)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            busy = sorted(m for m, state in self.states().items() if m in wanted and state in BUSY)
+            if not busy or time.monotonic() > deadline:
+                return busy
+            time.sleep(0.1)
+
+    def _post(self, path: str) -> list[dict[str, str]]:
+        request = urllib.request.Request(
+            f"{self.base}/{path}", data=b"{}", headers={API_KEY_HEADER: self.api_key}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+            raise ServerError(f"model-repository API `{path}`: {detail}") from None
+        except OSError as exc:
+            raise ServerError(
+                f"model-repository API `{path}`: cannot reach {self.base}: {exc}"
+            ) from None
+        parsed = json.loads(body) if body.strip() else []
+        return parsed if isinstance(parsed, list) else []
