@@ -263,3 +263,15 @@ def test_check_removes_staging_left_inside_by_earlier_builds(repo: Path) -> None
     (repo / ".staging-abc123" / "repository" / "sentiment").mkdir(parents=True)
     check_repository(repo)
     assert not list(repo.glob(".*"))
+
+
+def test_check_command_hashes_on_request(repo: Path, capsys: pytest.CaptureFixture) -> None:
+    from tritonize.cli import main
+
+    path = repo / "sentiment_postprocess" / "1" / "model.py"
+    stat = path.stat()
+    path.write_text(path.read_text().replace("TritonPythonModel", "TritonPythonModeL"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert main(["check", str(repo)]) == 0
+    assert main(["check", str(repo), "--hashes"]) == 1
+    assert "`model.py` differs from the build" in capsys.readouterr().err
