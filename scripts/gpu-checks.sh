@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check, on a GPU host: the tests in tests/gpu (TensorRT builds at fp32, fp16 and
 # bf16, accuracy gates, plan deserialization, timing-cache reuse; decoder plans for generation
-# decoding greedily like Hugging Face `generate`).
+# decoding greedily like Hugging Face `generate`). On a CUDA host without TensorRT, `--here`
+# still runs tests/gpu/test_cuda_*.py (the runtimes' CUDA plumbing: tensors on the GPU, device
+# selection, stream ordering) in about a minute and skips the rest, saying why.
 #
 #   scripts/gpu-checks.sh            # inside the compose `build` image (TensorRT of .env's release)
 #   scripts/gpu-checks.sh --here     # on this host, which has tensorrt and CUDA PyTorch

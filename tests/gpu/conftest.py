@@ -1,4 +1,6 @@
-"""GPU tier: needs an NVIDIA GPU, the `tensorrt` Python package and CUDA PyTorch.
+"""GPU tier: needs an NVIDIA GPU and CUDA PyTorch; all but `test_cuda_*.py` also need the
+`tensorrt` Python package (those run TensorRT's stand-in, tests/fake_tensorrt.py, on CUDA
+memory, so that a CUDA machine without TensorRT checks the CUDA plumbing in minutes).
 
 Everything here is skipped, with the reason, on a machine without them.
 Run them all on a GPU host with `scripts/gpu-checks.sh`.
@@ -6,14 +8,16 @@ Run them all on a GPU host with `scripts/gpu-checks.sh`.
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import pytest
 
 from tritonize.engine.compat import compute_capabilities, python_tensorrt_version
 
 
-def missing() -> str | None:
-    if python_tensorrt_version() is None:
-        return "the `tensorrt` Python package is not installed"
+@functools.cache
+def missing_cuda() -> str | None:
     if not compute_capabilities():
         return "no NVIDIA GPU is visible (nvidia-smi)"
     import torch
@@ -23,14 +27,19 @@ def missing() -> str | None:
     return None
 
 
+@functools.cache
+def missing_tensorrt() -> str | None:
+    if python_tensorrt_version() is None:
+        return "the `tensorrt` Python package is not installed"
+    return missing_cuda()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    reason = None
-    checked = False
     for item in items:
-        if "tests/gpu" not in str(item.fspath):
+        path = Path(str(item.fspath))
+        if "tests/gpu" not in path.as_posix():
             continue
         item.add_marker(pytest.mark.gpu)
-        if not checked:
-            reason, checked = missing(), True
+        reason = missing_cuda() if path.name.startswith("test_cuda_") else missing_tensorrt()
         if reason:
             item.add_marker(pytest.mark.skip(reason=f"GPU test: {reason}"))

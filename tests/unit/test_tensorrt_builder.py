@@ -10,18 +10,23 @@ cache and the plan file, deserialization with host code allowed, the decoder's c
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import enum
-import importlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from fake_tensorrt import (
+    HEAD_DIM,
+    KV_HEADS,
+    AllocationStrategy,
+    DataType,
+    Recorder,
+    decoder_engine,
+    encoder_engine,
+    install,
+)
 
 from tritonize.engine.profiles import DecoderProfiles, ShapeProfile
 from tritonize.errors import EngineError
@@ -29,250 +34,10 @@ from tritonize.spec import BuildSpec
 from tritonize.triton_models.decoding import past_names
 
 
-class Severity(enum.Enum):
-    INTERNAL_ERROR = 0
-    ERROR = 1
-    WARNING = 2
-    INFO = 3
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.parse_ok = True
-        self.build_ok = True
-        self.cache_fits = True
-        self.cache_readable = True
-        self.refused_address: str | None = None  # set_tensor_address returns False for it
-        self.engine: Any = None  # what deserialize_cuda_engine returns
-        self.runtimes: list[Any] = []
-
-
-def fake_tensorrt(rec: Recorder) -> ModuleType:
-    trt = ModuleType("tensorrt")
-    trt.__version__ = "10.13.0.35"
-
-    class ILogger:
-        Severity = Severity
-
-        def __init__(self) -> None:
-            pass
-
-    class IProgressMonitor:
-        def __init__(self) -> None:
-            pass
-
-    class TimingCache:
-        def __init__(self, data: bytes) -> None:
-            self.data = data
-
-        def serialize(self) -> bytes:
-            return self.data + b"+timings"
-
-    class Config:
-        def set_memory_pool_limit(self, pool: str, size: int) -> None:
-            rec.calls.append(("workspace", size))
-
-        def clear_flag(self, flag: str) -> None:
-            rec.calls.append(("clear_flag", flag))
-
-        def set_flag(self, flag: str) -> None:
-            rec.calls.append(("set_flag", flag))
-
-        def add_optimization_profile(self, profile: Any) -> None:
-            rec.calls.append(("profile", profile.shapes))
-
-        def create_timing_cache(self, data: bytes) -> TimingCache | None:
-            rec.calls.append(("timing_cache_in", data))
-            if data and not rec.cache_readable:
-                return None  # what TensorRT gives for a corrupt file
-            return TimingCache(data)
-
-        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
-            return rec.cache_fits or cache.data == b""
-
-        def __setattr__(self, name: str, value: Any) -> None:
-            rec.calls.append((name, value))
-
-    class Profile:
-        def __init__(self) -> None:
-            self.shapes: dict[str, tuple] = {}
-
-        def set_shape(self, name: str, low: tuple, opt: tuple, high: tuple) -> None:
-            self.shapes[name] = (low, opt, high)
-
-    class Builder:
-        def __init__(self, logger: Any) -> None:
-            self.logger = logger
-
-        def create_network(self, flags: int) -> str:
-            rec.calls.append(("network_flags", flags))
-            return "network"
-
-        def create_builder_config(self) -> Config:
-            return Config()
-
-        def create_optimization_profile(self) -> Profile:
-            return Profile()
-
-        def build_serialized_network(self, network: str, config: Config) -> bytes | None:
-            if not rec.build_ok:
-                self.logger.log(Severity.ERROR, "no tactic for node /encoder/MatMul")
-                return None
-            return b"PLAN"
-
-    class OnnxParser:
-        num_errors = 2
-
-        def __init__(self, network: str, logger: Any) -> None:
-            pass
-
-        def parse_from_file(self, path: str) -> bool:
-            rec.calls.append(("parse", path))
-            return rec.parse_ok
-
-        def get_error(self, index: int) -> str:
-            return f"node {index}: unsupported operator"
-
-    class Runtime:
-        def __init__(self, logger: Any) -> None:
-            self.engine_host_code_allowed = False
-            rec.runtimes.append(self)
-
-        def deserialize_cuda_engine(self, data: bytes) -> Any:
-            rec.calls.append(("deserialize", data, self.engine_host_code_allowed))
-            return rec.engine
-
-    trt.ILogger = ILogger
-    trt.Logger = Logger
-    trt.Runtime = Runtime
-    trt.DataType = DataType
-    trt.TensorIOMode = TensorIOMode
-    trt.ExecutionContextAllocationStrategy = AllocationStrategy
-    trt.IProgressMonitor = IProgressMonitor
-    trt.Builder = Builder
-    trt.OnnxParser = OnnxParser
-    trt.Dims = tuple
-    trt.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=3)
-    trt.MemoryPoolType = SimpleNamespace(WORKSPACE="workspace")
-    trt.BuilderFlag = SimpleNamespace(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE")
-    trt.HardwareCompatibilityLevel = SimpleNamespace(
-        NONE="NONE", AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_CC"
-    )
-    trt.IBuilderConfig = Config
-    trt.ITimingCache = TimingCache
-    return trt
-
-
-class DataType(enum.Enum):
-    FLOAT = np.float32
-    HALF = np.float16
-    BF16 = "bf16"
-    INT32 = np.int32
-    INT64 = np.int64
-
-
-class TensorIOMode(enum.Enum):
-    INPUT = 0
-    OUTPUT = 1
-
-
-class AllocationStrategy(enum.Enum):
-    STATIC = 0
-    ON_PROFILE_CHANGE = 1
-    USER_MANAGED = 2
-
-
-class Logger:
-    WARNING = 2
-
-    def __init__(self, severity: int) -> None:
-        pass
-
-
-def host_array(address: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """The CPU memory at `address` as an array: what the fake's kernels read and write."""
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    return np.frombuffer((ctypes.c_byte * size).from_address(address), dtype=dtype).reshape(shape)
-
-
-class FakeEngine:
-    """A plan whose tensors are declared by `tensors` (name -> (mode, dtype, dims)) and whose
-    `kernel` computes the outputs from the inputs, in the memory bound to each."""
-
-    def __init__(self, rec: Recorder, tensors: dict[str, tuple], kernel: Any,
-                 profiles: int = 1, memory: tuple[int, ...] = (1024,)) -> None:  # fmt: skip
-        self.rec, self.tensors, self.kernel = rec, tensors, kernel
-        self.num_io_tensors, self.num_optimization_profiles = len(tensors), profiles
-        self.memory = memory
-
-    def get_tensor_name(self, index: int) -> str:
-        return list(self.tensors)[index]
-
-    def get_tensor_mode(self, name: str) -> TensorIOMode:
-        return self.tensors[name][0]
-
-    def get_tensor_dtype(self, name: str) -> DataType:
-        return self.tensors[name][1]
-
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        return self.tensors[name][2]
-
-    def get_device_memory_size_for_profile_v2(self, profile: int) -> int:
-        return self.memory[profile]
-
-    def create_execution_context(self, strategy: Any = AllocationStrategy.STATIC) -> FakeContext:
-        self.rec.calls.append(("context", strategy))
-        return FakeContext(self)
-
-
-class FakeContext:
-    def __init__(self, engine: FakeEngine) -> None:
-        self.engine = engine
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.addresses: dict[str, int] = {}
-
-    def set_optimization_profile_async(self, profile: int, stream: int) -> bool:
-        self.engine.rec.calls.append(("profile_selected", profile))
-        return True
-
-    def set_device_memory(self, address: int, size: int) -> None:
-        self.engine.rec.calls.append(("device_memory", address, size))
-
-    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        return self.engine.kernel.output_shape(name, self.shapes)
-
-    def set_tensor_address(self, name: str, address: int) -> bool:
-        if name == self.engine.rec.refused_address:
-            return False
-        self.addresses[name] = address
-        return True
-
-    def execute_async_v3(self, stream: int) -> bool:
-        engine = self.engine
-        inputs = {
-            name: host_array(self.addresses[name], shape, engine.tensors[name][1].value)
-            for name, shape in self.shapes.items()
-        }
-        for name, values in engine.kernel.outputs(inputs).items():
-            dtype = engine.tensors[name][1].value
-            host_array(self.addresses[name], values.shape, dtype)[...] = values.astype(dtype)
-        engine.rec.calls.append(("execute", stream))
-        return True
-
-
 @pytest.fixture
 def builder(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Recorder]:
-    rec = Recorder()
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(rec))
-    monkeypatch.delitem(sys.modules, "tritonize.engine.tensorrt", raising=False)
-    module = importlib.import_module("tritonize.engine.tensorrt")
-    yield module, rec
-    sys.modules.pop("tritonize.engine.tensorrt", None)
+    module, _, rec = install(monkeypatch)
+    return module, rec
 
 
 def spec(tmp_path: Path, **kwargs: Any) -> BuildSpec:
@@ -411,33 +176,12 @@ def test_the_timing_cache_is_replaced_whole(builder: Any, tmp_path: Path) -> Non
 
 # -- running plans: the encoder's accuracy-gate runner and the decoder runtime -----------------
 @pytest.fixture
-def runtimes(builder: Any) -> Iterator[tuple[Any, Any, Recorder]]:
+def runtimes(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, Recorder]:
     """`engine.tensorrt` and `triton_models.tensorrt_decoder` imported against the fake."""
-    module, rec = builder
-    sys.modules.pop("tritonize.triton_models.tensorrt_decoder", None)
-    decoder = importlib.import_module("tritonize.triton_models.tensorrt_decoder")
-    yield module, decoder, rec
-    sys.modules.pop("tritonize.triton_models.tensorrt_decoder", None)
+    return install(monkeypatch)
 
 
-class SumKernel:
-    """Encoder: output row b is sum(input_ids[b] * attention_mask[b]) + [0, 1, 2, 3]."""
-
-    def output_shape(self, name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
-        return (shapes["input_ids"][0], 4)
-
-    def outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        total = (inputs["input_ids"] * inputs["attention_mask"]).sum(axis=1, keepdims=True)
-        return {"embedding": total + np.arange(4)}
-
-
-def encoder_engine(rec: Recorder, output_dtype: DataType) -> FakeEngine:
-    tensors = {
-        "input_ids": (TensorIOMode.INPUT, DataType.INT32, (-1, -1)),
-        "attention_mask": (TensorIOMode.INPUT, DataType.INT64, (-1, -1)),
-        "embedding": (TensorIOMode.OUTPUT, output_dtype, (-1, 4)),
-    }
-    return FakeEngine(rec, tensors, SumKernel())
+CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("output_dtype", [DataType.FLOAT, DataType.HALF])
@@ -445,7 +189,7 @@ def test_plan_runner_reads_outputs_in_the_engines_dtype(
     runtimes: Any, tmp_path: Path, output_dtype: DataType
 ) -> None:
     module, _, rec = runtimes
-    rec.engine = encoder_engine(rec, output_dtype)
+    rec.engine = encoder_engine(rec, output_dtype, CPU)
     (tmp_path / "model.plan").write_bytes(b"PLAN")
     runner = module.PlanRunner(tmp_path / "model.plan", torch.device("cpu"))
     ids = np.array([[1, 2, 3], [4, 5, 0]], dtype=np.int64)
@@ -459,7 +203,7 @@ def test_plan_runner_reads_outputs_in_the_engines_dtype(
 
 def test_plan_runner_refuses_a_rejected_address(runtimes: Any, tmp_path: Path) -> None:
     module, _, rec = runtimes
-    rec.engine = encoder_engine(rec, DataType.FLOAT)
+    rec.engine = encoder_engine(rec, DataType.FLOAT, CPU)
     rec.refused_address = "embedding"
     (tmp_path / "model.plan").write_bytes(b"PLAN")
     runner = module.PlanRunner(tmp_path / "model.plan", torch.device("cpu"))
@@ -476,50 +220,11 @@ def test_plan_runner_names_an_undeserializable_plan(runtimes: Any, tmp_path: Pat
         module.PlanRunner(tmp_path / "model.plan", torch.device("cpu"))
 
 
-VOCAB, KV_HEADS, HEAD_DIM = 5, 2, 3
-
-
-class DecoderKernel:
-    """Logits row b is input_ids[b, -1] * 10 + [0..VOCAB); each present is its past with one
-    position per new token appended, filled with that token's id."""
-
-    def output_shape(self, name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
-        raise AssertionError("the decoder sizes its outputs itself")
-
-    def outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = inputs["input_ids"]
-        out = {"logits": (ids[:, -1:] * 10 + np.arange(VOCAB)).astype(np.float32)}
-        for layer in range(2):
-            for kv in ("key", "value"):
-                past = inputs[f"past_key_values.{layer}.{kv}"]
-                new = np.broadcast_to(ids[:, None, :, None], (*ids.shape[:1], KV_HEADS,
-                                      ids.shape[1], HEAD_DIM))  # fmt: skip
-                out[f"present.{layer}.{kv}"] = np.concatenate([past, new], axis=2)
-        return out
-
-
-def decoder_engine(rec: Recorder, cache_dtype: DataType) -> FakeEngine:
-    tensors: dict[str, tuple] = {
-        "input_ids": (TensorIOMode.INPUT, DataType.INT64, (-1, -1)),
-        "attention_mask": (TensorIOMode.INPUT, DataType.INT64, (-1, -1)),
-        "position_ids": (TensorIOMode.INPUT, DataType.INT64, (-1, -1)),
-    }
-    for name in past_names(2):
-        tensors[name] = (TensorIOMode.INPUT, cache_dtype, (-1, KV_HEADS, -1, HEAD_DIM))
-    tensors["logits"] = (TensorIOMode.OUTPUT, DataType.FLOAT, (-1, VOCAB))
-    for layer in range(2):
-        for kv in ("key", "value"):
-            tensors[f"present.{layer}.{kv}"] = (
-                TensorIOMode.OUTPUT, cache_dtype, (-1, KV_HEADS, -1, HEAD_DIM)
-            )  # fmt: skip
-    return FakeEngine(rec, tensors, DecoderKernel(), profiles=2, memory=(4096, 1536))
-
-
 def test_decoder_contexts_share_one_workspace_and_allow_host_code(
     runtimes: Any, tmp_path: Path
 ) -> None:
     _, decoder, rec = runtimes
-    rec.engine = decoder_engine(rec, DataType.HALF)
+    rec.engine = decoder_engine(rec, DataType.HALF, CPU)
     (tmp_path / "model.plan").write_bytes(b"DECODER")
     runtime = decoder.TensorRTDecoderRuntime(tmp_path / "model.plan", torch.device("cpu"))
     assert ("deserialize", b"DECODER", True) in rec.calls
@@ -536,7 +241,7 @@ def test_decoder_contexts_share_one_workspace_and_allow_host_code(
 
 def test_decoder_steps_bind_in_the_engines_dtypes(runtimes: Any, tmp_path: Path) -> None:
     _, decoder, rec = runtimes
-    rec.engine = decoder_engine(rec, DataType.HALF)
+    rec.engine = decoder_engine(rec, DataType.HALF, CPU)
     (tmp_path / "model.plan").write_bytes(b"DECODER")
     runtime = decoder.TensorRTDecoderRuntime(tmp_path / "model.plan", torch.device("cpu"))
     past = [runtime.zeros((2, KV_HEADS, 1, HEAD_DIM)) for _ in range(4)]
@@ -567,7 +272,7 @@ def test_decoder_creates_and_runs_its_engine_on_its_device(
         rec.calls.append(("exit", str(device)))
 
     monkeypatch.setattr(decoder, "on_device", recording_scope)
-    rec.engine = decoder_engine(rec, DataType.FLOAT)
+    rec.engine = decoder_engine(rec, DataType.FLOAT, CPU)
     (tmp_path / "model.plan").write_bytes(b"DECODER")
     runtime = decoder.TensorRTDecoderRuntime(tmp_path / "model.plan", torch.device("cpu"))
     runtime.run(np.array([[1]]), np.ones((1, 2), np.int64), np.array([[1]]),
