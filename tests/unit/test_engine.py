@@ -127,6 +127,7 @@ def test_version_compatible_plan_needs_tritons_backend_flag() -> None:
     (problem,) = plan_problems("m", flexible(), runtime)
     assert "--backend-config=tensorrt,version-compatible=true" in problem
     assert "TRITONIZE_TENSORRT_VERSION_COMPATIBLE=true" in problem
+    assert "rebuild" not in problem  # the plan is fine; the server lacks a flag
     assert plan_problems("m", flexible(), EngineRuntime("10.9.0.34", ("9.0",), True)) == []
     # A generator's decoder plan runs in the Python backend, which allows the host code itself.
     assert plan_problems("m", flexible("generation"), runtime) == []

@@ -52,50 +52,56 @@ def plan_problems(where: str, manifest: dict[str, Any], runtime: EngineRuntime) 
     version, capability = built.get("version"), built.get("compute_capability")
     if not version or not capability:
         return [f"{where}: manifest.json does not say which TensorRT and GPU built the plan"]
-    problems = version_problems(where, manifest, runtime)
-    level = built.get("hardware_compatibility", "none")
-    unusable = [c for c in runtime.compute_capabilities if not _gpu_loads(capability, c, level)]
-    if unusable:
-        problems.append(
-            f"{where}: plan built for compute capability {capability} "
-            f"(hardware compatibility `{level}`), runtime GPU has {', '.join(unusable)}"
-        )
-    if problems:
-        problems[-1] += (
-            f"; rebuild it with the serving image's TensorRT: {rebuild_command(manifest)}"
-        )
-    return problems
-
-
-def version_problems(where: str, manifest: dict[str, Any], runtime: EngineRuntime) -> list[str]:
-    """The TensorRT version side of `plan_problems`: unreadable, mismatched, or a
-    version-compatible plan that Triton's TensorRT backend was not told to accept."""
-    built = manifest["tensorrt"]
-    version, compatible = str(built["version"]), bool(built.get("version_compatible", False))
     if runtime.tensorrt_version is None:
         return [
-            f"{where}: a TensorRT plan needs TensorRT {version}, but this machine's TensorRT "
-            "version cannot be read (no `tensorrt` package, no libnvinfer): run `tritonize "
-            "check` where the plan is served"
+            f"{where}: the plan needs TensorRT {version}, but the TensorRT version here cannot be "
+            "read (no `tensorrt` package, no libnvinfer): run `tritonize check` where the plan "
+            "is served"
         ]
-    problems = []
-    refusal = _version_refusal(version, runtime.tensorrt_version, compatible)
-    if refusal:
-        problems.append(
-            f"{where}: plan built with TensorRT {version}, runtime has TensorRT "
-            f"{runtime.tensorrt_version} ({refusal})"
+    mismatches = [
+        problem
+        for problem in (_version_mismatch(built, runtime), _gpu_mismatch(built, runtime))
+        if problem
+    ]
+    if mismatches:
+        mismatches[-1] += (
+            f"; rebuild it with the serving image's TensorRT: {rebuild_command(manifest)}"
         )
-    if (
-        compatible
-        and _served_by_triton_backend(manifest)
-        and not runtime.version_compatible_allowed
-    ):
+    problems = [f"{where}: {problem}" for problem in mismatches]
+    if _needs_backend_flag(manifest, runtime):
         problems.append(
-            f"{where}: the plan is version-compatible, which Triton's TensorRT backend loads only "
-            f"when started with `{TRITON_VERSION_COMPATIBLE_FLAG}` (then set "
+            f"{where}: the plan is version-compatible, which Triton's TensorRT backend loads "
+            f"only when started with `{TRITON_VERSION_COMPATIBLE_FLAG}` (then set "
             f"{VERSION_COMPATIBLE_ENV}=true for `tritonize check`)"
         )
     return problems
+
+
+def _version_mismatch(built: dict[str, Any], runtime: EngineRuntime) -> str | None:
+    version, here = str(built["version"]), str(runtime.tensorrt_version)
+    refusal = _version_refusal(version, here, bool(built.get("version_compatible", False)))
+    if refusal is None:
+        return None
+    return f"plan built with TensorRT {version}, runtime has TensorRT {here} ({refusal})"
+
+
+def _gpu_mismatch(built: dict[str, Any], runtime: EngineRuntime) -> str | None:
+    capability, level = built["compute_capability"], built.get("hardware_compatibility", "none")
+    unusable = [c for c in runtime.compute_capabilities if not _gpu_loads(capability, c, level)]
+    if not unusable:
+        return None
+    return (
+        f"plan built for compute capability {capability} (hardware compatibility `{level}`), "
+        f"runtime GPU has {', '.join(unusable)}"
+    )
+
+
+def _needs_backend_flag(manifest: dict[str, Any], runtime: EngineRuntime) -> bool:
+    """A version-compatible plan served by Triton's TensorRT backend, not told to accept one.
+    (A generator runs its decoder plan from the Python backend, whose runtime allows it.)"""
+    compatible = bool((manifest.get("tensorrt") or {}).get("version_compatible", False))
+    served_by_backend = (manifest.get("spec") or {}).get("task") != "generation"
+    return compatible and served_by_backend and not runtime.version_compatible_allowed
 
 
 def rebuild_command(manifest: dict[str, Any]) -> str:
@@ -142,12 +148,6 @@ def _version_refusal(built: str, runtime: str, version_compatible: bool) -> str 
     if here < plan:
         return "a version-compatible plan loads only under its own or a later TensorRT"
     return None
-
-
-def _served_by_triton_backend(manifest: dict[str, Any]) -> bool:
-    """Encoder plans are Triton `tensorrt_plan` models; a generator runs its decoder plan
-    from the Python backend, whose runtime allows the host code itself."""
-    return (manifest.get("spec") or {}).get("task") != "generation"
 
 
 def _gpu_loads(built: str, runtime: str, level: str) -> bool:
