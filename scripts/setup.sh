@@ -9,12 +9,15 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 # Prometheus (and promtool) from Debian: the monitoring tests run a real one.
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    echo "setup: installing Debian's prometheus package ..."
     SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
 fi
 
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+[ -x .venv/bin/python ] || { echo "setup: creating .venv ($PYTHON)"; "$PYTHON" -m venv .venv; }
+echo "setup: installing tritonize and its pinned dependencies into .venv" \
+    "(the first time takes several minutes: torch, onnxruntime, tritonserver) ..."
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch==2.13.0 is pinned: the CPU wheel, not a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet -e ".[dev]"
@@ -24,6 +27,7 @@ fi
 # stub-only `tensorrt` directory would import as an empty namespace package.
 STUBS=tensorrt_stubs-10.13.0.35.1-py3-none-any.whl
 if [ ! -f .stubs/tensorrt/__init__.pyi ]; then
+    echo "setup: unpacking TensorRT type stubs into .stubs/ ..."
     tmp=$(mktemp -d)
     .venv/bin/python -m pip download --quiet --no-deps -d "$tmp" "tensorrt-stubs==10.13.0.35.1"
     .venv/bin/python - "$tmp/$STUBS" <<'PY'
