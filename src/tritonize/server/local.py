@@ -83,7 +83,8 @@ class ServerConfig:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-address={h}",
             f"--metrics-port={self.metrics_port}",
-            "--allow-gpu-metrics=false",
+            # The bundled server is CPU-only; a binary of one's own may have GPUs to report.
+            *(["--allow-gpu-metrics=false"] if backends else []),
             "--exit-on-error=true",
             "--strict-readiness=true",
             # Latency summaries (p50..p99 over a sliding minute) give server-side percentiles.
@@ -147,7 +148,11 @@ class LocalServer:
         """Start tritonserver with this run's own backend copy, shm prefix and log."""
         self._launch = Launch.prepare(self.config.tritonserver)
         self.shm_prefix = leftovers.new_prefix()
-        log = self._open_log()
+        try:
+            log = self._open_log()
+        except ServerError:
+            self.clean_up()
+            raise
         self.started_at = time.perf_counter()
         try:
             self.process = subprocess.Popen(
