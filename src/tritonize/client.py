@@ -130,7 +130,7 @@ class TritonizeClient:
                         raise InferenceError(f"model `{model}` at {self.url}: {event['error']}")
                     yield event["text_output"]
         except urllib.error.HTTPError as exc:
-            detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+            detail = _http_error_detail(exc.code, str(exc.reason), exc.read())
             raise InferenceError(f"model `{model}` at {self.url}: {detail}") from None
         except OSError as exc:
             raise InferenceError(f"cannot reach Triton at {self.url} (http): {exc}") from exc
@@ -261,6 +261,18 @@ class TritonizeClient:
             ) from exc
         except HTTPException as exc:  # an answer that is not HTTP/1.1: the gRPC port's
             raise InferenceError(_not_http(self.url, exc)) from exc
+
+
+def _http_error_detail(status: int, reason: str, body: bytes) -> str:
+    """The `error` of an error answer: JSON, or one server-sent event (/generate_stream)."""
+    import json
+
+    text = body.decode(errors="replace").strip()
+    try:
+        error = json.loads(text.removeprefix("data:")).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return str(error) if error else f"HTTP {status} {reason}" + (f": {text[:200]}" if text else "")
 
 
 def _not_http(url: str, error: Exception) -> str:

@@ -156,6 +156,16 @@ def test_each_command_names_the_other_for_the_wrong_model_kind(
     assert f"`{GENERATOR}`" in stderr
 
 
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_a_refused_prompt_is_named(server: LocalServer, stream: list[str]) -> None:
+    """/generate_stream answers a refusal as one server-sent event, /generate as JSON."""
+    prompt = "word " * 500  # over the tiny generator's window
+    stderr = assert_error(
+        run_cli("generate", GENERATOR, prompt, *stream, "--url", server.config.http_url)
+    )
+    assert f"model `{GENERATOR}`" in stderr and "`text_input`" in stderr
+
+
 def test_metrics_on_another_port_says_which_flag_sets_it(server: LocalServer) -> None:
     """The server's metrics are not on :8002: both commands name the URL, flag and variable."""
     wrong = f"http://127.0.0.1:{free_ports(1)[0]}/metrics"

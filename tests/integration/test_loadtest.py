@@ -11,7 +11,9 @@ from tritonize.loadtest.runner import LoadTest, run_load_test
 from tritonize.monitor.prometheus import LocalPrometheus
 from tritonize.server import LocalServer
 
-from .conftest import EMBEDDER
+from .conftest import EMBEDDER, GENERATOR
+
+SHIPPED_SLO = Path(__file__).parents[2] / "loadtests" / "slo.yaml"
 
 
 def load_test(server: LocalServer, tmp_path: Path, **kwargs: object) -> LoadTest:
@@ -114,3 +116,30 @@ def test_spike_scenario_recovers(server: LocalServer, tmp_path: Path) -> None:
     history = (tmp_path / "report" / "locust_stats_history.csv").read_text().splitlines()
     users = [int(row.split(",")[1]) for row in history[1:] if ",Aggregated," in row]
     assert max(users) == 10 and users[-1] == 2  # up to all users, then back to a fifth
+
+
+def test_generation_streams_under_the_shipped_slo(server: LocalServer, tmp_path: Path) -> None:
+    """The engine batch size means nothing for a generator: skipped with a note, not failed."""
+    prompts = tmp_path / "prompts.txt"  # within the tiny generator's window
+    prompts.write_text("Once upon a time\nThe quick brown fox\nTriton serves transformers\n")
+    test = load_test(server, tmp_path, model=GENERATOR, protocol="sse", url=server.config.http_url,
+                     users=2, seconds=4.0, max_tokens=4, slo_file=SHIPPED_SLO,
+                     texts_file=prompts)  # fmt: skip
+    result = run_load_test(test)
+    (batch,) = [gate for gate in result.gates if gate.name == "min_batch_size"]
+    assert batch.skipped and batch.passed, batch.describe()
+    assert result.client.requests > 0 and result.client.failures == 0
+    assert result.consistent, result.failures()
+
+
+def test_every_request_is_counted_even_when_refused(server: LocalServer, tmp_path: Path) -> None:
+    """Prompts over the window are refused: each one a Locust failure, none lost or uncounted."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\n" + "word " * 500 + "\n")
+    test = load_test(server, tmp_path, model=GENERATOR, protocol="sse", url=server.config.http_url,
+                     users=2, seconds=3.0, max_tokens=4, texts_file=prompts)  # fmt: skip
+    result = run_load_test(test)
+    assert 0 < result.client.failures < result.client.requests
+    assert (test.out / "locust_exceptions.csv").read_text().count("\n") <= 1  # the header only
+    failures = (test.out / "locust_failures.csv").read_text()
+    assert "`text_input` is" in failures and "the context window is 64" in failures

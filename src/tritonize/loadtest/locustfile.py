@@ -8,10 +8,14 @@ drives the users (sized by --scenario-users and --scenario-seconds).
 
 from __future__ import annotations
 
+import csv
 import os
 from typing import Any
 
+import locust.stats
 from locust import events
+from locust.env import Environment
+from locust.runners import WorkerRunner
 
 from tritonize.loadtest.shapes import SCENARIOS
 from tritonize.loadtest.users import TritonGrpcUser, TritonHttpUser, TritonStreamUser
@@ -32,6 +36,22 @@ def _arguments(parser: Any) -> None:
     group.add_argument("--ramp-p95-ms", type=float, default=float("inf"))
     group.add_argument("--ramp-max-failure-ratio", type=float, default=0.01)
     group.add_argument("--ramp-report", default=None, help="ramp: JSON file for steps and knee")
+    group.add_argument("--final-stats", default=None, help="CSV file for the final request stats")
+
+
+@events.quitting.add_listener
+def _write_final_stats(environment: Environment, **_kwargs: Any) -> None:
+    """The request stats as the run ended, in the format of `--csv`'s `_stats.csv`.
+
+    Locust rewrites that file once a second and not at the end, so it misses the last second's
+    requests; by the time `quitting` fires the users have stopped and the stats are final.
+    """
+    path = environment.parsed_options.final_stats if environment.parsed_options else None
+    if not path or isinstance(environment.runner, WorkerRunner):
+        return
+    with open(path, "w", newline="") as handle:
+        writer = locust.stats.StatsCSV(environment, locust.stats.PERCENTILES_TO_REPORT)
+        writer.requests_csv(csv.writer(handle))
 
 
 _scenario = os.environ.get("TRITONIZE_SCENARIO")

@@ -24,6 +24,7 @@ SCENARIO_NAMES = ("smoke", "steady", "ramp", "spike", "soak")
 # Locust's and Triton's success counts may differ by the requests in flight when Locust stopped
 # its users (about one per user: Triton counts them, Locust does not) plus this share.
 CONSISTENCY = 0.02
+FINAL_STATS = "locust_final_stats.csv"  # written by the locustfile as Locust quits
 USER_CLASSES = {"http": "TritonHttpUser", "grpc": "TritonGrpcUser", "sse": "TritonStreamUser"}
 
 
@@ -169,6 +170,7 @@ def run_load_test(test: LoadTest) -> LoadTestResult:
     engine = test.engine if test.engine in steps or test.engine_model else None
     before = quiet_reading(test.metrics, models)
     first = prometheus.reading_matching(before, models) if prometheus else None
+    (test.out / FINAL_STATS).unlink(missing_ok=True)  # an earlier run's
     sampler = _PendingSampler(test.metrics, models)
     start = time.time()
     with sampler:
@@ -178,7 +180,7 @@ def run_load_test(test: LoadTest) -> LoadTestResult:
 
     # A streamed generation is one E2E request (its TTFT and ITL events are parts of it).
     row = "E2E" if test.protocol == "sse" else None
-    client = load_client_figures(test.out / "locust_stats.csv", row)
+    client = load_client_figures(_client_stats(test.out), row)
     # Rates over the time Locust had users running (start-up and shutdown excluded).
     seconds = client.requests / client.rps if client.rps else end - start
     direct = figures(before, after, seconds, test.model, engine, steps)
@@ -204,6 +206,12 @@ def run_load_test(test: LoadTest) -> LoadTestResult:
     )
     write_report(result, test.out)
     return result
+
+
+def _client_stats(out: Path) -> Path:
+    """Locust's final stats; its periodic `_stats.csv` when a crash left none."""
+    final = out / FINAL_STATS
+    return final if final.exists() else out / "locust_stats.csv"
 
 
 def _not_applicable(test: LoadTest, engine: str | None) -> dict[str, str]:
@@ -259,6 +267,7 @@ def _run_locust(test: LoadTest) -> int:
         "--scenario-users", str(test.users), "--scenario-seconds", str(test.seconds),
         "--step-seconds", str(test.step_seconds),
         "--ramp-report", str(test.out / "ramp.json"),
+        "--final-stats", str(test.out / FINAL_STATS),
         "--csv", str(prefix), "--csv-full-history", "--html", f"{prefix}.html",
         "--exit-code-on-error", "0",  # failures are judged by the SLO gates
         "--stop-timeout", "10",

@@ -15,7 +15,6 @@ import grpc.experimental.gevent
 from locust import User, constant, task
 
 from tritonize.client import TritonizeClient
-from tritonize.errors import InferenceError
 from tritonize.loadtest.checks import response_problem
 
 # Without this, gRPC's C core blocks the gevent loop: calls are serialised and latencies are
@@ -89,7 +88,7 @@ class TritonUser(_ModelUser):
             problem = response_problem(outputs, len(texts), self.metadata)
             if problem:
                 error = ResponseCheckError(problem)
-        except InferenceError as exc:
+        except Exception as exc:  # whatever went wrong, a failed request: never an uncounted one
             error = exc
         self._fire(self.protocol.upper(), time.perf_counter() - start, size, error)
 
@@ -133,7 +132,7 @@ class TritonStreamUser(_ModelUser):
                 text += delta
             if not text:
                 error = ResponseCheckError("the stream carried no text")
-        except InferenceError as exc:
+        except Exception as exc:  # whatever went wrong, a failed request: never an uncounted one
             error = exc
         self._fire("E2E", time.perf_counter() - start, len(text.encode()), error)
 
