@@ -48,7 +48,7 @@ class TritonizeClient:
         api_key: str | None = None,
     ) -> None:
         self.protocol = Protocol(protocol)
-        self.url = url or DEFAULT_URLS[self.protocol]
+        self.url = host_port(url or DEFAULT_URLS[self.protocol])
         self.api_key = api_key
         if self.protocol is Protocol.HTTP:
             import tritonclient.http as module
@@ -261,6 +261,15 @@ class TritonizeClient:
             ) from exc
         except HTTPException as exc:  # an answer that is not HTTP/1.1: the gRPC port's
             raise InferenceError(_not_http(self.url, exc)) from exc
+
+
+def host_port(url: str) -> str:
+    """`url` as tritonclient wants it, HOST:PORT (a scheme and a trailing slash are dropped)."""
+    address = url.split("://", 1)[-1].rstrip("/")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "/" in address:
+        raise InferenceError(f"url {url!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+    return address
 
 
 def _http_error_detail(status: int, reason: str, body: bytes) -> str:

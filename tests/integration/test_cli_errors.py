@@ -140,6 +140,32 @@ def test_unreachable_server_is_named() -> None:
     assert_error(run_cli("infer", EMBEDDER, "hello", "--url", url, "--protocol", "grpc"), url)
 
 
+def test_a_url_that_is_not_host_port() -> None:
+    assert_error(run_cli("infer", EMBEDDER, "hi", "--url", "bad:url:x"), "'bad:url:x'", "HOST:PORT")
+
+
+def test_a_url_with_a_scheme_is_taken(server: LocalServer) -> None:
+    result = run_cli("infer", EMBEDDER, "hi", "--url", f"http://{server.config.http_url}/")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_loadtest_that_cannot_write_its_report(server: LocalServer) -> None:
+    assert_error(
+        run_cli("loadtest", EMBEDDER, "--url", server.config.http_url, "--out", "/proc/report",
+                "--metrics-url", server.config.metrics_url),
+        "`--out` /proc/report: cannot create it",
+    )  # fmt: skip
+
+
+def test_loadtest_with_an_unreachable_prometheus(server: LocalServer) -> None:
+    prometheus = f"http://127.0.0.1:{free_ports(1)[0]}"
+    assert_error(
+        run_cli("loadtest", EMBEDDER, "--url", server.config.http_url, "--duration", "1s",
+                "--metrics-url", server.config.metrics_url, "--prometheus", prometheus),
+        f"Prometheus at {prometheus} failed",
+    )  # fmt: skip
+
+
 def test_unknown_model_is_named(server: LocalServer) -> None:
     assert_error(run_cli("infer", "nope", "hi", "--url", server.config.http_url), "`nope`")
 

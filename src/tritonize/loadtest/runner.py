@@ -163,7 +163,10 @@ def run_load_test(test: LoadTest) -> LoadTestResult:
     slo = Slo.from_file(test.slo_file, test.scenario) if test.slo_file else Slo()
     if test.scenario == "ramp":  # its latency objectives find the knee; they gate no run
         slo = replace(slo, p95_ms=None, p99_ms=None)
-    test.out.mkdir(parents=True, exist_ok=True)
+    try:
+        test.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"`--out` {test.out}: cannot create it ({exc.strerror})") from exc
     prometheus = PrometheusSource(test.prometheus_url) if test.prometheus_url else None
     steps = ensemble_steps(test)
     models = (test.model, *steps)

@@ -36,7 +36,8 @@ class PrometheusSource:
         try:
             return list(self.client.custom_query(promql, params=params))
         except Exception as exc:  # the client raises its own and requests' errors
-            raise TritonizeError(f"Prometheus at {self.url} failed on `{promql}`: {exc}") from exc
+            shown = promql if len(promql) <= 80 else f"{promql[:77]}..."
+            raise TritonizeError(f"Prometheus at {self.url} failed on `{shown}`: {exc}") from exc
 
     def reading_at(self, at: float, models: list[str]) -> Reading:
         """Every counter `figures()` needs, for `models`, as Prometheus had them at `at`."""
