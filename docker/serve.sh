@@ -1,14 +1,14 @@
 #!/bin/sh
-# Entry point of the triton service: refuse plans this TensorRT or GPU cannot load, then serve
-# with the model-repository API behind a key. Extra arguments go to tritonserver.
+# Entry point of the triton service: refuse plans this TensorRT or GPU cannot load, then run the
+# image's tritonserver under `tritonize serve`: a dead stub's model is reloaded, a dead server is
+# restarted, SIGTERM drains, and every admin API (model repository, shared memory, statistics,
+# trace, logging) needs the key. Extra arguments go to `tritonize serve`.
 set -eu
-: "${TRITONIZE_API_KEY:?set TRITONIZE_API_KEY: it guards the model-repository API}"
+: "${TRITONIZE_API_KEY:?set TRITONIZE_API_KEY: it guards the admin APIs}"
 tritonize check /models
-exec tritonserver \
-    --model-repository=/models \
-    --model-control-mode=explicit --load-model='*' \
-    --strict-readiness=true \
-    --metrics-config=summary_latencies=true \
-    --http-restricted-api="model-repository:tritonize-key=${TRITONIZE_API_KEY}" \
-    --grpc-restricted-protocol="model-repository:tritonize-key=${TRITONIZE_API_KEY}" \
+# 0.0.0.0 inside the container only: compose publishes the ports on the host's loopback.
+exec tritonize serve /models \
+    --tritonserver /opt/tritonserver/bin/tritonserver \
+    --host 0.0.0.0 \
+    --log-file - \
     "$@"

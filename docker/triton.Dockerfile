@@ -1,5 +1,6 @@
 # Triton Inference Server with what tritonize's Python-backend models import (numpy<2 for the
-# Python backend, tokenizers, ONNX Runtime) and the `tritonize check` run before serving.
+# Python backend, tokenizers, ONNX Runtime), the `tritonize check` run before serving, and
+# `tritonize serve` supervising the image's tritonserver.
 ARG TRITON_VERSION
 FROM nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-py3
 
@@ -22,4 +23,6 @@ RUN if [ "$GENERATION_TENSORRT" = "true" ]; then \
         && python3 -c "import sys, tensorrt; sys.exit(tensorrt.__version__ != '${version}')"; \
     fi
 COPY docker/serve.sh /usr/local/bin/tritonize-serve
+# `tritonize serve` drains on SIGTERM (in-flight requests finish, then the server stops).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/tritonize-serve"]

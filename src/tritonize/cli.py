@@ -179,7 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             + (f"  Prometheus {prometheus.url} (scrapes every second, alert rules loaded)\n"
                if prometheus else "")
             + f"  admin API key (header `tritonize-key`): {config.api_key}\n"
-            "Ctrl-C stops it (in-flight requests finish first).",
+            "Ctrl-C stops it.",
             flush=True,
         )  # fmt: skip
         signal.signal(signal.SIGINT, supervisor.request_stop)
@@ -468,7 +468,9 @@ def _add_serve(commands: Any) -> None:
         default=os.environ.get("TRITONIZE_API_KEY"),
         help="key for the model-repository API (env TRITONIZE_API_KEY; default: random)",
     )
-    serve.add_argument("--log-file", help="server log (default: in the temp dir)")
+    serve.add_argument(
+        "--log-file", help="server log; `-` for this command's output (default: in the temp dir)"
+    )
     serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     serve.add_argument(
         "--drain-timeout",

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tritonize.client import TritonizeClient
 from tritonize.errors import InferenceError, RepositoryError, ServerError, TritonizeError
 from tritonize.monitor.prometheus import PrometheusSource
 from tritonize.server import LocalServer
+from tritonize.server.bundled import BundledTriton
 
 from .conftest import CLASSIFIER, EMBEDDER, free_ports, server_config
 
@@ -88,10 +90,11 @@ def test_server_dies_with_its_parent(repository: Path) -> None:
 def test_cli_serve_with_prometheus_infer_and_sigterm(repository: Path) -> None:
     config = server_config(repository)
     (prometheus_port,) = free_ports(1)
+    binary = BundledTriton.find().binary  # named as the container names its own
     serve = subprocess.Popen(
         [*CLI, "serve", str(repository), "--http-port", str(config.http_port),
          "--grpc-port", str(config.grpc_port), "--metrics-port", str(config.metrics_port),
-         "--prometheus", "--prometheus-port", str(prometheus_port)],
+         "--prometheus", "--prometheus-port", str(prometheus_port), "--tritonserver", str(binary)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert serve.stdout is not None
@@ -116,7 +119,10 @@ def test_cli_serve_with_prometheus_infer_and_sigterm(repository: Path) -> None:
     finally:
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=30) == 0
-    assert "stopping (SIGTERM)" in serve.stdout.read()
+    output = serve.stdout.read()
+    assert "stopping (SIGTERM)" in output
+    assert "drained and stopped" in output
+    assert not Path(tempfile.gettempdir(), f"tritonize-{config.http_port}.log").exists()
     with pytest.raises(TritonizeError):  # Prometheus went with it
         PrometheusSource(f"http://127.0.0.1:{prometheus_port}").query("up")
 

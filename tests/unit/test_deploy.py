@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,9 @@ def test_triton_service(services: dict) -> None:
     assert device["capabilities"] == ["gpu"]
     assert triton["ports"] == [f"127.0.0.1:{p}:{p}" for p in (8000, 8001, 8002)]
     assert "./model_repository:/models:ro" in triton["volumes"]
-    assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    # Readiness stays 200 with a dead stub: the check sends each model a request.
+    assert triton["healthcheck"]["test"][:3] == ["CMD", "tritonize", "health"]
+    assert triton["stop_grace_period"] == "45s"  # the drain (30 s) fits in it
 
 
 def test_build_service_is_a_gpu_profile(services: dict) -> None:
@@ -69,12 +72,59 @@ def test_build_service_is_a_gpu_profile(services: dict) -> None:
 def test_serving_entry_point_requires_a_key_and_checks_first() -> None:
     script = ROOT / "docker" / "serve.sh"
     text = script.read_text()
-    assert text.index("tritonize check /models") < text.index("exec tritonserver")
-    assert "--http-restricted-api=" in text and "--grpc-restricted-protocol=" in text
+    assert text.index("tritonize check /models") < text.index("exec tritonize serve")
     env = {k: v for k, v in os.environ.items() if k != "TRITONIZE_API_KEY"}
     result = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env)
     assert result.returncode != 0
     assert "set TRITONIZE_API_KEY" in result.stderr
+
+
+def test_the_container_serves_under_supervision() -> None:
+    """The entry point's command is a valid `tritonize serve` of the image's own tritonserver."""
+    from tritonize.cli import _parser, cmd_serve
+
+    text = (ROOT / "docker" / "serve.sh").read_text()
+    command = text[text.index("exec tritonize serve") :].replace("\\\n", " ")
+    argv = shlex.split(command.replace('"$@"', ""))[2:]  # after `exec tritonize`
+    args = _parser().parse_args(argv)
+    assert args.run is cmd_serve
+    assert (args.repository, args.tritonserver) == ("/models", "/opt/tritonserver/bin/tritonserver")
+    assert args.log_file == "-"  # the server's log goes to the container's output
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable interpolation: ${VAR}, ${VAR:-default}, ${VAR:?error}, $$."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2) or "", match.group(3) or ""
+        value = env.get(name)
+        if operator == ":?" and not value:
+            raise ValueError(f"required variable {name} is missing a value: {argument}")
+        if operator == ":-" and not value:
+            return argument
+        return value or ""
+
+    pattern = r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-?])([^}]*))?\}"
+    return re.sub(pattern, substitute, text.replace("$$", "\0")).replace("\0", "$")
+
+
+SECRETS = {"TRITONIZE_API_KEY": "k3y", "GRAFANA_ADMIN_PASSWORD": "pa55", "TRITON_VERSION": "24.10"}
+
+
+@pytest.mark.parametrize("missing", ["TRITONIZE_API_KEY", "GRAFANA_ADMIN_PASSWORD"])
+@pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
+def test_compose_refuses_to_start_without_a_secret(missing: str, value: str | None) -> None:
+    env = {k: v for k, v in SECRETS.items() if k != missing}
+    if value is not None:
+        env[missing] = value
+    with pytest.raises(ValueError, match=f"required variable {missing} is missing a value"):
+        interpolate(COMPOSE.read_text(), env)
+
+
+def test_compose_passes_the_secrets_on() -> None:
+    services = yaml.safe_load(interpolate(COMPOSE.read_text(), SECRETS))["services"]
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "pa55"
+    assert services["triton"]["environment"]["TRITONIZE_API_KEY"] == "k3y"
 
 
 def test_monitoring_and_loadtest_profiles(services: dict) -> None:

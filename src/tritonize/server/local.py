@@ -6,6 +6,7 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -218,6 +219,8 @@ class LocalServer:
 
     def _open_log(self) -> int:
         path = self.config.log_path
+        if str(path) == "-":  # the log goes where `serve` writes (a container's output)
+            return os.dup(sys.stdout.fileno())
         if self.config.log_file is None:
             ensure_private_dir(path.parent)
         else:
