@@ -52,9 +52,9 @@ def test_steady_run_passes_with_a_report_and_prometheus_agrees(
     direct, via_prometheus = result.direct, result.server
     assert result.server_source.startswith("Prometheus")
     assert via_prometheus.successes == direct.successes
-    # Locust's count trails by the requests in flight when it stopped its users (one per user;
-    # one more than that was seen once on a loaded machine): a few, never a lost share.
-    assert 0 <= direct.successes - result.client.requests <= 2 * test.users
+    # Locust's final stats (written as it quits) count the requests its users finished while
+    # stopping, as Triton does: the same count, not one that trails by a request per user.
+    assert direct.successes == result.client.requests
     assert via_prometheus.achieved_batch_size == pytest.approx(direct.achieved_batch_size)
     assert via_prometheus.avg_latency_ms == pytest.approx(direct.avg_latency_ms)
     assert via_prometheus.queue_ms == pytest.approx(direct.queue_ms)
