@@ -97,3 +97,25 @@ def test_a_missing_name_says_where_to_give_it(
     assert main(["build", "--config", str(spec)]) == 1
     err = capsys.readouterr().err
     assert "`name` is required: pass --name NAME" in err and "None" not in err
+
+
+def test_tiny_generation_model_script_writes_a_working_checkpoint(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    script = Path(__file__).parents[2] / "scripts" / "tiny_generation_model.py"
+    for family in ("llama", "gpt2"):
+        dest = tmp_path / family
+        subprocess.run([sys.executable, str(script), str(dest), "--family", family], check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+        model = AutoModelForCausalLM.from_pretrained(dest).eval()
+        assert model.config.model_type == family
+        tokenizer = AutoTokenizer.from_pretrained(dest)
+        ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
+        assert tokenizer.decode(ids[0], skip_special_tokens=True) == "Once upon a time"
+        with torch.no_grad():
+            assert model(ids).logits.shape == (1, ids.shape[1], tokenizer.vocab_size)
+        assert GenerationConfig.from_pretrained(dest).eos_token_id is not None

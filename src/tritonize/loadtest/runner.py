@@ -21,8 +21,8 @@ from tritonize.monitor.scrape import default_metrics_url, quiet_reading, read
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 SCENARIO_NAMES = ("smoke", "steady", "ramp", "spike", "soak")
-# Locust's and Triton's success counts may differ by the requests in flight when Locust stopped
-# its users (about one per user: Triton counts them, Locust does not) plus this share.
+# Locust's and Triton's success counts may differ by a request per user (one its stop timeout
+# cut short: Triton counts it, Locust does not) plus this share.
 CONSISTENCY = 0.02
 FINAL_STATS = "locust_final_stats.csv"  # written by the locustfile as Locust quits
 USER_CLASSES = {"http": "TritonHttpUser", "grpc": "TritonGrpcUser", "sse": "TritonStreamUser"}
