@@ -424,6 +424,12 @@ def _add_build(commands: Any) -> None:
         default=None,
         help="allow checkpoint code to run (off by default)",
     )
+    what.add_argument(
+        "--allow-untrained-head",
+        action="store_true",
+        default=None,
+        help="build a classifier even if its head was never trained (random labels)",
+    )
     runtime = build.add_argument_group("runtime")
     runtime.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
     runtime.add_argument("--max-batch-size", type=int)

@@ -64,6 +64,7 @@ class BuildSpec:
     overwrite: bool = False  # replace `version` where it exists (it may be serving)
     opset: int = 17
     trust_remote_code: bool = False
+    allow_untrained_head: bool = False  # build a classifier whose head transformers initialised
     # Target `tensorrt`: the optimisation profile (min is 1 x 1) and builder settings.
     opt_batch_size: int | None = None  # default: half of max_batch_size
     opt_seq_len: int | None = None  # default: min(128, max_seq_len)
@@ -86,6 +87,8 @@ class BuildSpec:
         _check_range("opset", self.opset, 14, 21)
         if not isinstance(self.overwrite, bool):
             _fail("overwrite", self.overwrite, "true or false")
+        if not isinstance(self.allow_untrained_head, bool):
+            _fail("allow_untrained_head", self.allow_untrained_head, "true or false")
         for size in self.preferred_batch_sizes:
             _check_range("preferred_batch_sizes", size, 1, self.max_batch_size)
         if self.target is Target.LOCAL and self.precision is not Precision.FP32:

@@ -43,11 +43,12 @@ def long_prompt(url: str, model: str) -> Callable[[], str]:
 
 
 def stop_words(url: str, model: str) -> Callable[[], str]:
-    """100,000 stop words (to be refused), then the most allowed with a longer generation."""
+    """100,000 stop words (to be refused), then the most allowed; each as long a generation as
+    the window allows, so that an accepted one is checked against its stop words at each step."""
 
     def call() -> str:
-        flood = generate(url, model, "Hello", max_tokens=4, stop_words=STOP_WORD_FLOOD)
-        most = generate(url, model, "Hello", max_tokens=32, stop_words=MOST_STOP_WORDS)
+        flood = generate(url, model, "Hello", max_tokens=48, stop_words=STOP_WORD_FLOOD)
+        most = generate(url, model, "Hello", max_tokens=48, stop_words=MOST_STOP_WORDS)
         return f"{flood} | {most}"
 
     return call

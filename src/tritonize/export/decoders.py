@@ -116,6 +116,7 @@ class TorchDecoderRuntime:
     def __init__(self, wrapper: DecoderWithCache, config: Any, dtype: torch.dtype) -> None:
         self.wrapper = wrapper
         self.layers, self.kv_heads, self.head_dim = decoder_for(config).cache_shape(config)
+        self.vocab = int(config.vocab_size)  # the logits' width
         self.dtype = dtype
 
     def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:

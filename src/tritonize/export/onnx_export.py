@@ -15,7 +15,7 @@ import torch
 
 from tritonize.errors import ExportError, SpecError, ValidationError
 from tritonize.export.architectures import architecture_for
-from tritonize.export.tasks import ONNX_INPUTS, TASKS, TaskDefinition
+from tritonize.export.tasks import ONNX_INPUTS, TASKS, TaskDefinition, check_trained_head
 from tritonize.export.validation import GOLDEN_TEXTS, compare, encode_padded, validation_cases
 from tritonize.progress import note, step
 from tritonize.spec import BuildSpec, Task
@@ -46,7 +46,8 @@ def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
     with step(f"Loading {spec.model_dir}"):
         config = _load_config(spec)
         _check_seq_len(spec, config)
-        model = definition.load(spec.model_dir, spec.trust_remote_code)
+        model, untrained = definition.load_with_untrained(spec.model_dir, spec.trust_remote_code)
+        check_trained_head(spec.task, spec.model_dir, untrained, spec.allow_untrained_head)
         tokenizer, pad_id = load_tokenizer(spec.model_dir, spec.trust_remote_code)
     onnx_path = workdir / "model.onnx"
     with step(f"Exporting ONNX (opset {spec.opset}, dynamic batch and sequence axes)"):

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tritonize.errors import ExportError
 from tritonize.spec import Task
 
 ONNX_INPUTS = ("input_ids", "attention_mask")
@@ -56,13 +57,26 @@ class TaskDefinition:
     output_dim: Callable[[Any], int]  # from the transformers config
 
     def load(self, model_dir: Path, trust_remote_code: bool, **kwargs: Any) -> nn.Module:
+        return self.load_with_untrained(model_dir, trust_remote_code, **kwargs)[0]
+
+    def load_with_untrained(
+        self, model_dir: Path, trust_remote_code: bool, **kwargs: Any
+    ) -> tuple[nn.Module, list[str]]:
+        """The model, and the weights transformers initialised at random (absent from the
+        checkpoint, or of another shape there)."""
         import transformers
 
         loader = getattr(transformers, self.auto_class)
-        model = loader.from_pretrained(
-            model_dir, local_files_only=True, trust_remote_code=trust_remote_code, **kwargs
+        model, info = loader.from_pretrained(
+            model_dir,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **kwargs,
         )
-        return self.head(model).eval()
+        untrained = [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]
+        names = sorted(str(key[0] if isinstance(key, tuple) else key) for key in untrained)
+        return self.head(model).eval(), names
 
 
 TASKS: dict[Task, TaskDefinition] = {
@@ -81,3 +95,17 @@ TASKS: dict[Task, TaskDefinition] = {
         output_dim=lambda config: int(config.num_labels),
     ),
 }
+
+
+def check_trained_head(task: Task, model_dir: Path, untrained: list[str], allowed: bool) -> None:
+    """Refuse a classifier whose weights transformers had to invent: it would answer with
+    labels drawn by chance (LABEL_0, LABEL_1, ...) and look healthy."""
+    if task is not Task.CLASSIFICATION or not untrained or allowed:
+        return
+    shown = ", ".join(untrained[:6]) + (", ..." if len(untrained) > 6 else "")
+    raise ExportError(
+        f"`model` {model_dir} has no trained classification head: transformers initialised "
+        f"{len(untrained)} weight(s) at random ({shown}), so its labels would be chance. "
+        "Fine-tune it for classification first, or build it anyway with "
+        "--allow-untrained-head (allow_untrained_head = true)"
+    )
