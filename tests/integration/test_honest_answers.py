@@ -5,6 +5,7 @@ fields are refused, and refused generation requests are counted."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,8 @@ from tritonize.server import LocalServer
 from .conftest import CLASSIFIER, EMBEDDER, GENERATOR
 
 FAILURES = "tritonize_request_failures_total"
+TRITON_FAILURES = "nv_inference_request_failure"
+TRITON_SUCCESSES = "nv_inference_request_success"
 
 
 def infer_json(server: LocalServer, model: str, inputs: list[dict[str, Any]]) -> requests.Response:
@@ -140,10 +143,24 @@ def test_bad_generation_requests_are_400_named_and_counted(
     server: LocalServer, fields: dict[str, Any], message: str
 ) -> None:
     before = failures(server, "invalid_argument")
+    triton_before = read(server.config.metrics_url)
     response = generate_json(server, {"text_input": "Hello", "max_tokens": 4, **fields})
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]
     assert failures(server, "invalid_argument") == before + 1
+    # Triton counts a decoupled model's error response as a success (its counters follow a
+    # little later): only ours sees it fail.
+    successes = triton_before.total(TRITON_SUCCESSES, GENERATOR)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        triton_after = read(server.config.metrics_url)
+        if triton_after.total(TRITON_SUCCESSES, GENERATOR) > successes:
+            break
+        time.sleep(0.2)
+    assert triton_after.total(TRITON_SUCCESSES, GENERATOR) > successes
+    assert triton_after.total(TRITON_FAILURES, GENERATOR) == triton_before.total(
+        TRITON_FAILURES, GENERATOR
+    )
     assert_still_serving(server)
 
 
