@@ -7,6 +7,7 @@ real SIGKILLs. Figures (recovery and drain times) are printed; run with `-s` to 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
 import signal
@@ -209,6 +210,39 @@ def test_a_dead_stub_is_back_within_10_s(
     assert {s.region for s in find_stubs(serve.prefix)} == regions  # the dead one's is gone
     assert health(serve.http_url, "--api-key", KEY).returncode == 0
     assert time.monotonic() - killed < 60
+
+
+def test_the_generator_stub_killed_under_streams_comes_back(serve: Serve) -> None:
+    """Streams in flight when the stub dies fail; Triton may abort (then it is restarted)."""
+    outcomes: list[str] = []
+    streaming = threading.Event()
+
+    def stream() -> None:
+        with TritonizeClient(serve.grpc_url, "grpc", timeout_s=30) as client:
+            try:
+                for _ in client.generate(GENERATOR, "Once", max_tokens=60, stream=True):
+                    streaming.set()
+                outcomes.append("finished")
+            except InferenceError:
+                outcomes.append("failed")
+            except queue.Empty:  # no answer at all: the client's own timeout
+                outcomes.append("timed out")
+
+    streams = [threading.Thread(target=stream) for _ in range(4)]
+    for thread in streams:
+        thread.start()
+    assert streaming.wait(30)
+    os.kill(stub_of(serve.prefix, GENERATOR), signal.SIGKILL)
+    took = seconds_until_answering(lambda: generate_once(serve.http_url))
+    for thread in streams:
+        thread.join(60)
+    restarted = any("tritonserver exited with" in line for line in serve.lines)
+    print(f"\n{GENERATOR}: stub SIGKILLed under 4 streams ({sorted(outcomes)}) -> answering "
+          f"again after {took:.2f} s" + (" (tritonserver aborted and was restarted)" if restarted
+                                         else ""))  # fmt: skip
+    assert len(outcomes) == 4
+    assert took < (30 if restarted else RECOVERY_LIMIT_S)
+    embed_once(serve.http_url)
 
 
 def test_a_killed_tritonserver_is_restarted_and_its_leftovers_removed(serve: Serve) -> None:
