@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from tritonize.client import TritonizeClient
 from tritonize.loadtest.runner import LoadTest, run_load_test
 from tritonize.monitor.prometheus import LocalPrometheus
 from tritonize.server import LocalServer
 
-from .conftest import EMBEDDER, GENERATOR
+from .conftest import EMBEDDER, GENERATOR, free_ports
 
 SHIPPED_SLO = Path(__file__).parents[2] / "loadtests" / "slo.yaml"
 
@@ -143,3 +144,29 @@ def test_every_request_is_counted_even_when_refused(server: LocalServer, tmp_pat
     assert (test.out / "locust_exceptions.csv").read_text().count("\n") <= 1  # the header only
     failures = (test.out / "locust_failures.csv").read_text()
     assert "`text_input` is" in failures and "the context window is 64" in failures
+
+
+class LaggingPrometheus(LocalPrometheus):
+    """A real Prometheus that scrapes every 10 s: a busy host's late scrapes, made certain."""
+
+    def config(self) -> dict:
+        config = super().config()
+        config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "10s"
+        return config
+
+
+def test_prometheus_reads_the_runs_window_when_scrapes_lag(
+    server: LocalServer, tmp_path: Path
+) -> None:
+    """Traffic just before the run (as `verify` sends it) is not the run's, whatever the scrape
+    interval: Prometheus is read once it has scraped the counts Triton had at each edge."""
+    (port,) = free_ports(1)
+    with LaggingPrometheus(f"127.0.0.1:{server.config.metrics_port}", port=port) as prometheus:
+        with TritonizeClient(server.config.http_url) as client:
+            for _ in range(40):
+                client.embed(EMBEDDER, ["traffic before the run"])
+        result = run_load_test(load_test(server, tmp_path, scenario="smoke", seconds=3.0,
+                                         prometheus_url=prometheus.url))  # fmt: skip
+    assert result.server_source.startswith("Prometheus")
+    assert result.server.successes == result.direct.successes  # Prometheus: the same window
+    assert result.direct.successes == result.client.requests > 0
