@@ -368,3 +368,16 @@ def test_a_later_start_removes_what_a_killed_serve_left(
     with LocalServer(config):
         assert find_stubs(prefix) == []
         assert shm_regions(prefix) == []
+
+
+def test_a_model_the_operator_unloads_stays_unloaded(serve: Serve) -> None:
+    from tritonize.server.admin import RepositoryAdmin
+
+    admin = RepositoryAdmin(serve.http_url, KEY)
+    admin.unload("sleeper")
+    assert admin.wait_until_idle(["sleeper"], timeout_s=20) == []
+    time.sleep(2.0)  # several supervisor polls
+    assert admin.states()["sleeper"] == "UNAVAILABLE"
+    assert not [line for line in serve.lines if "reloading" in line]
+    admin.load("sleeper")
+    assert admin.states()["sleeper"] == "READY"
