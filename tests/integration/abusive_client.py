@@ -4,7 +4,9 @@ megabytes) does not compete with the measured client for the test process's GIL.
     python abusive_client.py KIND GRPC_URL MODEL
 
 loops until killed; after each request it prints `<seconds> <outcome>` (outcome: `ok`, or the
-error's first line) and flushes.
+error's first line) and flushes, then pauses PAUSE_S. What is abusive is the size of each
+request, not their rate: a flood of requests of any size is for rate limiting in front of the
+server, and on a 2-core machine a client serialising 10 MB back to back takes a core itself.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tritonize.client import TritonizeClient
 LONG_TEXT = ("All work and no play makes a long text. " * 23_000)[:900_000]  # 900 kB
 LONG_PROMPT = "All work and no play makes a long prompt. " * 250_000  # 10.5 MB
 STOP_WORD_FLOOD = ["stop"] * 100_000
+PAUSE_S = 0.25
 MOST_STOP_WORDS = [f"{i:03d}" + "z" * 125 for i in range(16)]  # 16 words of 128 characters
 
 
@@ -75,6 +78,7 @@ def main(kind: str, url: str, model: str) -> None:
         except Exception as exc:
             outcome = str(exc).splitlines()[0]
         print(f"{time.perf_counter() - start:.4f} {outcome}", flush=True)
+        time.sleep(PAUSE_S)
 
 
 if __name__ == "__main__":
