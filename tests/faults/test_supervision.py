@@ -268,7 +268,10 @@ def test_a_killed_tritonserver_is_restarted_and_its_leftovers_removed(serve: Ser
     assert not set(old_regions) & set(shm_regions(serve.prefix))
 
 
-def test_sigterm_drains_a_stream_and_a_keep_alive_client_then_exits_0(serve: Serve) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_drains_a_stream_and_a_keep_alive_client_then_exits_0(
+    serve: Serve, stop_signal: signal.Signals
+) -> None:
     ticks: list[int] = []
     done = threading.Event()
 
@@ -293,15 +296,16 @@ def test_sigterm_drains_a_stream_and_a_keep_alive_client_then_exits_0(serve: Ser
     while not ticks:
         time.sleep(0.02)
     stopping = time.monotonic()
-    serve.process.send_signal(signal.SIGTERM)
-    serve.wait_for(r"draining", timeout_s=5)
+    serve.process.send_signal(stop_signal)
+    serve.wait_for(rf"stopping \({stop_signal.name}\): draining", timeout_s=5)
     assert done.wait(10)
     stream.stop_stream()  # as clients do: Triton holds a decoupled model while its stream is open
     code = serve.process.wait(timeout=60)
     took = time.monotonic() - stopping
     keep_alive.stop()
     print(
-        f"\nSIGTERM, a stream and a keep-alive client in flight: exit {code} in {took:.1f} s; "
+        f"\n{stop_signal.name}, a stream and a keep-alive client in flight: exit {code} in "
+        f"{took:.1f} s; "
         f"keep-alive client: {keep_alive.answered} answered, {keep_alive.refused} refused"
     )
     assert ticks == list(range(10)), "the in-flight stream did not finish"
