@@ -106,8 +106,8 @@ class Supervisor:
         names = ", ".join(f"{s.instance} (pid {s.pid})" for s in dead)
         self.log(f"model `{model}`: stub {names} died; reloading it")
         try:
-            # No waiting for the unload: with its stub dead it lingers in UNLOADING until
-            # the backend's stub timeout, and the load does not need it gone.
+            # No waiting for the unload: an instance whose stub died never finishes unloading
+            # in Triton 2.51, and the load does not need it gone.
             self.admin.unload(model)
             self.admin.load(model)
             after = self.admin.states()
