@@ -261,15 +261,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _check_model_kind(client: Any, model: str, command: str) -> None:
     """`infer` takes texts (TEXT), `generate` a prompt (text_input): say which fits `model`."""
     from tritonize.errors import InferenceError
-    from tritonize.triton_models.common import TEXT
 
-    inputs = {tensor["name"] for tensor in client.metadata(model)["inputs"]}
-    if command == "infer" and TEXT not in inputs and "text_input" in inputs:
+    generation = client.is_generation_model(model)
+    if command == "infer" and generation:
         raise InferenceError(
             f"`{model}` is a generation model, it takes a prompt: use "
             f"`tritonize generate {model} PROMPT`"
         )
-    if command == "generate" and "text_input" not in inputs and TEXT in inputs:
+    if command == "generate" and not generation:
         raise InferenceError(
             f"`{model}` embeds or classifies texts, it does not generate: use "
             f"`tritonize infer {model} TEXT...`"

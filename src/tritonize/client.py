@@ -199,6 +199,11 @@ class TritonizeClient:
         config = self._call(model, "get_model_config", model, **extra)
         return dict(config.get("config", config))
 
+    def is_generation_model(self, model: str) -> bool:
+        """Whether `model` takes a prompt (`text_input`) rather than texts (TEXT)."""
+        inputs = {tensor["name"] for tensor in self.metadata(model)["inputs"]}
+        return "text_input" in inputs and TEXT not in inputs
+
     def output_names(self, model: str) -> list[str]:
         if model not in self._outputs:
             self._outputs[model] = [o["name"] for o in self.metadata(model)["outputs"]]

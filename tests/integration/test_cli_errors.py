@@ -192,6 +192,15 @@ def test_a_refused_prompt_is_named(server: LocalServer, stream: list[str]) -> No
     assert f"model `{GENERATOR}`" in stderr and "`text_input`" in stderr
 
 
+def test_loadtest_names_the_protocol_that_fits_the_model(server: LocalServer) -> None:
+    common = ["--url", server.config.http_url, "--metrics-url", server.config.metrics_url,
+              "--duration", "1s"]  # fmt: skip
+    assert_error(run_cli("loadtest", EMBEDDER, "--protocol", "sse", *common),
+                 f"`{EMBEDDER}` is not a generation model", "--protocol http or grpc")  # fmt: skip
+    assert_error(run_cli("loadtest", GENERATOR, *common),
+                 f"`{GENERATOR}` is a generation model", "--protocol sse")  # fmt: skip
+
+
 def test_metrics_on_another_port_says_which_flag_sets_it(server: LocalServer) -> None:
     """The server's metrics are not on :8002: both commands name the URL, flag and variable."""
     wrong = f"http://127.0.0.1:{free_ports(1)[0]}/metrics"

@@ -241,8 +241,19 @@ def ensemble_steps(test: LoadTest) -> tuple[str, ...]:
 
     with TritonizeClient(test.url, client_protocol(test.protocol)) as client:
         config = client.config(test.model)
+        _check_protocol_fits(test, client.is_generation_model(test.model))
     scheduling = config.get("ensemble_scheduling") or config.get("ensembleScheduling") or {}
     return tuple(step.get("model_name") or step["modelName"] for step in scheduling.get("step", []))
+
+
+def _check_protocol_fits(test: LoadTest, generation: bool) -> None:
+    """Generation models stream (`sse`); the others answer whole (`http`, `grpc`)."""
+    if test.protocol == "sse" and not generation:
+        raise SpecError(
+            f"`{test.model}` is not a generation model: load it with --protocol http or grpc"
+        )
+    if test.protocol != "sse" and generation:
+        raise SpecError(f"`{test.model}` is a generation model: load it with --protocol sse")
 
 
 def _with(server: ServerFigures, **changes: Any) -> ServerFigures:
