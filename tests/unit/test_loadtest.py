@@ -232,3 +232,28 @@ def test_report_writes_markdown_and_plots(tmp_path: Path) -> None:
         assert (tmp_path / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "summary.json").exists()
     assert result.failures() == ["FAIL  p95_ms: 40 (limit 30)"]
+
+
+@pytest.mark.parametrize(
+    ("url", "metrics"),
+    [
+        ("10.0.0.5:9000", "http://10.0.0.5:8002/metrics"),
+        ("http://triton.example:8001/", "http://triton.example:8002/metrics"),
+        ("[::1]:8000", "http://[::1]:8002/metrics"),
+    ],
+)
+def test_default_metrics_url_is_port_8002_on_the_servers_host(url: str, metrics: str) -> None:
+    from tritonize.monitor.scrape import default_metrics_url
+
+    assert default_metrics_url(url) == metrics
+
+
+def test_client_urls_are_host_port() -> None:
+    from tritonize.client import host_port
+    from tritonize.errors import InferenceError
+
+    assert host_port("http://127.0.0.1:8000/") == "127.0.0.1:8000"
+    assert host_port("[::1]:8001") == "[::1]:8001"
+    for bad in ("localhost", "127.0.0.1:http", "127.0.0.1:8000/v2", ":8000"):
+        with pytest.raises(InferenceError, match="is not HOST:PORT"):
+            host_port(bad)
