@@ -113,7 +113,7 @@ def _require_name(flags: dict[str, Any], config: Path | None) -> None:
         if "name" in data.get("build", data):
             return
     raise SpecError(
-        "`name` is required: pass --name NAME (or `name = \"...\"` in the --config file); "
+        '`name` is required: pass --name NAME (or `name = "..."` in the --config file); '
         "it names the ensemble and prefixes its step models"
     )
 
