@@ -9,6 +9,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import tomllib
 import traceback
 from collections.abc import Callable
@@ -167,9 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.start(timeout_s=args.timeout)
     prometheus = None
     try:
-        supervisor = Supervisor(
-            server, log=lambda line: print(line, flush=True), drain_timeout_s=args.drain_timeout
-        )
+        supervisor = Supervisor(server, log=_timestamped, drain_timeout_s=args.drain_timeout)
         prometheus = _start_prometheus(config, args.prometheus_port) if args.prometheus else None
         print(
             f"ready in {server.ready_after_s:.1f} s\n"
@@ -189,6 +188,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if prometheus is not None:
             prometheus.stop()
         server.stop()
+
+
+def _timestamped(line: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
 
 
 def cmd_health(args: argparse.Namespace) -> int:

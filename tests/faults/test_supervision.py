@@ -7,7 +7,6 @@ real SIGKILLs. Figures (recovery and drain times) are printed; run with `-s` to 
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
 import signal
@@ -18,12 +17,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tritonize.client import TritonizeClient
+from tritonize.client import TritonizeClient, generation_input
 from tritonize.errors import InferenceError
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
@@ -212,37 +212,57 @@ def test_a_dead_stub_is_back_within_10_s(
     assert time.monotonic() - killed < 60
 
 
+class GenerationStream:
+    """One gRPC stream with one long generation request; records how it ended."""
+
+    def __init__(self, url: str) -> None:
+        self.client = grpcclient.InferenceServerClient(url)
+        self.started, self.ended = threading.Event(), threading.Event()
+        self.outcome = "no answer"
+        self.client.start_stream(callback=self._on_response)
+        fields = {"text_input": "Once", "max_tokens": 60, "stream": True}
+        inputs = [generation_input(grpcclient, name, value) for name, value in fields.items()]
+        self.client.async_stream_infer(GENERATOR, inputs, enable_empty_final_response=True)
+
+    def _on_response(self, result: Any, error: Any) -> None:
+        if error is not None:
+            self.outcome = "failed"
+            self.ended.set()
+            return
+        self.started.set()
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            self.outcome = "finished"
+            self.ended.set()
+
+    def close(self) -> None:
+        self.client.stop_stream(cancel_requests=True)
+        self.client.close()
+
+
 def test_the_generator_stub_killed_under_streams_comes_back(serve: Serve) -> None:
-    """Streams in flight when the stub dies fail; Triton may abort (then it is restarted)."""
-    outcomes: list[str] = []
-    streaming = threading.Event()
-
-    def stream() -> None:
-        with TritonizeClient(serve.grpc_url, "grpc", timeout_s=30) as client:
-            try:
-                for _ in client.generate(GENERATOR, "Once", max_tokens=60, stream=True):
-                    streaming.set()
-                outcomes.append("finished")
-            except InferenceError:
-                outcomes.append("failed")
-            except queue.Empty:  # no answer at all: the client's own timeout
-                outcomes.append("timed out")
-
-    streams = [threading.Thread(target=stream) for _ in range(4)]
-    for thread in streams:
-        thread.start()
-    assert streaming.wait(30)
-    os.kill(stub_of(serve.prefix, GENERATOR), signal.SIGKILL)
-    took = seconds_until_answering(lambda: generate_once(serve.http_url))
-    for thread in streams:
-        thread.join(60)
+    """The generator comes back while streams were decoding on the stub that died."""
+    streams = [GenerationStream(serve.grpc_url) for _ in range(4)]
+    try:
+        assert all(stream.started.wait(30) for stream in streams)
+        os.kill(stub_of(serve.prefix, GENERATOR), signal.SIGKILL)
+        took = seconds_until_answering(lambda: generate_once(serve.http_url))
+        for stream in streams:
+            stream.ended.wait(10)
+        outcomes = sorted(stream.outcome for stream in streams)
+    finally:
+        for stream in streams:
+            stream.close()
     restarted = any("tritonserver exited with" in line for line in serve.lines)
-    print(f"\n{GENERATOR}: stub SIGKILLed under 4 streams ({sorted(outcomes)}) -> answering "
-          f"again after {took:.2f} s" + (" (tritonserver aborted and was restarted)" if restarted
-                                         else ""))  # fmt: skip
+    note = " (tritonserver aborted, restarted)" if restarted else ""
+    print(f"\n{GENERATOR}: stub SIGKILLed under 4 streams ({outcomes}) -> answering again "
+          f"after {took:.2f} s{note}\n" + "".join(serve.lines[-6:]))  # fmt: skip
+    # Triton may abort here (boost lock_exception), and takes a while to die: then it restarts.
+    assert took < (60 if restarted else RECOVERY_LIMIT_S)
+    # Streams that were decoding on the dead stub: Triton 2.51 leaves them unanswered (see the
+    # README); what must hold is that they do not keep the model or the server from serving.
     assert len(outcomes) == 4
-    assert took < (30 if restarted else RECOVERY_LIMIT_S)
     embed_once(serve.http_url)
+    assert health(serve.http_url, "--api-key", KEY).returncode == 0
 
 
 def test_a_killed_tritonserver_is_restarted_and_its_leftovers_removed(serve: Serve) -> None:
