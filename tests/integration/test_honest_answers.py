@@ -195,3 +195,16 @@ def test_a_huge_max_tokens_over_json_wraps_inside_triton(server: LocalServer) ->
     eight = generate_json(server, {"text_input": "Once upon a time", "max_tokens": 8})
     assert wrapped.status_code == eight.status_code == 200, wrapped.text
     assert wrapped.json()["text_output"] == eight.json()["text_output"]
+
+
+def test_generate_with_stream_true_is_answered_200_with_an_error_by_triton(
+    server: LocalServer,
+) -> None:
+    """`"stream": true` on /generate (not /generate_stream) makes the generator stream, and
+    Triton 2.51's /generate handler, having sent 200, reports that it wanted one response. The
+    model cannot tell which endpoint a request came by, so it cannot refuse it first. If this
+    test fails, Triton answers it properly now: update the README's note."""
+    response = generate_json(server, {"text_input": "Once upon a time", "max_tokens": 4,
+                                      "stream": True})  # fmt: skip
+    assert response.status_code == 200
+    assert "generate expects model to produce exactly 1 response" in response.json()["error"]
