@@ -154,7 +154,10 @@ WORDS = st.one_of(
     st.lists(PIECES, min_size=1, max_size=12).map("".join),
     st.text(st.sampled_from("abc"), min_size=90, max_size=140),  # around WordPiece's 100
 )
-LONG_TEXTS = st.lists(WORDS, min_size=1, max_size=400).map(" ".join)
+LONG_TEXTS = st.one_of(
+    st.lists(WORDS, min_size=1, max_size=400).map(" ".join),
+    st.lists(PIECES.filter(lambda p: " " not in p), max_size=1500).map("".join),  # no spaces
+)
 
 
 def wordpiece(minilm_dir: Path) -> tokenizers.Tokenizer:
