@@ -165,3 +165,16 @@ def test_restarts_back_off_and_start_over_after_a_good_run() -> None:
     assert [backoff.delay(uptime_s=0) for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
     assert backoff.delay(uptime_s=600) == 1
     assert backoff.delay(uptime_s=0) == 2
+
+
+def test_backend_copies_of_a_killed_owner_are_removed_at_the_next_start() -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    root = ensure_private_dir(private_root())
+    orphan = root / f"backends-{finished.stdout.strip()}-abc"
+    own = root / f"backends-{os.getpid()}-def"
+    for copy in (orphan, own):
+        (copy / "python").mkdir(parents=True)
+    launch = Launch.prepare(None)
+    assert not orphan.exists()
+    assert own.exists() and launch.backends is not None and launch.backends.exists()

@@ -26,6 +26,7 @@ from tritonize.server.private import (
     fresh_copy,
     open_log,
     private_root,
+    remove_orphan_copies,
     remove_tree,
 )
 
@@ -116,6 +117,7 @@ class Launch:
             env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
             return cls(binary=tritonserver, environment=env, backends=None)
         sources = bundled.backend_files()
+        remove_orphan_copies(private_root(), "backends")  # those of a killed owner
         backends = fresh_copy(sources, private_root(), "backends")
         return cls(binary=bundled.binary, environment=bundled.environment(), backends=backends)
 

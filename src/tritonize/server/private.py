@@ -55,8 +55,8 @@ def open_log(path: Path) -> int:
 
 
 def fresh_copy(sources: list[Path], parent: Path, name: str) -> Path:
-    """Copy `sources` into a new directory `parent/<name>-<random>/python` (never reused)."""
-    root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=ensure_private_dir(parent)))
+    """Copy `sources` into a new `parent/<name>-<pid>-<random>/python` (never reused)."""
+    root = Path(tempfile.mkdtemp(prefix=f"{name}-{os.getpid()}-", dir=ensure_private_dir(parent)))
     target = root / "python"
     target.mkdir()
     for source in sources:
@@ -67,3 +67,24 @@ def fresh_copy(sources: list[Path], parent: Path, name: str) -> Path:
 def remove_tree(path: Path | None) -> None:
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_orphan_copies(parent: Path, name: str) -> int:
+    """Remove `parent/<name>-<pid>-*` copies whose owner process is dead (it was killed)."""
+    removed = 0
+    for copy in parent.glob(f"{name}-*-*") if parent.is_dir() else []:
+        owner = copy.name.split("-")[1]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(copy, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
