@@ -146,6 +146,7 @@ class TritonizeClient:
         self._call(
             model, "start_stream", callback=lambda result, error: results.put((result, error))
         )
+        finished = False
         try:
             try:
                 self._call(model, "async_stream_infer", model, inputs,
@@ -154,17 +155,18 @@ class TritonizeClient:
                 if results.empty():
                     raise
                 # The stream broke before the request went out: its callback holds the reason.
-            while True:
+            while not finished:
                 result, error = self._next_response(results, model)
                 if error is not None:
                     raise InferenceError(f"model `{model}` at {self.url}: {error.message()}")
                 response = result.get_response()
                 if response.outputs:
                     yield result.as_numpy("text_output").reshape(-1)[0].decode()
-                if response.parameters["triton_final_response"].bool_param:
-                    return
+                finished = response.parameters["triton_final_response"].bool_param
         finally:
-            self._client.stop_stream()
+            # A plain stop waits for every pending response: forever when the server never ends
+            # the stream (its stub died), for the whole generation when the caller stopped early.
+            self._client.stop_stream(cancel_requests=not finished)
 
     def _next_response(self, results: Any, model: str) -> tuple[Any, Any]:
         import queue
