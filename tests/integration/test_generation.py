@@ -174,7 +174,7 @@ def test_streaming_load_test_reports_ttft_itl_and_end_to_end(
 ) -> None:
     import csv
 
-    from tritonize.loadtest.runner import LoadTest, run_load_test
+    from tritonize.loadtest.runner import FINAL_STATS, LoadTest, run_load_test
 
     prompts = tmp_path / "prompts.txt"  # prompts this random model answers with some text
     prompts.write_text("Once upon a time\nTriton serves\n")
@@ -185,7 +185,7 @@ def test_streaming_load_test_reports_ttft_itl_and_end_to_end(
     )  # fmt: skip
     result = run_load_test(test)
     assert result.passed, result.failures()
-    rows = {r["Type"]: r for r in csv.DictReader((test.out / "locust_stats.csv").open())}
+    rows = {r["Type"]: r for r in csv.DictReader((test.out / FINAL_STATS).open())}
     assert {"TTFT", "ITL", "E2E"} <= set(rows)
     assert result.client.requests == int(rows["E2E"]["Request Count"]) > 0
     # One first token per request (streams cut short when Locust stopped have no E2E event).
