@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
+import socket
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free at the time of asking."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @cache

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from helpers import free_ports
 from tritonize.client import TritonizeClient, generation_input
 from tritonize.errors import InferenceError
 from tritonize.repository.writer import build_repository
@@ -55,19 +56,6 @@ def repository(
         shutil.copy(MODELS / f"{name}.pbtxt", output / name / "config.pbtxt")
         shutil.copy(MODELS / "ticker.py", output / name / "1" / "model.py")
     return output
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class Serve:
