@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonize.processes import is_alive
+
 SHM_DIR = Path("/dev/shm")
 STUB_NAME = "triton_python_backend_stub"
 _PREFIX = re.compile(r"^tritonize_(\d+)_[0-9a-f]+_")
@@ -48,7 +50,7 @@ def find_stubs(prefix: str) -> list[Stub]:
         except OSError:  # gone meanwhile, or not ours to read
             continue
         stub = _parse_stub(int(entry.name), [a.decode(errors="replace") for a in argv])
-        if stub is not None and stub.region.startswith(prefix) and _alive(stub.pid):
+        if stub is not None and stub.region.startswith(prefix) and is_alive(stub.pid):
             found.append(stub)
     return found
 
@@ -72,7 +74,7 @@ def kill_stubs(stubs: list[Stub], timeout_s: float = 5.0) -> int:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(stub.pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout_s
-    while any(_alive(s.pid) for s in stubs) and time.monotonic() < deadline:
+    while any(is_alive(s.pid) for s in stubs) and time.monotonic() < deadline:
         time.sleep(0.05)
     return len(stubs)
 
@@ -98,20 +100,7 @@ def remove_orphans() -> tuple[int, int]:
         match.group(0)
         for name in [s.region for s in find_stubs("tritonize_")]
         + [p.name for p in shm_regions("tritonize_")]
-        if (match := _PREFIX.match(name)) and not _alive(int(match.group(1)))
+        if (match := _PREFIX.match(name)) and not is_alive(int(match.group(1)))
     }
     totals = [remove_leftovers(prefix) for prefix in sorted(dead)]
     return sum(t[0] for t in totals), sum(t[1] for t in totals)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    try:  # a zombie is dead, only not yet reaped
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (OSError, IndexError):
-        return False

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from tritonize.errors import ServerError
+from tritonize.processes import is_alive
 
 
 def private_root() -> Path:
@@ -74,17 +75,7 @@ def remove_orphan_copies(parent: Path, name: str) -> int:
     removed = 0
     for copy in parent.glob(f"{name}-*-*") if parent.is_dir() else []:
         owner = copy.name.split("-")[1]
-        if owner.isdigit() and not _alive(int(owner)):
+        if owner.isdigit() and not is_alive(int(owner)):
             shutil.rmtree(copy, ignore_errors=True)
             removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
