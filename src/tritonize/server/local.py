@@ -171,11 +171,6 @@ class LocalServer:
         finally:
             os.close(log)
 
-    def terminate(self) -> None:
-        """Ask the server to stop (SIGTERM) without waiting: safe in a signal handler."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout_s`; then remove this run's leftovers."""
         code = None if self.process is None else stop_process(self.process, timeout_s)
