@@ -25,4 +25,6 @@ RUN if [ "$GENERATION_TENSORRT" = "true" ]; then \
 COPY docker/serve.sh /usr/local/bin/tritonize-serve
 # `tritonize serve` drains on SIGTERM (in-flight requests finish, then the server stops).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/local/bin/tritonize-serve"]
+# NVIDIA's entry point stays in front: it sets up CUDA forward compatibility on older
+# data-center drivers, then execs ours (signals reach `tritonize serve` directly).
+ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "/usr/local/bin/tritonize-serve"]
