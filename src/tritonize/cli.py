@@ -14,13 +14,16 @@ import tomllib
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tritonize import __version__
 from tritonize.errors import ExportError, SpecError, TritonizeError
 from tritonize.spec import BuildSpec
+
+if TYPE_CHECKING:
+    from tritonize.server import ServerConfig
 
 EPILOG = """examples:
   tritonize build --task embedding --name minilm --output model_repository
@@ -147,22 +150,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from tritonize.server import LocalServer, ServerConfig, Supervisor
+def serve_config(args: argparse.Namespace) -> ServerConfig:
+    """The server `tritonize serve` runs, from its command line."""
+    from tritonize.server import ServerConfig
 
     options: dict[str, Any] = {}
     if args.api_key:
         options["api_key"] = args.api_key
-    config = ServerConfig(
+    return ServerConfig(
         repository=Path(args.repository),
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         log_file=Path(args.log_file) if args.log_file else None,
+        extra_args=tuple(args.triton_arg),
         tritonserver=Path(args.tritonserver) if args.tritonserver else None,
         **options,
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tritonize.server import LocalServer, Supervisor
+
+    config = serve_config(args)
     server = LocalServer(config)
     print(f"starting tritonserver on {config.repository} (log: {config.log_path}) ...", flush=True)
     server.start(timeout_s=args.timeout)
@@ -497,6 +508,14 @@ def _add_serve(commands: Any) -> None:
         default=os.environ.get("TRITONIZE_TRITONSERVER"),
         help="tritonserver binary to run instead of the bundled one, e.g. "
         "/opt/tritonserver/bin/tritonserver in the official container (env TRITONIZE_TRITONSERVER)",
+    )
+    serve.add_argument(
+        "--triton-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more tritonserver argument (repeatable; write it as --triton-arg=--flag=value), "
+        "e.g. --triton-arg=--backend-config=tensorrt,version-compatible=true",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -72,7 +73,7 @@ def test_build_service_is_a_gpu_profile(services: dict) -> None:
 def test_serving_entry_point_requires_a_key_and_checks_first() -> None:
     script = ROOT / "docker" / "serve.sh"
     text = script.read_text()
-    assert text.index("tritonize check /models") < text.index("exec tritonize serve")
+    assert text.index('tritonize check "$models"') < text.index("exec tritonize serve")
     env = {k: v for k, v in os.environ.items() if k != "TRITONIZE_API_KEY"}
     result = subprocess.run(["sh", str(script)], capture_output=True, text=True, env=env)
     assert result.returncode != 0
@@ -85,11 +86,109 @@ def test_the_container_serves_under_supervision() -> None:
 
     text = (ROOT / "docker" / "serve.sh").read_text()
     command = text[text.index("exec tritonize serve") :].replace("\\\n", " ")
-    argv = shlex.split(command.replace('"$@"', ""))[2:]  # after `exec tritonize`
+    argv = shlex.split(command.replace('"$@"', "").replace('"$models"', "/models"))[2:]
     args = _parser().parse_args(argv)
     assert args.run is cmd_serve
     assert (args.repository, args.tritonserver) == ("/models", "/opt/tritonserver/bin/tritonserver")
     assert args.log_file == "-"  # the server's log goes to the container's output
+
+
+def entry_point(dockerfile: Path) -> list[str]:
+    """The last ENTRYPOINT instruction's exec form (Docker uses the last one)."""
+    (*_, last) = re.findall(r"^ENTRYPOINT\s+(.+)$", dockerfile.read_text(), re.M)
+    return json.loads(last)
+
+
+def test_nvidia_entry_point_stays_in_front_of_ours() -> None:
+    """NVIDIA's entry point sets up CUDA forward compatibility, then execs the rest."""
+    dockerfile = ROOT / "docker" / "triton.Dockerfile"
+    nvidia, ours = entry_point(dockerfile)
+    assert nvidia == "/opt/nvidia/nvidia_entrypoint.sh"
+    assert f"COPY docker/serve.sh {ours}" in dockerfile.read_text()
+
+
+RECORDER = """#!{python}
+import json, os, sys
+record = {{"argv": sys.argv[1:], "flag": os.environ.get("{flag}")}}
+with open(os.path.join(os.environ["RECORDS"], sys.argv[1] + ".json"), "w") as out:
+    json.dump(record, out)
+"""
+
+
+def run_entry_point(tmp_path: Path, manifests: dict[str, dict]) -> dict[str, dict]:
+    """Run docker/serve.sh on a repository holding `manifests`, with a `tritonize` on PATH that
+    records how it was called; returns the records of `check` and `serve`."""
+    from tritonize.engine.compat import VERSION_COMPATIBLE_ENV
+
+    repository, tools, records = tmp_path / "models", tmp_path / "bin", tmp_path / "records"
+    for where, manifest in manifests.items():
+        (repository / where).mkdir(parents=True)
+        (repository / where / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    repository.mkdir(exist_ok=True)
+    tools.mkdir()
+    records.mkdir()
+    recorder = tools / "tritonize"
+    recorder.write_text(RECORDER.format(python=sys.executable, flag=VERSION_COMPATIBLE_ENV))
+    recorder.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != VERSION_COMPATIBLE_ENV}
+    env |= {
+        "PATH": f"{tools}{os.pathsep}{env['PATH']}",
+        "RECORDS": str(records),
+        "TRITONIZE_API_KEY": "k3y",
+        "TRITONIZE_MODELS": str(repository),
+    }
+    script = ROOT / "docker" / "serve.sh"
+    result = subprocess.run(["sh", str(script), "--drain-timeout", "5"], env=env, text=True,
+                            capture_output=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return {path.stem: json.loads(path.read_text()) for path in records.glob("*.json")}
+
+
+def tritonserver_arguments(serve_argv: list[str]) -> list[str]:
+    """The tritonserver command line that `tritonize serve` with these arguments runs."""
+    from tritonize.cli import _parser, cmd_serve, serve_config
+
+    args = _parser().parse_args(serve_argv)
+    assert args.run is cmd_serve
+    return serve_config(args).arguments(Path(args.tritonserver), None, "prefix")
+
+
+def plan_manifest(version_compatible: bool) -> dict:
+    return {
+        "spec": {"task": "embedding", "target": "tensorrt"},
+        "tensorrt": {"version": "10.13.2.6", "compute_capability": "9.0",
+                     "version_compatible": version_compatible},
+    }  # fmt: skip
+
+
+def test_entry_point_lets_triton_load_version_compatible_plans(tmp_path: Path) -> None:
+    from tritonize.engine.compat import TRITON_VERSION_COMPATIBLE_FLAG
+
+    manifests = {"minilm/1": plan_manifest(False), "sentiment/2": plan_manifest(True)}
+    calls = run_entry_point(tmp_path, manifests)
+    assert calls["check"] == {"argv": ["check", str(tmp_path / "models")], "flag": "true"}
+    assert calls["serve"]["flag"] == "true"
+    arguments = tritonserver_arguments(calls["serve"]["argv"])
+    assert arguments.count(TRITON_VERSION_COMPATIBLE_FLAG) == 1
+    assert arguments[0] == "/opt/tritonserver/bin/tritonserver"
+    assert "--exit-on-error=true" in arguments  # the flag joins tritonize's own arguments
+    assert calls["serve"]["argv"][-2:] == ["--drain-timeout", "5"]  # the caller's still follow
+
+
+@pytest.mark.parametrize(
+    "manifests",
+    [{}, {"minilm/1": plan_manifest(False)}, {"minilm/1": {"spec": {"target": "onnx"}}}],
+    ids=["empty", "plan-of-one-version", "onnx"],
+)
+def test_entry_point_keeps_host_code_refused_without_such_plan(
+    tmp_path: Path, manifests: dict[str, dict]
+) -> None:
+    """The flag lets plans run host code: only a repository that needs it gets it."""
+    from tritonize.engine.compat import TRITON_VERSION_COMPATIBLE_FLAG
+
+    calls = run_entry_point(tmp_path, manifests)
+    assert calls["check"]["flag"] is None
+    assert TRITON_VERSION_COMPATIBLE_FLAG not in tritonserver_arguments(calls["serve"]["argv"])
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
