@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from tritonize.client import TritonizeClient
 from tritonize.errors import InferenceError, RepositoryError, ServerError, TritonizeError
 from tritonize.monitor.prometheus import PrometheusSource
+from tritonize.processes import is_alive
 from tritonize.server import LocalServer
 from tritonize.server.bundled import BundledTriton
 
@@ -71,7 +70,8 @@ def test_server_dies_with_its_parent(repository: Path) -> None:
         "from pathlib import Path\n"
         "from tritonize.server import LocalServer, ServerConfig\n"
         f"s = LocalServer(ServerConfig(Path({str(repository)!r}), http_port={config.http_port}, "
-        f"grpc_port={config.grpc_port}, metrics_port={config.metrics_port}))\n"
+        f"grpc_port={config.grpc_port}, metrics_port={config.metrics_port}, "
+        f"log_file=Path({str(config.log_path)!r})))\n"
         "s.start()\n"
         "print(s.process.pid, flush=True)\n"
         "time.sleep(600)\n"
@@ -82,9 +82,9 @@ def test_server_dies_with_its_parent(repository: Path) -> None:
     parent.kill()  # SIGKILL: no chance to clean up
     parent.wait()
     deadline = time.monotonic() + 30
-    while _alive(child) and time.monotonic() < deadline:
+    while is_alive(child) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(child), "tritonserver outlived its parent"
+    assert not is_alive(child), "tritonserver outlived its parent"
 
 
 def test_cli_serve_with_prometheus_infer_and_sigterm(repository: Path) -> None:
@@ -94,7 +94,8 @@ def test_cli_serve_with_prometheus_infer_and_sigterm(repository: Path) -> None:
     serve = subprocess.Popen(
         [*CLI, "serve", str(repository), "--http-port", str(config.http_port),
          "--grpc-port", str(config.grpc_port), "--metrics-port", str(config.metrics_port),
-         "--prometheus", "--prometheus-port", str(prometheus_port), "--tritonserver", str(binary)],
+         "--prometheus", "--prometheus-port", str(prometheus_port), "--tritonserver", str(binary),
+         "--log-file", str(config.log_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     assert serve.stdout is not None
@@ -122,17 +123,6 @@ def test_cli_serve_with_prometheus_infer_and_sigterm(repository: Path) -> None:
     output = serve.stdout.read()
     assert "stopping (SIGTERM)" in output
     assert "drained and stopped" in output
-    assert not Path(tempfile.gettempdir(), f"tritonize-{config.http_port}.log").exists()
+    assert "loading: " in config.log_path.read_text()  # the log went where it was asked to
     with pytest.raises(TritonizeError):  # Prometheus went with it
         PrometheusSource(f"http://127.0.0.1:{prometheus_port}").query("up")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead but not yet reaped by init
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
