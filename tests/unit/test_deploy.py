@@ -237,3 +237,46 @@ def test_monitoring_and_loadtest_profiles(services: dict) -> None:
     for name in ("prometheus", "grafana", "locust-master"):
         assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"])
     assert "--worker" in services["locust-worker"]["command"]
+
+
+EXAMPLE = ROOT / "model_repository"
+
+
+@pytest.fixture(scope="module")
+def default_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository that the default build (the README's first command) writes."""
+    from tritonize.cli import main
+
+    output = tmp_path_factory.mktemp("default") / "model_repository"
+    assert main(["build", "--task", "embedding", "--name", "minilm", "--output", str(output)]) == 0
+    return output
+
+
+def test_the_example_repository_is_what_the_default_build_writes(default_build: Path) -> None:
+    built = {
+        p.relative_to(default_build): p.read_text() for p in default_build.glob("*/config.pbtxt")
+    }
+    tracked = {p.relative_to(EXAMPLE): p.read_text() for p in EXAMPLE.glob("*/config.pbtxt")}
+    assert sorted(tracked) == sorted(built)
+    for path, text in built.items():
+        assert tracked[path] == text, f"model_repository/{path} differs from what build writes"
+
+
+def ignored(paths: list[str]) -> set[str]:
+    result = subprocess.run(["git", "check-ignore", "--stdin"], input="\n".join(paths),
+                            cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr  # 1: none ignored
+    return set(result.stdout.split())
+
+
+def test_git_keeps_only_the_examples_of_a_build_into_model_repository(default_build: Path) -> None:
+    """Weights, manifests, version directories and staging of a real build stay out of git."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = [f"model_repository/{p.relative_to(default_build)}" for p in default_build.rglob("*")
+               if p.is_file()]  # fmt: skip
+    examples = {path for path in written if path.endswith("/config.pbtxt")}
+    leftovers = [".model_repository.staging-1x2y/journal.json", "model_repository/.triton.log"]
+    assert len(examples) == 3 and len(written) > 10
+    assert ignored(written + leftovers) == set(written + leftovers) - examples
+    assert not ignored(["model_repository/README.md"])
