@@ -21,9 +21,10 @@ USERS=${USERS:-8} DURATION=${DURATION:-20s}
 
 $TRITONIZE build --task embedding --target local --name minilm --output "$REPO" --overwrite
 $TRITONIZE check "$REPO"
+mkdir -p reports
 
 $TRITONIZE serve "$REPO" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" \
-    --metrics-port "$METRICS_PORT" --log-file "$REPO/.triton.log" \
+    --metrics-port "$METRICS_PORT" --log-file reports/tritonserver.log \
     --prometheus --prometheus-port "$PROMETHEUS_PORT" &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT

@@ -485,7 +485,8 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument(
         "--api-key",
         default=os.environ.get("TRITONIZE_API_KEY"),
-        help="key for the model-repository API (env TRITONIZE_API_KEY; default: random)",
+        help="key for the admin APIs: model repository, shared memory, statistics, trace, "
+        "logging (env TRITONIZE_API_KEY; default: random per start)",
     )
     serve.add_argument(
         "--log-file", help="server log; `-` for this command's output (default: in the temp dir)"
