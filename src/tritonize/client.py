@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 from tritonize.api_key import API_KEY_HEADER
 from tritonize.errors import InferenceError
 from tritonize.triton_models.common import EMBEDDING, LABEL, PROBABILITIES, SCORE, TEXT, TRUNCATED
+from tritonize.triton_models.generation import REQUEST_SCHEMA
 
 
 class Protocol(StrEnum):
@@ -298,28 +299,16 @@ def _not_http(url: str, error: Exception) -> str:
     )
 
 
-_GENERATION_TYPES = {
-    "text_input": ("BYTES", object),
-    "stop_words": ("BYTES", object),
-    "max_tokens": ("INT32", np.int32),
-    "top_k": ("INT32", np.int32),
-    "end_id": ("INT32", np.int32),
-    "pad_id": ("INT32", np.int32),
-    "temperature": ("FP32", np.float32),
-    "top_p": ("FP32", np.float32),
-    "seed": ("UINT64", np.uint64),
-    "stream": ("BOOL", bool),
-    "exclude_input_in_output": ("BOOL", bool),
-}
+_GENERATION_FIELDS = {field.name: field for field in REQUEST_SCHEMA}
 
 
 def generation_input(module: Any, name: str, value: Any) -> Any:
     """A [1, n] tensor for one generation request field."""
-    datatype, dtype = _GENERATION_TYPES[name]
+    field = _GENERATION_FIELDS[name]
     values = value if isinstance(value, list | tuple) else [value]
-    if dtype is object:
+    if field.datatype == "BYTES":
         values = [v.encode() if isinstance(v, str) else v for v in values]
-    array = np.array([values], dtype=dtype)
-    tensor = module.InferInput(name, list(array.shape), datatype)
+    array: np.ndarray = np.array([values], dtype=field.dtype)
+    tensor = module.InferInput(name, list(array.shape), field.datatype)
     tensor.set_data_from_numpy(array)
     return tensor

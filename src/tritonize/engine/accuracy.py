@@ -19,6 +19,7 @@ from tritonize.progress import note
 from tritonize.spec import Precision, Task
 from tritonize.triton_models.classifier import softmax
 from tritonize.triton_models.decoding import DecoderRuntime, DecoderSession
+from tritonize.triton_models.generation import usable_window
 
 # Decoders against the fp32 graph on ONNX Runtime: how far logits may be, as a share of the
 # largest logit (typed fp16 / bf16 decoders measured 1e-3 to 5e-3 / about 1e-2 on CPU).
@@ -123,7 +124,7 @@ def decoder_gate(
     prefilled together; then that whole batch decoded twice (left-padded up to the longest
     cache). Raise one `ValidationError` listing every miss."""
     rng = np.random.default_rng(0)
-    window = profiles.context_window - 1
+    window = usable_window(profiles.context_window)
     short = [1 + i % min(16, window - 2) for i in range(profiles.max_batch - 1)]
     groups = [g for g in ([window], [window - 2], short) if g]  # one prefill call per group
     prompts: list[dict[Hashable, list[int]]] = []

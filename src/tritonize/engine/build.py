@@ -16,6 +16,7 @@ from tritonize.export.validation import validation_cases
 from tritonize.progress import step
 from tritonize.spec import BuildSpec, Precision, Target
 from tritonize.triton_models.decoding import OnnxDecoderRuntime
+from tritonize.triton_models.generation import usable_window
 from tritonize.triton_models.onnx_runner import OnnxEncoder
 
 ENGINE_FILES = {
@@ -88,7 +89,7 @@ def build_decoder_engine(
     source = decoder.onnx_path
     if spec.precision is not Precision.FP32:
         source = _typed_decoder_graph(spec, workdir, reference, profiles)
-    window = spec.max_seq_len - 1
+    window = usable_window(spec.max_seq_len)
     shapes = f"up to {spec.max_batch_size} sequences per step, prompts up to {window} tokens"
     with step(f"Building the TensorRT decoder plan ({spec.precision.value}; {shapes})"):
         plan = build_plan(source, workdir / "model.plan", spec, profiles.all())

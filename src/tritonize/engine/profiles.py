@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from tritonize.spec import BuildSpec
 from tritonize.triton_models.common import ATTENTION_MASK, INPUT_IDS
 from tritonize.triton_models.decoding import past_names
+from tritonize.triton_models.generation import usable_window
 
 Shape = tuple[int, int]  # (batch, sequence)
 Dims = tuple[int, ...]
@@ -63,13 +64,13 @@ class DecoderProfiles:
         return cls(spec.max_batch_size, spec.max_seq_len, layers, kv_heads, head_dim)
 
     def prefill(self) -> TensorProfile:
-        window = self.context_window - 1  # a prompt leaves room for at least one new token
+        window = usable_window(self.context_window)
         opt = min(128, window)
         batch = (1, 1, self.max_batch)  # the past is one masked slot (DecoderSession.prefill)
         return self._tensors(batch=batch, sequence=(1, opt, window), past=(1, 1, 1))
 
     def decode(self) -> TensorProfile:
-        window = self.context_window - 1
+        window = usable_window(self.context_window)
         batch = (1, max(1, self.max_batch // 2), self.max_batch)
         return self._tensors(batch=batch, sequence=(1, 1, 1), past=(1, max(1, window // 2), window))
 

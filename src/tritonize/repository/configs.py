@@ -16,6 +16,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 from tritonize.engine.profiles import ShapeProfile, padding_buckets
 from tritonize.spec import BuildSpec, Precision, Target, Task
 from tritonize.triton_models import common as names
+from tritonize.triton_models.generation import REQUEST_SCHEMA, usable_window
 
 
 @dataclass(frozen=True)
@@ -206,19 +207,14 @@ def ensemble_config(spec: BuildSpec, engine_output_name: str, output_dim: int) -
     return config
 
 
-# TensorRT-LLM's request tensors, so that Triton's OpenAI frontend and genai-perf work as is.
+def _config_dtype(datatype: str) -> int:
+    """A model_config_pb2 DataType from Triton's protocol name (BYTES is TYPE_STRING there)."""
+    return int(mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"))
+
+
+# The generator's request tensors, each with whether it is optional.
 GENERATION_INPUTS = [
-    (Tensor("text_input", mc.TYPE_STRING, (1,)), False),
-    (Tensor("max_tokens", mc.TYPE_INT32, (1,)), False),
-    (Tensor("stream", mc.TYPE_BOOL, (1,)), True),
-    (Tensor("temperature", mc.TYPE_FP32, (1,)), True),
-    (Tensor("top_k", mc.TYPE_INT32, (1,)), True),
-    (Tensor("top_p", mc.TYPE_FP32, (1,)), True),
-    (Tensor("seed", mc.TYPE_UINT64, (1,)), True),
-    (Tensor("stop_words", mc.TYPE_STRING, (-1,)), True),
-    (Tensor("end_id", mc.TYPE_INT32, (1,)), True),
-    (Tensor("pad_id", mc.TYPE_INT32, (1,)), True),
-    (Tensor("exclude_input_in_output", mc.TYPE_BOOL, (1,)), True),
+    (Tensor(f.name, _config_dtype(f.datatype), f.dims), f.optional) for f in REQUEST_SCHEMA
 ]
 GENERATION_OUTPUTS = [
     Tensor("text_output", mc.TYPE_STRING, (-1,)),
@@ -245,7 +241,7 @@ def generator_config(spec: BuildSpec, end_ids: list[int]) -> ModelConfig:
             for key, value in {
                 "runtime": "tensorrt" if on_gpu else "onnxruntime",
                 "context_window": spec.max_seq_len,
-                "max_tokens_limit": spec.max_seq_len - 1,
+                "max_tokens_limit": usable_window(spec.max_seq_len),
                 "max_active": spec.max_batch_size,  # sequences decoded together
                 "end_ids": json.dumps(end_ids),
             }.items()

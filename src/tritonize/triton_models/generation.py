@@ -20,11 +20,41 @@ from .prefix_encoding import (
 MAX_STOP_WORDS = 16  # every step scans the pending text for each: bound the work per token
 MAX_STOP_WORD_CHARS = 128
 
-# The request fields a generator reads (TensorRT-LLM's names); anything else is refused.
-REQUEST_FIELDS = (
-    "text_input", "max_tokens", "stream", "temperature", "top_k", "top_p", "seed",
-    "stop_words", "end_id", "pad_id", "exclude_input_in_output",
-)  # fmt: skip
+
+@dataclass(frozen=True)
+class RequestField:
+    """One request tensor of a generator: Triton's datatype, its numpy dtype and its default."""
+
+    name: str
+    datatype: str  # as Triton's protocol names it (BYTES, INT32, ...)
+    dtype: type
+    optional: bool = True
+    default: object = None  # None: the field has no default (absent unless sent)
+    dims: tuple[int, ...] = (1,)  # without the batch dimension
+
+
+# The request a generator reads (TensorRT-LLM's names, so that Triton's OpenAI frontend and
+# genai-perf work as is); anything else is refused. Configs, client and generator read it here.
+REQUEST_SCHEMA = (
+    RequestField("text_input", "BYTES", np.object_, optional=False),
+    RequestField("max_tokens", "INT32", np.int32, optional=False, default=16),
+    RequestField("stream", "BOOL", np.bool_, default=False),
+    RequestField("temperature", "FP32", np.float32, default=0.0),  # 0: greedy
+    RequestField("top_k", "INT32", np.int32, default=0),  # 0: off
+    RequestField("top_p", "FP32", np.float32, default=1.0),
+    RequestField("seed", "UINT64", np.uint64),
+    RequestField("stop_words", "BYTES", np.object_, default=(), dims=(-1,)),
+    RequestField("end_id", "INT32", np.int32),
+    RequestField("pad_id", "INT32", np.int32),
+    RequestField("exclude_input_in_output", "BOOL", np.bool_, default=True),
+)
+REQUEST_FIELDS = tuple(f.name for f in REQUEST_SCHEMA)
+REQUEST_DEFAULTS = {f.name: f.default for f in REQUEST_SCHEMA if f.default is not None}
+
+
+def usable_window(context_window: int) -> int:
+    """The longest prompt a context window takes: one token must be left to generate."""
+    return context_window - 1
 
 
 @dataclass(frozen=True)
@@ -89,7 +119,7 @@ class PromptEncoder:
     """
 
     def __init__(self, tokenizer: tokenizers.Tokenizer, context_window: int) -> None:
-        self.limit = context_window - 1  # at least one token must be left to generate
+        self.limit = usable_window(context_window)
         self.context_window = context_window
         self.tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())
         self.tokenizer.no_padding()

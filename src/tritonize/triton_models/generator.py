@@ -23,6 +23,7 @@ from .common import RequestError, model_parameters, rejection, version_dir
 from .decoding import DecoderRuntime, DecoderSession, OnnxDecoderRuntime
 from .generation import (
     MAX_STOP_WORDS,
+    REQUEST_DEFAULTS,
     REQUEST_FIELDS,
     GenerationParams,
     IncrementalDetokenizer,
@@ -211,16 +212,17 @@ class TritonPythonModel:
         check_stop_words(values.get("stop_words", []))  # before the prompt's tokenization
         prompt = self.prompts.encode(prompt_text)
         end_ids = self.end_ids | ({values["end_id"]} if "end_id" in values else set())
+        values = {**REQUEST_DEFAULTS, **values}
         params = GenerationParams(
-            max_tokens=int(values.get("max_tokens", 16)),
-            temperature=float(values.get("temperature", 0.0)),
-            top_k=int(values.get("top_k", 0)),
-            top_p=float(values.get("top_p", 1.0)),
+            max_tokens=int(values["max_tokens"]),
+            temperature=float(values["temperature"]),
+            top_k=int(values["top_k"]),
+            top_p=float(values["top_p"]),
             seed=int(values["seed"]) if "seed" in values else None,
-            stop_words=tuple(values.get("stop_words", ())),
+            stop_words=tuple(values["stop_words"]),
             end_ids=frozenset(end_ids),
-            stream=bool(values.get("stream", False)),
-            exclude_input_in_output=bool(values.get("exclude_input_in_output", True)),
+            stream=bool(values["stream"]),
+            exclude_input_in_output=bool(values["exclude_input_in_output"]),
         )
         params.check(self.max_tokens_limit)
         text = "" if params.exclude_input_in_output else prompt_text
