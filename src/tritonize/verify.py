@@ -9,17 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tritonize.client import TritonizeClient
 from tritonize.errors import TritonizeError
-from tritonize.loadtest.checks import response_problem
 from tritonize.monitor.figures import Reading
 from tritonize.monitor.scrape import METRICS_URL_HINT, default_metrics_url, read
 from tritonize.repository.golden import read_golden
-from tritonize.triton_models.common import EMBEDDING, LABEL, PROBABILITIES
+from tritonize.tasks import task_named
 
-SMOKE_NEW_TOKENS = 8  # per smoke request to a generation model
 METRICS_SETTLE_S = 5.0
 
 
@@ -106,60 +102,13 @@ def _interface(client: TritonizeClient, model: str, golden: dict[str, Any]) -> C
 
 
 def _golden(client: TritonizeClient, model: str, golden: dict[str, Any]) -> Check:
-    if golden["task"] == "generation":
-        return _golden_continuations(client, model, golden)
-    try:
-        outputs = client.infer(model, golden["texts"])
-    except TritonizeError as exc:
-        return Check("golden outputs", False, str(exc))
-    tolerance = golden["tolerance"]
-    if golden["task"] == "embedding":
-        served = outputs[EMBEDDING].astype(np.float64)
-        reference = np.asarray(golden["embeddings"], dtype=np.float64)
-        cosine = np.sum(served * reference, axis=1) / (
-            np.linalg.norm(served, axis=1) * np.linalg.norm(reference, axis=1)
-        )
-        worst = float(cosine.min())
-        passed = worst >= tolerance["min_cosine"]
-        return Check(
-            "golden outputs", passed, f"min cosine {worst:.6f} (>= {tolerance['min_cosine']})"
-        )
-    labels = [label.decode() for label in outputs[LABEL][:, 0]]
-    diff = float(np.abs(outputs[PROBABILITIES] - np.asarray(golden["probabilities"])).max())
-    same = labels == golden["labels"]
-    passed = same and diff <= tolerance["max_probability_diff"]
-    verdict = "labels match" if same else f"labels differ: {labels} vs {golden['labels']}"
-    return Check("golden outputs", passed, f"{verdict}, max probability diff {diff:.2e}")
-
-
-def _golden_continuations(client: TritonizeClient, model: str, golden: dict[str, Any]) -> Check:
-    """Greedy decoding reproduces PyTorch's continuations: identically, or (fp16/bf16) sharing
-    at least `min_common_prefix` of each one's text."""
-    least = golden["tolerance"]["min_common_prefix"]
-    misses = []
-    for record in golden["continuations"]:
-        try:
-            text = "".join(client.generate(model, record["prompt"], record["max_tokens"]))
-        except TritonizeError as exc:
-            return Check("golden outputs", False, str(exc))
-        shared = _shared_start(text, record["text"])
-        if shared < least * max(len(text), len(record["text"])):
-            misses.append(f"{record['prompt']!r}: served {text!r}, PyTorch {record['text']!r}")
-    agree = "identical to" if least == 1 else f"sharing >= {least:.0%} of their text with"
-    detail = f"{len(golden['continuations']) - len(misses)}/{len(golden['continuations'])} "
-    detail += f"greedy continuations {agree} PyTorch"
-    return Check("golden outputs", not misses, detail + (f"; first: {misses[0]}" if misses else ""))
-
-
-def _shared_start(a: str, b: str) -> int:
-    """How many leading characters `a` and `b` have in common."""
-    pairs = zip(a, b, strict=False)  # up to the shorter one
-    return next((i for i, (x, y) in enumerate(pairs) if x != y), min(len(a), len(b)))
+    passed, detail = task_named(golden["task"]).golden_problems(client, model, golden)
+    return Check("golden outputs", passed, detail)
 
 
 def _golden_requests(golden: dict[str, Any]) -> int:
-    """Requests the golden check sends: one per prompt for generation, else one batch."""
-    return len(golden["continuations"]) if golden["task"] == "generation" else 1
+    """Requests the golden check sends."""
+    return task_named(golden["task"]).golden_requests(golden)
 
 
 def _smoke(deployment: Deployment, golden: dict[str, Any]) -> Check:
@@ -198,11 +147,7 @@ def _smoke_request(
 ) -> str | None:
     """What is wrong with one smoke request's response, if anything."""
     try:
-        if task == "generation":
-            for _delta in client.generate(model, text, SMOKE_NEW_TOKENS):
-                pass  # an error anywhere in the stream raises
-            return None
-        return response_problem(client.infer(model, [text]), 1, metadata)
+        return task_named(task).call(client, model, text, metadata)
     except TritonizeError as exc:
         return str(exc)
 

@@ -17,6 +17,7 @@ from tritonize.errors import ValidationError
 from tritonize.export.validation import SAMPLE_TEXTS, ValidationCase, encode_padded
 from tritonize.progress import note
 from tritonize.spec import Precision, Task
+from tritonize.tasks.tolerances import TOLERANCES as TASK_TOLERANCES
 from tritonize.triton_models.classifier import softmax
 from tritonize.triton_models.decoding import DecoderRuntime, DecoderSession
 from tritonize.triton_models.generation import usable_window
@@ -34,10 +35,10 @@ class Tolerance:
     max_probability_diff: float  # classifiers, with identical labels
 
 
+# The gate's columns of the one tolerance table: its reference is the fp32 ONNX graph.
 TOLERANCES = {
-    Precision.FP32: Tolerance(min_cosine=0.99999, max_probability_diff=1e-3),
-    Precision.FP16: Tolerance(min_cosine=0.999, max_probability_diff=1e-2),
-    Precision.BF16: Tolerance(min_cosine=0.999, max_probability_diff=1e-2),
+    precision: Tolerance(limits.gate_min_cosine, limits.max_probability_diff)
+    for precision, limits in TASK_TOLERANCES.items()
 }
 
 

@@ -15,8 +15,10 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from tritonize.engine.profiles import ShapeProfile, padding_buckets
 from tritonize.spec import BuildSpec, Precision, Target, Task
+from tritonize.tasks import PublicTensor, task_named
+from tritonize.tasks.generation import Generation
 from tritonize.triton_models import common as names
-from tritonize.triton_models.generation import REQUEST_SCHEMA, usable_window
+from tritonize.triton_models.generation import usable_window
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class Tensor:
 
     def as_output(self) -> mc.ModelOutput:
         return mc.ModelOutput(name=self.name, data_type=self.dtype, dims=self.dims)
+
+
+def _config_dtype(datatype: str) -> int:
+    """A model_config_pb2 DataType from Triton's protocol name (BYTES is TYPE_STRING there)."""
+    return int(mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"))
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,7 @@ RAGGED_INPUTS = [
 
 def public_outputs(spec: BuildSpec, output_dim: int) -> list[Tensor]:
     """The ensemble's outputs (the README lists them): the same for every target."""
-    if spec.task is Task.EMBEDDING:
-        return [Tensor(names.EMBEDDING, mc.TYPE_FP32, (output_dim,)), TRUNCATED]
-    return [
-        Tensor(names.LABEL, mc.TYPE_STRING, (1,)),
-        Tensor(names.SCORE, mc.TYPE_FP32, (1,)),
-        Tensor(names.PROBABILITIES, mc.TYPE_FP32, (output_dim,)),
-        TRUNCATED,
-    ]
+    return [_config_tensor(t, output_dim) for t in task_named(spec.task.value).outputs]
 
 
 def tokenizer_config(spec: BuildSpec, pad_token_id: int) -> ModelConfig:
@@ -207,20 +207,15 @@ def ensemble_config(spec: BuildSpec, engine_output_name: str, output_dim: int) -
     return config
 
 
-def _config_dtype(datatype: str) -> int:
-    """A model_config_pb2 DataType from Triton's protocol name (BYTES is TYPE_STRING there)."""
-    return int(mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"))
+def _config_tensor(tensor: PublicTensor, output_dim: int = -1) -> Tensor:
+    """A public tensor of a task's contract; -1 dims take `output_dim` (the model's width)."""
+    dims = tuple(output_dim if d == -1 else d for d in tensor.dims)
+    return Tensor(tensor.name, _config_dtype(tensor.datatype), dims)
 
 
-# The generator's request tensors, each with whether it is optional.
-GENERATION_INPUTS = [
-    (Tensor(f.name, _config_dtype(f.datatype), f.dims), f.optional) for f in REQUEST_SCHEMA
-]
-GENERATION_OUTPUTS = [
-    Tensor("text_output", mc.TYPE_STRING, (-1,)),
-    Tensor("num_input_tokens", mc.TYPE_INT32, (1,)),
-    Tensor("num_output_tokens", mc.TYPE_INT32, (1,)),
-]
+# The generator's request tensors (each with whether it is optional) and outputs.
+GENERATION_INPUTS = [(_config_tensor(t), t.optional) for t in Generation.inputs]
+GENERATION_OUTPUTS = [_config_tensor(t) for t in Generation.outputs]
 
 
 def generator_config(spec: BuildSpec, end_ids: list[int]) -> ModelConfig:

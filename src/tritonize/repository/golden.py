@@ -12,21 +12,14 @@ from typing import TYPE_CHECKING, Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonize.repository.configs import ModelConfig
-from tritonize.spec import BuildSpec, Precision, Task
+from tritonize.spec import BuildSpec, Task
+from tritonize.tasks.tolerances import TOLERANCES
 from tritonize.triton_models.classifier import softmax
 
 if TYPE_CHECKING:  # the export stack (torch) is not needed to read a golden file
     from tritonize.export import ExportedModel
 
 GOLDEN = "golden.json"
-# How close a served output must be to PyTorch's, by the engine's precision.
-TOLERANCES = {
-    Precision.FP32: {"min_cosine": 0.9999, "max_probability_diff": 1e-3},
-    Precision.FP16: {"min_cosine": 0.999, "max_probability_diff": 1e-2},
-    Precision.BF16: {"min_cosine": 0.999, "max_probability_diff": 1e-2},
-}
-# Share of a golden continuation a served one must start with (1.0: identical).
-GENERATION_COMMON_PREFIX = {Precision.FP32: 1.0, Precision.FP16: 0.5, Precision.BF16: 0.5}
 
 
 def interface(config: ModelConfig) -> dict[str, list[dict[str, Any]]]:
@@ -51,7 +44,12 @@ def golden_record(
     spec: BuildSpec, exported: ExportedModel, config: ModelConfig, texts: list[str]
 ) -> dict[str, Any]:
     assert exported.golden_outputs is not None
-    record = _record(spec, config, TOLERANCES[spec.precision], texts)
+    tolerance = TOLERANCES[spec.precision]
+    limits = {
+        "min_cosine": tolerance.min_cosine,
+        "max_probability_diff": tolerance.max_probability_diff,
+    }
+    record = _record(spec, config, limits, texts)
     if spec.task is Task.EMBEDDING:
         record["embeddings"] = exported.golden_outputs.round(6).tolist()
     else:
@@ -66,7 +64,7 @@ def generation_golden_record(
 ) -> dict[str, Any]:
     """Greedy continuations by PyTorch (fp32), which a deployment must reproduce: exactly at
     fp32; at fp16/bf16 greedy decoding may part ways at a near tie, so a shared start will do."""
-    tolerance = {"min_common_prefix": GENERATION_COMMON_PREFIX[spec.precision]}
+    tolerance = {"min_common_prefix": TOLERANCES[spec.precision].min_common_prefix}
     record = _record(spec, config, tolerance, [c["prompt"] for c in continuations])
     record["continuations"] = continuations
     return record

@@ -1,0 +1,143 @@
+"""What every task provides: its contract (runs anywhere: client, load tests, verify) and the
+registry that refuses a task lacking any part of it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import numpy as np
+
+from tritonize.errors import TritonizeError
+from tritonize.triton_models.common import TEXT, TRUNCATED
+
+if TYPE_CHECKING:  # the contract calls a client it is handed; it imports none
+    from tritonize.client import TritonizeClient
+
+
+class TaskContractError(TritonizeError):
+    """A task class does not implement its whole contract."""
+
+
+@dataclass(frozen=True)
+class PublicTensor:
+    """A tensor of a task's public interface: Triton's datatype, numpy's dtype, dims without
+    the batch dimension, and the value a server assumes when an optional one is not sent."""
+
+    name: str
+    datatype: str  # as Triton's protocol names it: BYTES, FP32, INT32, ...
+    dtype: type
+    dims: tuple[int, ...] = (1,)
+    optional: bool = False
+    default: object = None
+
+
+# The encoder tasks' texts in, and whether the tokenizer cut each one to the window.
+TEXT_INPUT = PublicTensor(TEXT, "BYTES", np.object_)
+TRUNCATED_OUTPUT = PublicTensor(TRUNCATED, "BOOL", np.bool_)
+
+
+class TaskContract(ABC):
+    """One task as clients, load tests and `verify` see it; subclasses register with
+    `register`, which refuses one that lacks a member."""
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[PublicTensor, ...]]
+    outputs: ClassVar[tuple[PublicTensor, ...]]
+
+    @abstractmethod
+    def call(
+        self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]
+    ) -> str | None:
+        """One request for `text`, the task's own way (a batch of one, or one prompt): what is
+        wrong with its response, if anything. A failed request raises `TritonizeError`."""
+
+    @abstractmethod
+    def response_problem(self, outputs: dict[str, np.ndarray]) -> str | None:
+        """What the task itself finds wrong in a response whose shapes are right."""
+
+    @abstractmethod
+    def golden_problems(
+        self, client: TritonizeClient, model: str, golden: dict[str, Any]
+    ) -> tuple[bool, str]:
+        """(passed, detail): the served model against the golden file's reference outputs."""
+
+    @abstractmethod
+    def golden_requests(self, golden: dict[str, Any]) -> int:
+        """How many requests `golden_problems` sends."""
+
+    def serves(self, metadata: dict[str, Any]) -> bool:
+        """Whether a model with this metadata serves this task (its public outputs match)."""
+        served = {tensor["name"] for tensor in metadata["outputs"]}
+        return served == {tensor.name for tensor in self.outputs}
+
+
+CONTRACT = ("name", "inputs", "outputs", *sorted(TaskContract.__abstractmethods__))
+TASKS: dict[str, TaskContract] = {}
+
+
+def missing_members(cls: type) -> list[str]:
+    """The members of the contract `cls` leaves undefined or abstract."""
+    return [
+        member
+        for member in CONTRACT
+        if not hasattr(cls, member) or getattr(getattr(cls, member), "__isabstractmethod__", False)
+    ]
+
+
+ContractClass = TypeVar("ContractClass", bound=type[TaskContract])
+
+
+def register(cls: ContractClass) -> ContractClass:
+    """Add a task to `TASKS`; a class lacking any part of the contract is refused."""
+    missing = missing_members(cls)
+    if missing:
+        raise TaskContractError(
+            f"task class `{cls.__name__}` lacks {', '.join(missing)}: "
+            f"every task implements {', '.join(CONTRACT)}"
+        )
+    TASKS[cls.name] = cls()
+    return cls
+
+
+def task_named(name: str) -> TaskContract:
+    if name not in TASKS:
+        raise TaskContractError(f"task `{name}` is unknown: known are {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def served_task(metadata: dict[str, Any]) -> TaskContract | None:
+    """The task whose public outputs a model's metadata lists, if any."""
+    return next((task for task in TASKS.values() if task.serves(metadata)), None)
+
+
+def response_problem(
+    outputs: dict[str, np.ndarray], rows: int, metadata: dict[str, Any]
+) -> str | None:
+    """What is wrong with `outputs` for a request of `rows` texts, or None if nothing is:
+    every declared output present with its shape, finite, no empty string, then the task's own
+    check (the task whose outputs the metadata lists)."""
+    declared = {o["name"]: [int(d) for d in o["shape"]] for o in metadata["outputs"]}
+    for name, dims in declared.items():
+        problem = _tensor_problem(name, outputs.get(name), [rows, *dims[1:]])
+        if problem:
+            return problem
+    task = served_task(metadata)
+    return task.response_problem(outputs) if task else None
+
+
+def _tensor_problem(name: str, value: np.ndarray | None, expected: list[int]) -> str | None:
+    """`expected` has the batch first; -1 matches any size."""
+    if value is None:
+        return f"output `{name}` is missing"
+    if len(value.shape) != len(expected) or any(
+        want not in (-1, got) for want, got in zip(expected, value.shape, strict=True)
+    ):
+        return f"output `{name}` has shape {list(value.shape)}, expected {expected}"
+    if value.dtype.kind in "OSU":  # BYTES
+        if any(not item for item in value.reshape(-1)):
+            return f"output `{name}` has an empty string"
+    elif not np.isfinite(value).all():
+        return f"output `{name}` has non-finite values"
+    return None

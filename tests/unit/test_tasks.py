@@ -1,0 +1,101 @@
+"""Every task implements its whole contract, and one that does not is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tritonize.engine.accuracy import TOLERANCES as GATE_TOLERANCES
+from tritonize.repository.configs import GENERATION_INPUTS, public_outputs
+from tritonize.spec import BuildSpec, Precision, Task
+from tritonize.tasks import TASKS, TaskContract, TaskContractError, register
+from tritonize.tasks.base import CONTRACT, missing_members, response_problem
+from tritonize.tasks.tolerances import TOLERANCES
+from tritonize.triton_models.generation import REQUEST_FIELDS, usable_window
+
+TRITON_DTYPES = {
+    "BYTES": np.object_, "BOOL": np.bool_, "FP32": np.float32, "INT32": np.int32,
+    "UINT64": np.uint64,
+}  # fmt: skip
+
+
+def test_every_spec_task_is_registered() -> None:
+    assert sorted(TASKS) == sorted(task.value for task in Task)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_each_task_implements_every_member_of_the_contract(name: str) -> None:
+    task = TASKS[name]
+    assert missing_members(type(task)) == []
+    assert task.name == name
+    assert task.inputs and task.outputs
+    for tensor in (*task.inputs, *task.outputs):
+        assert TRITON_DTYPES[tensor.datatype] is tensor.dtype, tensor
+
+
+def test_an_incomplete_task_is_refused_at_registration() -> None:
+    class NoGolden(TaskContract):
+        name = "incomplete"
+        inputs = TASKS["embedding"].inputs
+        outputs = TASKS["embedding"].outputs
+
+        def call(self, client: Any, model: str, text: str, metadata: dict[str, Any]) -> str | None:
+            return None
+
+        def response_problem(self, outputs: dict[str, np.ndarray]) -> str | None:
+            return None
+
+    with pytest.raises(TaskContractError, match="golden_problems, golden_requests"):
+        register(NoGolden)
+    assert "incomplete" not in TASKS
+
+
+def test_a_task_without_public_tensors_is_refused() -> None:
+    class NoTensors(TaskContract):
+        name = "tensorless"
+
+    with pytest.raises(TaskContractError) as refused:
+        register(NoTensors)
+    for member in CONTRACT[1:]:
+        assert member in str(refused.value)
+    assert "tensorless" not in TASKS
+
+
+@pytest.mark.parametrize("task", [Task.EMBEDDING, Task.CLASSIFICATION])
+def test_configs_declare_the_contracts_outputs(tmp_path: Any, task: Task) -> None:
+    spec = BuildSpec(name="m", task=task, output=tmp_path)
+    declared = [t.name for t in public_outputs(spec, 7)]
+    assert declared == [t.name for t in TASKS[task.value].outputs]
+
+
+def test_generation_request_is_one_schema() -> None:
+    assert [t.name for t, _ in GENERATION_INPUTS] == list(REQUEST_FIELDS)
+    assert [t.name for t in TASKS["generation"].inputs] == list(REQUEST_FIELDS)
+    assert usable_window(128) == 127
+
+
+def test_one_tolerance_table_feeds_the_gate() -> None:
+    for precision in Precision:
+        assert GATE_TOLERANCES[precision].min_cosine == TOLERANCES[precision].gate_min_cosine
+        assert (
+            GATE_TOLERANCES[precision].max_probability_diff
+            == TOLERANCES[precision].max_probability_diff
+        )
+        # The gate's reference is the fp32 graph itself: never looser than the golden check.
+        assert TOLERANCES[precision].gate_min_cosine >= TOLERANCES[precision].min_cosine
+
+
+def test_response_check_asks_the_served_task() -> None:
+    metadata = {
+        "outputs": [
+            {"name": "EMBEDDING", "shape": [-1, 2]},
+            {"name": "TRUNCATED", "shape": [-1, 1]},
+        ]
+    }
+    good = {"EMBEDDING": np.array([[0.6, 0.8]]), "TRUNCATED": np.array([[False]])}
+    assert response_problem(good, 1, metadata) is None
+    unnormalised = {**good, "EMBEDDING": np.array([[3.0, 4.0]])}
+    assert "not L2-normalised" in str(response_problem(unnormalised, 1, metadata))
+    assert "missing" in str(response_problem({"EMBEDDING": good["EMBEDDING"]}, 1, metadata))
