@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tritonize.engine.accuracy import TOLERANCES as GATE_TOLERANCES
-from tritonize.repository.configs import GENERATION_INPUTS, public_outputs
+from tritonize.repository.configs import GENERATION_INPUTS, ensemble_config, public_outputs
 from tritonize.spec import BuildSpec, Precision, Task
 from tritonize.tasks import TASKS, TaskContract, TaskContractError, register
 from tritonize.tasks.base import CONTRACT, missing_members, response_problem
@@ -40,6 +40,7 @@ def test_an_incomplete_task_is_refused_at_registration() -> None:
         name = "incomplete"
         inputs = TASKS["embedding"].inputs
         outputs = TASKS["embedding"].outputs
+        build = TASKS["embedding"].build
 
         def call(self, client: Any, model: str, text: str, metadata: dict[str, Any]) -> str | None:
             return None
@@ -61,6 +62,27 @@ def test_a_task_without_public_tensors_is_refused() -> None:
     for member in CONTRACT[1:]:
         assert member in str(refused.value)
     assert "tensorless" not in TASKS
+
+
+def test_a_task_whose_build_half_is_not_one_is_refused() -> None:
+    class NotABuild(type(TASKS["embedding"])):  # type: ignore[misc]
+        name = "unbuilt"
+        build = "ensemble"  # type: ignore[assignment]
+
+    with pytest.raises(TaskContractError, match="build"):
+        register(NotABuild)
+    assert "unbuilt" not in TASKS
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_each_build_half_plans_the_models_its_configs_wire(tmp_path: Any, name: str) -> None:
+    spec = BuildSpec(name="m", task=Task(name), output=tmp_path)
+    planned = TASKS[name].build.planned_models(spec)
+    if name == "generation":
+        assert planned == ["m"]
+        return
+    ensemble = ensemble_config(spec, "out", 3)
+    assert planned == ["m", *(step.model_name for step in ensemble.ensemble_scheduling.step)]
 
 
 @pytest.mark.parametrize("task", [Task.EMBEDDING, Task.CLASSIFICATION])

@@ -17,8 +17,9 @@ from tritonize.errors import ValidationError
 from tritonize.export.validation import SAMPLE_TEXTS, ValidationCase, encode_padded
 from tritonize.progress import note
 from tritonize.spec import Precision, Task
+from tritonize.tasks import task_named
+from tritonize.tasks.build import EncoderBuild
 from tritonize.tasks.tolerances import TOLERANCES as TASK_TOLERANCES
-from tritonize.triton_models.classifier import softmax
 from tritonize.triton_models.decoding import DecoderRuntime, DecoderSession
 from tritonize.triton_models.generation import usable_window
 
@@ -67,25 +68,13 @@ def compare(
         return [f"{case}: shape {actual.shape}, expected {reference.shape}"], float("nan")
     if not np.isfinite(actual).all():
         return [f"{case}: {int((~np.isfinite(actual)).sum())} non-finite values"], float("nan")
-    if task is Task.EMBEDDING:
-        cosine = _cosine(reference, actual)
-        worst = float(cosine.min())
-        misses = [
-            f"{case}: row {i} cosine {c:.6f} < {tolerance.min_cosine}"
-            for i, c in enumerate(cosine)
-            if c < tolerance.min_cosine
-        ]
-        return misses, worst
-    expected, got = softmax(reference), softmax(actual)
-    worst = float(np.abs(expected - got).max())
-    misses = [
-        f"{case}: row {i} label {b} differs from reference label {a}"
-        for i, (a, b) in enumerate(zip(expected.argmax(1), got.argmax(1), strict=True))
-        if a != b
-    ]
-    if worst > tolerance.max_probability_diff:
-        misses.append(f"{case}: probability diff {worst:.2e} > {tolerance.max_probability_diff}")
-    return misses, worst
+    return _encoder_build(task).gate_compare(tolerance, case, reference, actual)
+
+
+def _encoder_build(task: Task) -> EncoderBuild:
+    build = task_named(task.value).build
+    assert isinstance(build, EncoderBuild), f"{task.value} has no encoder gate"
+    return build
 
 
 def gate(
@@ -100,7 +89,7 @@ def gate(
     tolerance = TOLERANCES[precision]
     misses: list[str] = []
     figures: dict[str, float] = {}
-    label = "min cosine" if task is Task.EMBEDDING else "max probability diff"
+    label = _encoder_build(task).gate_figure
     for case in cases:
         expected = reference(case.input_ids, case.attention_mask)
         actual = candidate(case.input_ids, case.attention_mask)
@@ -167,9 +156,3 @@ def decoder_gate(
         "decode_max_relative_logit_diff": worst["decode"],
         "decode_top1_agreement": min(agreement),
     }
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)

@@ -15,10 +15,10 @@ import torch
 
 from tritonize.errors import ExportError, SpecError, ValidationError
 from tritonize.export.architectures import architecture_for
-from tritonize.export.tasks import ONNX_INPUTS, TASKS, TaskDefinition, check_trained_head
+from tritonize.export.tasks import ONNX_INPUTS, TaskDefinition, check_trained_head, encoder_build
 from tritonize.export.validation import GOLDEN_TEXTS, compare, encode_padded, validation_cases
 from tritonize.progress import note, step
-from tritonize.spec import BuildSpec, Task
+from tritonize.spec import BuildSpec
 
 # ONNX Runtime on CPU vs PyTorch fp32: measured differences are 1e-6..1e-4.
 ONNX_ATOL = 1e-4
@@ -42,12 +42,14 @@ class ExportedModel:
 
 def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
     """Load the checkpoint, export it to `workdir/model.onnx`, and validate it."""
-    definition = TASKS[spec.task]
+    build = encoder_build(spec)
+    definition = build.export_head()
     with step(f"Loading {spec.model_dir}"):
         config = _load_config(spec)
         _check_seq_len(spec, config)
         model, untrained = definition.load_with_untrained(spec.model_dir, spec.trust_remote_code)
-        check_trained_head(spec.task, spec.model_dir, untrained, spec.allow_untrained_head)
+        if build.needs_trained_head:
+            check_trained_head(spec.model_dir, untrained, spec.allow_untrained_head)
         tokenizer, pad_id = load_tokenizer(spec.model_dir, spec.trust_remote_code)
     onnx_path = workdir / "model.onnx"
     with step(f"Exporting ONNX (opset {spec.opset}, dynamic batch and sequence axes)"):
@@ -58,7 +60,7 @@ def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
         output_dim=definition.output_dim(config),
         tokenizer=tokenizer,
         pad_token_id=pad_id,
-        labels=_labels(config) if spec.task is Task.CLASSIFICATION else [],
+        labels=build.labels(config),
     )
     with step("Validating ONNX Runtime against PyTorch"):
         exported.max_abs_diff = validate_onnx(model, exported, spec)
@@ -138,11 +140,6 @@ def _check_seq_len(spec: BuildSpec, config: Any) -> None:
             f"`max_seq_len` = {spec.max_seq_len} is not allowed: "
             f"`{config.model_type}` at `{spec.model_dir}` takes at most {limit} positions"
         )
-
-
-def _labels(config: Any) -> list[str]:
-    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
-    return [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
 
 
 def export_graph(model: torch.nn.Module, output: str, path: Path, opset: int) -> None:

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from tritonize.errors import ExportError
-from tritonize.spec import Task
+from tritonize.spec import BuildSpec, Task
+from tritonize.tasks import task_named
+from tritonize.tasks.build import EncoderBuild
 
 ONNX_INPUTS = ("input_ids", "attention_mask")
 
@@ -79,28 +81,32 @@ class TaskDefinition:
         return self.head(model).eval(), names
 
 
-TASKS: dict[Task, TaskDefinition] = {
-    Task.EMBEDDING: TaskDefinition(
-        task=Task.EMBEDDING,
-        output_name="embedding",
-        auto_class="AutoModel",
-        head=MeanPooledEmbedding,
-        output_dim=lambda config: int(config.hidden_size),
-    ),
-    Task.CLASSIFICATION: TaskDefinition(
-        task=Task.CLASSIFICATION,
-        output_name="logits",
-        auto_class="AutoModelForSequenceClassification",
-        head=SequenceLogits,
-        output_dim=lambda config: int(config.num_labels),
-    ),
-}
+def encoder_build(spec: BuildSpec) -> EncoderBuild:
+    """The build half of an encoder task (its export head, labels, gate)."""
+    build = task_named(spec.task.value).build
+    if not isinstance(build, EncoderBuild):
+        raise ExportError(f"task `{spec.task.value}` is not exported as an encoder")
+    return build
 
 
-def check_trained_head(task: Task, model_dir: Path, untrained: list[str], allowed: bool) -> None:
+class _ExportHeads(dict[Task, TaskDefinition]):
+    """Each encoder task's export head, asked of its build half when first looked up."""
+
+    def __missing__(self, task: Task) -> TaskDefinition:
+        build = task_named(task.value).build
+        if not isinstance(build, EncoderBuild):
+            raise KeyError(task)
+        self[task] = build.export_head()
+        return self[task]
+
+
+TASKS: dict[Task, TaskDefinition] = _ExportHeads()
+
+
+def check_trained_head(model_dir: Path, untrained: list[str], allowed: bool) -> None:
     """Refuse a classifier whose weights transformers had to invent: it would answer with
     labels drawn by chance (LABEL_0, LABEL_1, ...) and look healthy."""
-    if task is not Task.CLASSIFICATION or not untrained or allowed:
+    if not untrained or allowed:
         return
     shown = ", ".join(untrained[:6]) + (", ..." if len(untrained) > 6 else "")
     raise ExportError(

@@ -14,8 +14,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from tritonize.engine.profiles import ShapeProfile, padding_buckets
-from tritonize.spec import BuildSpec, Precision, Target, Task
+from tritonize.spec import BuildSpec, Precision, Target
 from tritonize.tasks import PublicTensor, task_named
+from tritonize.tasks.build import EncoderBuild
 from tritonize.tasks.generation import Generation
 from tritonize.triton_models import common as names
 from tritonize.triton_models.generation import usable_window
@@ -179,7 +180,8 @@ def ensemble_config(spec: BuildSpec, engine_output_name: str, output_dim: int) -
         input=[TEXT.as_input()],
         output=[t.as_output() for t in public_outputs(spec, output_dim)],
     )
-    engine_out = names.EMBEDDING if spec.task is Task.EMBEDDING else names.LOGITS
+    build = task_named(spec.task.value).build
+    assert isinstance(build, EncoderBuild), f"{spec.task.value} is not built as an ensemble"
     pipeline = [
         (
             steps.tokenizer,
@@ -189,17 +191,10 @@ def ensemble_config(spec: BuildSpec, engine_output_name: str, output_dim: int) -
         (
             steps.engine,
             {n: n for n in (names.INPUT_IDS, names.ATTENTION_MASK)},
-            {engine_output_name: engine_out},
+            {engine_output_name: build.engine_output},
         ),
+        *build.postprocess_steps(spec),
     ]
-    if spec.task is Task.CLASSIFICATION:
-        pipeline.append(
-            (
-                steps.postprocess,
-                {names.LOGITS: names.LOGITS},
-                {n: n for n in (names.LABEL, names.SCORE, names.PROBABILITIES)},
-            )
-        )
     for model, input_map, output_map in pipeline:
         config.ensemble_scheduling.step.add(
             model_name=model, model_version=-1, input_map=input_map, output_map=output_map

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonize.repository.configs import ModelConfig
-from tritonize.spec import BuildSpec, Task
+from tritonize.spec import BuildSpec
+from tritonize.tasks import task_named
+from tritonize.tasks.build import EncoderBuild
 from tritonize.tasks.tolerances import TOLERANCES
-from tritonize.triton_models.classifier import softmax
 
 if TYPE_CHECKING:  # the export stack (torch) is not needed to read a golden file
     from tritonize.export import ExportedModel
@@ -50,13 +51,9 @@ def golden_record(
         "max_probability_diff": tolerance.max_probability_diff,
     }
     record = _record(spec, config, limits, texts)
-    if spec.task is Task.EMBEDDING:
-        record["embeddings"] = exported.golden_outputs.round(6).tolist()
-    else:
-        probabilities = softmax(exported.golden_outputs)
-        record["probabilities"] = probabilities.round(6).tolist()
-        record["labels"] = [exported.labels[i] for i in probabilities.argmax(axis=1)]
-    return record
+    build = task_named(spec.task.value).build
+    assert isinstance(build, EncoderBuild), f"{spec.task.value} has no encoder golden record"
+    return {**record, **build.golden_reference(exported)}
 
 
 def generation_golden_record(

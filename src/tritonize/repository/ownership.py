@@ -13,20 +13,15 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from tritonize.errors import RepositoryConflictError
-from tritonize.repository.configs import StepNames, from_text
+from tritonize.repository.configs import from_text
 from tritonize.repository.manifest import MANIFEST
-from tritonize.spec import BuildSpec, Task
+from tritonize.spec import BuildSpec
+from tritonize.tasks import task_named
 
 
 def planned_models(spec: BuildSpec) -> list[str]:
     """The model directories a build of `spec` writes, the ensemble first."""
-    if spec.task is Task.GENERATION:
-        return [spec.name]
-    names = StepNames(spec.name)
-    models = [names.ensemble, names.tokenizer, names.engine]
-    if spec.task is Task.CLASSIFICATION:
-        models.append(names.postprocess)
-    return models
+    return task_named(spec.task.value).build.planned_models(spec)
 
 
 def refuse_conflicts(spec: BuildSpec, models: list[str]) -> None:

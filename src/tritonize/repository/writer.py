@@ -15,12 +15,10 @@ import tritonize.triton_models as triton_models
 from tritonize.engine.build import (
     ENGINE_FILES,
     EngineArtifact,
-    build_decoder_engine,
-    build_engine,
     require_tensorrt,
 )
-from tritonize.export import ExportedModel, export_onnx
-from tritonize.export.decoders import ExportedDecoder, export_generation
+from tritonize.export import ExportedModel
+from tritonize.export.decoders import ExportedDecoder
 from tritonize.export.validation import GOLDEN_TEXTS
 from tritonize.progress import note, step
 from tritonize.repository import configs
@@ -30,7 +28,9 @@ from tritonize.repository.golden import generation_golden_record, golden_record,
 from tritonize.repository.install import install, pause_point, staging_directory
 from tritonize.repository.manifest import seal, write_manifest
 from tritonize.repository.ownership import planned_models, refuse_conflicts
-from tritonize.spec import BuildSpec, Target, Task
+from tritonize.spec import BuildSpec, Target
+from tritonize.tasks import task_named
+from tritonize.tasks.build import EncoderBuild
 
 PACKAGE_DIR = "triton_models"  # the Python-backend sources, copied beside each model.py
 
@@ -89,18 +89,7 @@ def build_repository(spec: BuildSpec) -> BuildResult:
 def _stage(spec: BuildSpec, staging: Path) -> tuple[list[str], dict[str, float]]:
     """Export, validate and write every model into `staging/repository`, sealed and checked."""
     stage = staging / "repository"
-    if spec.task is Task.GENERATION:
-        decoder = export_generation(spec, staging)
-        engine = build_decoder_engine(spec, decoder, staging)
-        with step("Writing the model repository"):
-            models = write_generator(spec, decoder, engine, stage)
-        diffs = decoder.max_abs_diff
-    else:
-        exported = export_onnx(spec, staging)
-        engine = build_engine(spec, exported, staging)
-        with step("Writing the model repository"):
-            models = write_models(spec, exported, engine, stage)
-        diffs = exported.max_abs_diff
+    models, diffs = task_named(spec.task.value).build.stage(spec, staging, stage)
     for model in models:
         seal(stage / model / str(spec.version), owner=spec.name)
     check_repository(stage, recover=False)
@@ -148,10 +137,9 @@ def write_models(
     write_manifest(engine_dir, spec, exported.max_abs_diff, files, engine.manifest)
 
     written = [names.ensemble, names.tokenizer, names.engine]
-    if spec.task is Task.CLASSIFICATION:
-        config = configs.postprocess_config(spec, exported.labels)
-        _write_python_model(repository, config, spec.version, "classifier")
-        written.append(names.postprocess)
+    for config, module in _encoder_build(spec).postprocess_models(spec, exported):
+        _write_python_model(repository, config, spec.version, module)
+        written.append(config.name)
 
     ensemble = configs.ensemble_config(spec, output, dim)
     _write_config(repository, ensemble)
@@ -159,6 +147,12 @@ def write_models(
     write_golden(repository / spec.name, record)
     (repository / spec.name / str(spec.version)).mkdir(parents=True, exist_ok=True)
     return written
+
+
+def _encoder_build(spec: BuildSpec) -> EncoderBuild:
+    build = task_named(spec.task.value).build
+    assert isinstance(build, EncoderBuild), f"{spec.task.value} is not built as an ensemble"
+    return build
 
 
 def _write_python_model(repository: Path, config: ModelConfig, version: int, module: str) -> Path:

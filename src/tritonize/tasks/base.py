@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from tritonize.errors import TritonizeError
+from tritonize.tasks.build import TaskBuild
 from tritonize.triton_models.common import TEXT, TRUNCATED
 
 if TYPE_CHECKING:  # the contract calls a client it is handed; it imports none
@@ -45,6 +46,7 @@ class TaskContract(ABC):
     name: ClassVar[str]
     inputs: ClassVar[tuple[PublicTensor, ...]]
     outputs: ClassVar[tuple[PublicTensor, ...]]
+    build: ClassVar[TaskBuild]  # the build half
 
     @abstractmethod
     def call(
@@ -73,7 +75,7 @@ class TaskContract(ABC):
         return served == {tensor.name for tensor in self.outputs}
 
 
-CONTRACT = ("name", "inputs", "outputs", *sorted(TaskContract.__abstractmethods__))
+CONTRACT = ("name", "inputs", "outputs", "build", *sorted(TaskContract.__abstractmethods__))
 TASKS: dict[str, TaskContract] = {}
 
 
@@ -92,6 +94,8 @@ ContractClass = TypeVar("ContractClass", bound=type[TaskContract])
 def register(cls: ContractClass) -> ContractClass:
     """Add a task to `TASKS`; a class lacking any part of the contract is refused."""
     missing = missing_members(cls)
+    if "build" not in missing and not isinstance(cls.build, TaskBuild):
+        missing.append("build (a TaskBuild)")
     if missing:
         raise TaskContractError(
             f"task class `{cls.__name__}` lacks {', '.join(missing)}: "

@@ -15,10 +15,79 @@ from tritonize.tasks.base import (
     register,
     response_problem,
 )
-from tritonize.triton_models.common import LABEL, PROBABILITIES, SCORE
+from tritonize.tasks.build import EncoderBuild, Step
+from tritonize.triton_models.classifier import softmax
+from tritonize.triton_models.common import LABEL, LOGITS, PROBABILITIES, SCORE
 
 if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
     from tritonize.client import TritonizeClient
+    from tritonize.engine.accuracy import Tolerance
+    from tritonize.export import ExportedModel
+    from tritonize.export.tasks import TaskDefinition
+    from tritonize.spec import BuildSpec
+
+
+class ClassificationBuild(EncoderBuild):
+    """The engine returns fp32 logits; a Python step turns them into labels and scores."""
+
+    engine_output = LOGITS
+    gate_figure = "max probability diff"
+    needs_trained_head = True  # a made-up head answers with labels drawn by chance
+
+    def export_head(self) -> TaskDefinition:
+        from tritonize.export.tasks import SequenceLogits, TaskDefinition
+        from tritonize.spec import Task
+
+        return TaskDefinition(
+            task=Task.CLASSIFICATION,
+            output_name="logits",
+            auto_class="AutoModelForSequenceClassification",
+            head=SequenceLogits,
+            output_dim=lambda config: int(config.num_labels),
+        )
+
+    def labels(self, config: Any) -> list[str]:
+        id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+        return [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
+
+    def postprocess_models(
+        self, spec: BuildSpec, exported: ExportedModel
+    ) -> list[tuple[ModelConfig, str]]:
+        from tritonize.repository.configs import postprocess_config
+
+        return [(postprocess_config(spec, exported.labels), "classifier")]
+
+    def postprocess_steps(self, spec: BuildSpec) -> list[Step]:
+        from tritonize.repository.configs import StepNames
+
+        outputs = {n: n for n in (LABEL, SCORE, PROBABILITIES)}
+        return [(StepNames(spec.name).postprocess, {LOGITS: LOGITS}, outputs)]
+
+    def gate_compare(
+        self, tolerance: Tolerance, case: str, reference: np.ndarray, actual: np.ndarray
+    ) -> tuple[list[str], float]:
+        expected, got = softmax(reference), softmax(actual)
+        worst = float(np.abs(expected - got).max())
+        misses = [
+            f"{case}: row {i} label {b} differs from reference label {a}"
+            for i, (a, b) in enumerate(zip(expected.argmax(1), got.argmax(1), strict=True))
+            if a != b
+        ]
+        if worst > tolerance.max_probability_diff:
+            misses.append(
+                f"{case}: probability diff {worst:.2e} > {tolerance.max_probability_diff}"
+            )
+        return misses, worst
+
+    def golden_reference(self, exported: ExportedModel) -> dict[str, Any]:
+        assert exported.golden_outputs is not None
+        probabilities = softmax(exported.golden_outputs)
+        return {
+            "probabilities": probabilities.round(6).tolist(),
+            "labels": [exported.labels[i] for i in probabilities.argmax(axis=1)],
+        }
 
 
 @register
@@ -31,6 +100,7 @@ class TextClassification(TaskContract):
         PublicTensor(PROBABILITIES, "FP32", np.float32, (-1,)),
         TRUNCATED_OUTPUT,
     )
+    build = ClassificationBuild()
 
     def call(
         self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]

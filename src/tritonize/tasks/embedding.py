@@ -15,10 +15,62 @@ from tritonize.tasks.base import (
     register,
     response_problem,
 )
+from tritonize.tasks.build import EncoderBuild, Step, cosine_rows
 from tritonize.triton_models.common import EMBEDDING
 
 if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
     from tritonize.client import TritonizeClient
+    from tritonize.engine.accuracy import Tolerance
+    from tritonize.export import ExportedModel
+    from tritonize.export.tasks import TaskDefinition
+    from tritonize.spec import BuildSpec
+
+
+class EmbeddingBuild(EncoderBuild):
+    """The engine's graph pools and normalises: no step after it."""
+
+    engine_output = EMBEDDING
+    gate_figure = "min cosine"
+
+    def export_head(self) -> TaskDefinition:
+        from tritonize.export.tasks import MeanPooledEmbedding, TaskDefinition
+        from tritonize.spec import Task
+
+        return TaskDefinition(
+            task=Task.EMBEDDING,
+            output_name="embedding",
+            auto_class="AutoModel",
+            head=MeanPooledEmbedding,
+            output_dim=lambda config: int(config.hidden_size),
+        )
+
+    def labels(self, config: Any) -> list[str]:
+        return []
+
+    def postprocess_models(
+        self, spec: BuildSpec, exported: ExportedModel
+    ) -> list[tuple[ModelConfig, str]]:
+        return []
+
+    def postprocess_steps(self, spec: BuildSpec) -> list[Step]:
+        return []
+
+    def gate_compare(
+        self, tolerance: Tolerance, case: str, reference: np.ndarray, actual: np.ndarray
+    ) -> tuple[list[str], float]:
+        cosine = cosine_rows(reference, actual)
+        misses = [
+            f"{case}: row {i} cosine {c:.6f} < {tolerance.min_cosine}"
+            for i, c in enumerate(cosine)
+            if c < tolerance.min_cosine
+        ]
+        return misses, float(cosine.min())
+
+    def golden_reference(self, exported: ExportedModel) -> dict[str, Any]:
+        assert exported.golden_outputs is not None
+        return {"embeddings": exported.golden_outputs.round(6).tolist()}
 
 
 @register
@@ -26,6 +78,7 @@ class Embedding(TaskContract):
     name = "embedding"
     inputs = (TEXT_INPUT,)
     outputs = (PublicTensor(EMBEDDING, "FP32", np.float32, (-1,)), TRUNCATED_OUTPUT)
+    build = EmbeddingBuild()
 
     def call(
         self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]
