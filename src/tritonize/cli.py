@@ -20,7 +20,7 @@ import numpy as np
 
 from tritonize import __version__
 from tritonize.errors import ExportError, SpecError, TritonizeError
-from tritonize.spec import BuildSpec
+from tritonize.spec import BuildSpec, Task
 
 if TYPE_CHECKING:
     from tritonize.server import ServerConfig
@@ -418,7 +418,7 @@ def _add_build(commands: Any) -> None:
     what.add_argument(
         "--model", help="local Hugging Face checkpoint dir (default: bundled all-MiniLM-L6-v2)"
     )
-    what.add_argument("--task", choices=["embedding", "classification", "generation"])
+    what.add_argument("--task", choices=[task.value for task in Task])
     what.add_argument("--name", help="ensemble name; its step models are prefixed with it")
     what.add_argument("--target", choices=["local", "onnxruntime", "tensorrt"])
     what.add_argument("--output", help="model repository directory (default: model_repository)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -121,3 +123,16 @@ def test_response_check_asks_the_served_task() -> None:
     unnormalised = {**good, "EMBEDDING": np.array([[3.0, 4.0]])}
     assert "not L2-normalised" in str(response_problem(unnormalised, 1, metadata))
     assert "missing" in str(response_problem({"EMBEDDING": good["EMBEDDING"]}, 1, metadata))
+
+
+def test_client_and_load_test_users_import_no_server_or_build_layer() -> None:
+    code = (
+        "import sys, tritonize.client, tritonize.loadtest.users; "
+        "print(' '.join(m for m in sys.modules if m.startswith('tritonize.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "tritonize.client" in loaded
+    layers = ("tritonize.server", "tritonize.repository", "tritonize.export", "tritonize.engine")
+    assert [m for m in loaded if m.startswith(layers)] == []

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from tritonize.tasks import TASKS
+
 # Set where Triton runs with `--backend-config=tensorrt,version-compatible=true`: its TensorRT
 # backend refuses version-compatible plans (their lean runtime is host code) without it.
 VERSION_COMPATIBLE_ENV = "TRITONIZE_TENSORRT_VERSION_COMPATIBLE"
@@ -100,7 +102,8 @@ def _needs_backend_flag(manifest: dict[str, Any], runtime: EngineRuntime) -> boo
     """A version-compatible plan served by Triton's TensorRT backend, not told to accept one.
     (A generator runs its decoder plan from the Python backend, whose runtime allows it.)"""
     compatible = bool((manifest.get("tensorrt") or {}).get("version_compatible", False))
-    served_by_backend = (manifest.get("spec") or {}).get("task") != "generation"
+    task = (manifest.get("spec") or {}).get("task")
+    served_by_backend = task not in TASKS or TASKS[task].build.engine_served_by_backend
     return compatible and served_by_backend and not runtime.version_compatible_allowed
 
 

@@ -27,6 +27,10 @@ Step = tuple[str, dict[str, str], dict[str, str]]
 class TaskBuild(ABC):
     """How a build of the task writes its models into a staging repository."""
 
+    # Whether Triton's own backend (TensorRT, ONNX Runtime) serves the engine, rather than a
+    # Python-backend model that runs it itself.
+    engine_served_by_backend: ClassVar[bool] = True
+
     @abstractmethod
     def planned_models(self, spec: BuildSpec) -> list[str]:
         """The model directories a build of `spec` writes, the one clients call first."""

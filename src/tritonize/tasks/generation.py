@@ -23,6 +23,8 @@ SMOKE_NEW_TOKENS = 8  # per request that only checks the model answers
 class GenerationBuild(TaskBuild):
     """One decoupled Python model: tokenizer, decoding loop and decoder together."""
 
+    engine_served_by_backend = False  # the generator runs its decoder plan itself
+
     def planned_models(self, spec: BuildSpec) -> list[str]:
         return [spec.name]
 
