@@ -7,7 +7,6 @@ Embeddings are compared by cosine similarity; classifiers by their labels and pr
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 
 import numpy as np
 import tokenizers
@@ -19,7 +18,7 @@ from tritonize.progress import note
 from tritonize.spec import Precision, Task
 from tritonize.tasks import task_named
 from tritonize.tasks.build import EncoderBuild
-from tritonize.tasks.tolerances import TOLERANCES as TASK_TOLERANCES
+from tritonize.tasks.tolerances import GATE_TOLERANCES, GateTolerance
 from tritonize.triton_models.decoding import DecoderRuntime, DecoderSession
 from tritonize.triton_models.generation import usable_window
 
@@ -30,17 +29,9 @@ MAX_RELATIVE_LOGIT_DIFF = {Precision.FP32: 1e-3, Precision.FP16: 2e-2, Precision
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, attention_mask) -> output
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    min_cosine: float  # embeddings, per row
-    max_probability_diff: float  # classifiers, with identical labels
-
-
-# The gate's columns of the one tolerance table: its reference is the fp32 ONNX graph.
-TOLERANCES = {
-    precision: Tolerance(limits.gate_min_cosine, limits.max_probability_diff)
-    for precision, limits in TASK_TOLERANCES.items()
-}
+# The gate's view of the one tolerance table.
+Tolerance = GateTolerance
+TOLERANCES = GATE_TOLERANCES
 
 
 def cases_at_profile(

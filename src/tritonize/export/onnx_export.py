@@ -15,7 +15,13 @@ import torch
 
 from tritonize.errors import ExportError, SpecError, ValidationError
 from tritonize.export.architectures import architecture_for
-from tritonize.export.tasks import ONNX_INPUTS, TaskDefinition, check_trained_head, encoder_build
+from tritonize.export.tasks import (
+    ONNX_INPUTS,
+    TaskDefinition,
+    check_trained_head,
+    encoder_build,
+    task_definition,
+)
 from tritonize.export.validation import GOLDEN_TEXTS, compare, encode_padded, validation_cases
 from tritonize.progress import note, step
 from tritonize.spec import BuildSpec
@@ -43,7 +49,7 @@ class ExportedModel:
 def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
     """Load the checkpoint, export it to `workdir/model.onnx`, and validate it."""
     build = encoder_build(spec)
-    definition = build.export_head()
+    definition = task_definition(spec.task)
     with step(f"Loading {spec.model_dir}"):
         config = _load_config(spec)
         _check_seq_len(spec, config)

@@ -89,14 +89,36 @@ def encoder_build(spec: BuildSpec) -> EncoderBuild:
     return build
 
 
+# The torch modules a task's export head may name.
+HEADS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "MeanPooledEmbedding": MeanPooledEmbedding,
+    "SequenceLogits": SequenceLogits,
+}
+
+
+def task_definition(task: Task) -> TaskDefinition:
+    """What the task's build half says to load and export, with its torch head."""
+    build = task_named(task.value).build
+    if not isinstance(build, EncoderBuild):
+        raise ExportError(f"task `{task.value}` is not exported as an encoder")
+    head = build.export_head
+    return TaskDefinition(
+        task=task,
+        output_name=head.output_name,
+        auto_class=head.auto_class,
+        head=HEADS[head.head],
+        output_dim=lambda config: int(getattr(config, head.width_field)),
+    )
+
+
 class _ExportHeads(dict[Task, TaskDefinition]):
-    """Each encoder task's export head, asked of its build half when first looked up."""
+    """Each encoder task's export definition, made when first looked up."""
 
     def __missing__(self, task: Task) -> TaskDefinition:
-        build = task_named(task.value).build
-        if not isinstance(build, EncoderBuild):
-            raise KeyError(task)
-        self[task] = build.export_head()
+        try:
+            self[task] = task_definition(task)
+        except ExportError:
+            raise KeyError(task) from None
         return self[task]
 
 

@@ -16,7 +16,7 @@ from tritonclient.grpc.model_config_pb2 import ModelConfig
 from tritonize.engine.profiles import ShapeProfile, padding_buckets
 from tritonize.spec import BuildSpec, Precision, Target
 from tritonize.tasks import PublicTensor, task_named
-from tritonize.tasks.build import EncoderBuild
+from tritonize.tasks.build import EncoderBuild, StepNames
 from tritonize.tasks.generation import Generation
 from tritonize.triton_models import common as names
 from tritonize.triton_models.generation import usable_window
@@ -43,25 +43,6 @@ class Tensor:
 def _config_dtype(datatype: str) -> int:
     """A model_config_pb2 DataType from Triton's protocol name (BYTES is TYPE_STRING there)."""
     return int(mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"))
-
-
-@dataclass(frozen=True)
-class StepNames:
-    """Names of an ensemble and its step models: the ensemble's name prefixes the steps."""
-
-    ensemble: str
-
-    @property
-    def tokenizer(self) -> str:
-        return f"{self.ensemble}_tokenizer"
-
-    @property
-    def engine(self) -> str:
-        return f"{self.ensemble}_engine"
-
-    @property
-    def postprocess(self) -> str:
-        return f"{self.ensemble}_postprocess"
 
 
 TEXT = Tensor(names.TEXT, mc.TYPE_STRING, (1,))

@@ -53,7 +53,7 @@ def golden_record(
     record = _record(spec, config, limits, texts)
     build = task_named(spec.task.value).build
     assert isinstance(build, EncoderBuild), f"{spec.task.value} has no encoder golden record"
-    return {**record, **build.golden_reference(exported)}
+    return {**record, **build.golden_reference(exported.golden_outputs, exported.labels)}
 
 
 def generation_golden_record(

@@ -15,10 +15,12 @@ import tritonize.triton_models as triton_models
 from tritonize.engine.build import (
     ENGINE_FILES,
     EngineArtifact,
+    build_decoder_engine,
+    build_engine,
     require_tensorrt,
 )
-from tritonize.export import ExportedModel
-from tritonize.export.decoders import ExportedDecoder
+from tritonize.export import ExportedModel, export_onnx
+from tritonize.export.decoders import ExportedDecoder, export_generation
 from tritonize.export.validation import GOLDEN_TEXTS
 from tritonize.progress import note, step
 from tritonize.repository import configs
@@ -30,7 +32,7 @@ from tritonize.repository.manifest import seal, write_manifest
 from tritonize.repository.ownership import planned_models, refuse_conflicts
 from tritonize.spec import BuildSpec, Target
 from tritonize.tasks import task_named
-from tritonize.tasks.build import EncoderBuild
+from tritonize.tasks.build import EncoderBuild, Layout
 
 PACKAGE_DIR = "triton_models"  # the Python-backend sources, copied beside each model.py
 
@@ -89,11 +91,37 @@ def build_repository(spec: BuildSpec) -> BuildResult:
 def _stage(spec: BuildSpec, staging: Path) -> tuple[list[str], dict[str, float]]:
     """Export, validate and write every model into `staging/repository`, sealed and checked."""
     stage = staging / "repository"
-    models, diffs = task_named(spec.task.value).build.stage(spec, staging, stage)
+    recipe = _RECIPES[task_named(spec.task.value).build.layout]
+    models, diffs = recipe(spec, staging, stage)
     for model in models:
         seal(stage / model / str(spec.version), owner=spec.name)
     check_repository(stage, recover=False)
     return models, diffs
+
+
+def _stage_ensemble(
+    spec: BuildSpec, workdir: Path, repository: Path
+) -> tuple[list[str], dict[str, float]]:
+    """Layout.ENSEMBLE: export the encoder, build its engine, write the ensemble's models."""
+    exported = export_onnx(spec, workdir)
+    engine = build_engine(spec, exported, workdir)
+    with step("Writing the model repository"):
+        models = write_models(spec, exported, engine, repository)
+    return models, exported.max_abs_diff
+
+
+def _stage_generator(
+    spec: BuildSpec, workdir: Path, repository: Path
+) -> tuple[list[str], dict[str, float]]:
+    """Layout.GENERATOR: export the decoder, build its engine, write the one generator."""
+    decoder = export_generation(spec, workdir)
+    engine = build_decoder_engine(spec, decoder, workdir)
+    with step("Writing the model repository"):
+        models = write_generator(spec, decoder, engine, repository)
+    return models, decoder.max_abs_diff
+
+
+_RECIPES = {Layout.ENSEMBLE: _stage_ensemble, Layout.GENERATOR: _stage_generator}
 
 
 def write_generator(
@@ -137,7 +165,9 @@ def write_models(
     write_manifest(engine_dir, spec, exported.max_abs_diff, files, engine.manifest)
 
     written = [names.ensemble, names.tokenizer, names.engine]
-    for config, module in _encoder_build(spec).postprocess_models(spec, exported):
+    module = _encoder_build(spec).postprocess_module
+    if module:
+        config = configs.postprocess_config(spec, exported.labels)
         _write_python_model(repository, config, spec.version, module)
         written.append(config.name)
 

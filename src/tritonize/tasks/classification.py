@@ -15,18 +15,14 @@ from tritonize.tasks.base import (
     register,
     response_problem,
 )
-from tritonize.tasks.build import EncoderBuild, Step
+from tritonize.tasks.build import EncoderBuild, ExportHead, Step, StepNames
 from tritonize.triton_models.classifier import softmax
 from tritonize.triton_models.common import LABEL, LOGITS, PROBABILITIES, SCORE
 
 if TYPE_CHECKING:
-    from tritonclient.grpc.model_config_pb2 import ModelConfig
-
     from tritonize.client import TritonizeClient
-    from tritonize.engine.accuracy import Tolerance
-    from tritonize.export import ExportedModel
-    from tritonize.export.tasks import TaskDefinition
     from tritonize.spec import BuildSpec
+    from tritonize.tasks.tolerances import GateTolerance
 
 
 class ClassificationBuild(EncoderBuild):
@@ -36,37 +32,22 @@ class ClassificationBuild(EncoderBuild):
     gate_figure = "max probability diff"
     needs_trained_head = True  # a made-up head answers with labels drawn by chance
 
-    def export_head(self) -> TaskDefinition:
-        from tritonize.export.tasks import SequenceLogits, TaskDefinition
-        from tritonize.spec import Task
-
-        return TaskDefinition(
-            task=Task.CLASSIFICATION,
-            output_name="logits",
-            auto_class="AutoModelForSequenceClassification",
-            head=SequenceLogits,
-            output_dim=lambda config: int(config.num_labels),
-        )
+    export_head = ExportHead(
+        output_name="logits", auto_class="AutoModelForSequenceClassification",
+        head="SequenceLogits", width_field="num_labels",
+    )  # fmt: skip
+    postprocess_module = "classifier"
 
     def labels(self, config: Any) -> list[str]:
         id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
         return [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
 
-    def postprocess_models(
-        self, spec: BuildSpec, exported: ExportedModel
-    ) -> list[tuple[ModelConfig, str]]:
-        from tritonize.repository.configs import postprocess_config
-
-        return [(postprocess_config(spec, exported.labels), "classifier")]
-
     def postprocess_steps(self, spec: BuildSpec) -> list[Step]:
-        from tritonize.repository.configs import StepNames
-
         outputs = {n: n for n in (LABEL, SCORE, PROBABILITIES)}
         return [(StepNames(spec.name).postprocess, {LOGITS: LOGITS}, outputs)]
 
     def gate_compare(
-        self, tolerance: Tolerance, case: str, reference: np.ndarray, actual: np.ndarray
+        self, tolerance: GateTolerance, case: str, reference: np.ndarray, actual: np.ndarray
     ) -> tuple[list[str], float]:
         expected, got = softmax(reference), softmax(actual)
         worst = float(np.abs(expected - got).max())
@@ -81,12 +62,11 @@ class ClassificationBuild(EncoderBuild):
             )
         return misses, worst
 
-    def golden_reference(self, exported: ExportedModel) -> dict[str, Any]:
-        assert exported.golden_outputs is not None
-        probabilities = softmax(exported.golden_outputs)
+    def golden_reference(self, outputs: np.ndarray, labels: list[str]) -> dict[str, Any]:
+        probabilities = softmax(outputs)
         return {
             "probabilities": probabilities.round(6).tolist(),
-            "labels": [exported.labels[i] for i in probabilities.argmax(axis=1)],
+            "labels": [labels[i] for i in probabilities.argmax(axis=1)],
         }
 
 

@@ -15,17 +15,13 @@ from tritonize.tasks.base import (
     register,
     response_problem,
 )
-from tritonize.tasks.build import EncoderBuild, Step, cosine_rows
+from tritonize.tasks.build import EncoderBuild, ExportHead, Step, cosine_rows
 from tritonize.triton_models.common import EMBEDDING
 
 if TYPE_CHECKING:
-    from tritonclient.grpc.model_config_pb2 import ModelConfig
-
     from tritonize.client import TritonizeClient
-    from tritonize.engine.accuracy import Tolerance
-    from tritonize.export import ExportedModel
-    from tritonize.export.tasks import TaskDefinition
     from tritonize.spec import BuildSpec
+    from tritonize.tasks.tolerances import GateTolerance
 
 
 class EmbeddingBuild(EncoderBuild):
@@ -34,31 +30,19 @@ class EmbeddingBuild(EncoderBuild):
     engine_output = EMBEDDING
     gate_figure = "min cosine"
 
-    def export_head(self) -> TaskDefinition:
-        from tritonize.export.tasks import MeanPooledEmbedding, TaskDefinition
-        from tritonize.spec import Task
-
-        return TaskDefinition(
-            task=Task.EMBEDDING,
-            output_name="embedding",
-            auto_class="AutoModel",
-            head=MeanPooledEmbedding,
-            output_dim=lambda config: int(config.hidden_size),
-        )
+    export_head = ExportHead(
+        output_name="embedding", auto_class="AutoModel", head="MeanPooledEmbedding",
+        width_field="hidden_size",
+    )  # fmt: skip
 
     def labels(self, config: Any) -> list[str]:
-        return []
-
-    def postprocess_models(
-        self, spec: BuildSpec, exported: ExportedModel
-    ) -> list[tuple[ModelConfig, str]]:
         return []
 
     def postprocess_steps(self, spec: BuildSpec) -> list[Step]:
         return []
 
     def gate_compare(
-        self, tolerance: Tolerance, case: str, reference: np.ndarray, actual: np.ndarray
+        self, tolerance: GateTolerance, case: str, reference: np.ndarray, actual: np.ndarray
     ) -> tuple[list[str], float]:
         cosine = cosine_rows(reference, actual)
         misses = [
@@ -68,9 +52,8 @@ class EmbeddingBuild(EncoderBuild):
         ]
         return misses, float(cosine.min())
 
-    def golden_reference(self, exported: ExportedModel) -> dict[str, Any]:
-        assert exported.golden_outputs is not None
-        return {"embeddings": exported.golden_outputs.round(6).tolist()}
+    def golden_reference(self, outputs: np.ndarray, labels: list[str]) -> dict[str, Any]:
+        return {"embeddings": outputs.round(6).tolist()}
 
 
 @register

@@ -8,12 +8,10 @@ import numpy as np
 
 from tritonize.errors import TritonizeError
 from tritonize.tasks.base import PublicTensor, TaskContract, register
-from tritonize.tasks.build import TaskBuild
+from tritonize.tasks.build import Layout, TaskBuild
 from tritonize.triton_models.generation import REQUEST_SCHEMA
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from tritonize.client import TritonizeClient
     from tritonize.spec import BuildSpec
 
@@ -23,22 +21,11 @@ SMOKE_NEW_TOKENS = 8  # per request that only checks the model answers
 class GenerationBuild(TaskBuild):
     """One decoupled Python model: tokenizer, decoding loop and decoder together."""
 
+    layout = Layout.GENERATOR
     engine_served_by_backend = False  # the generator runs its decoder plan itself
 
     def planned_models(self, spec: BuildSpec) -> list[str]:
         return [spec.name]
-
-    def stage(self, spec: BuildSpec, workdir: Path, repository: Path) -> tuple[list[str], Any]:
-        from tritonize.engine.build import build_decoder_engine
-        from tritonize.export.decoders import export_generation
-        from tritonize.progress import step
-        from tritonize.repository.writer import write_generator
-
-        decoder = export_generation(spec, workdir)
-        engine = build_decoder_engine(spec, decoder, workdir)
-        with step("Writing the model repository"):
-            models = write_generator(spec, decoder, engine, repository)
-        return models, decoder.max_abs_diff
 
 
 @register

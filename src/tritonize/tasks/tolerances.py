@@ -35,3 +35,17 @@ TOLERANCES = {
         min_common_prefix=0.5,
     ),
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GateTolerance:
+    """The build gate's columns of the table: its reference is the fp32 ONNX graph."""
+
+    min_cosine: float  # embeddings, per row
+    max_probability_diff: float  # classifiers, with identical labels
+
+
+GATE_TOLERANCES = {
+    precision: GateTolerance(limits.gate_min_cosine, limits.max_probability_diff)
+    for precision, limits in TOLERANCES.items()
+}
