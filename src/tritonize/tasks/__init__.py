@@ -1,7 +1,10 @@
 """Tasks: one module each, holding its contract (public tensors, response check, golden
-comparison, client call). Importing this package registers every task in `TASKS`."""
+comparison, client call) and its build half. Importing this package imports every task module
+in it, which registers the task in `TASKS`: adding a task is adding its module."""
 
-from tritonize.tasks import classification, embedding, generation
+import importlib
+import pkgutil
+
 from tritonize.tasks.base import (
     TASKS,
     PublicTensor,
@@ -12,14 +15,16 @@ from tritonize.tasks.base import (
     task_named,
 )
 
+_FRAMEWORK = {"base", "build", "tolerances"}  # modules of this package that are not tasks
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _FRAMEWORK:
+        importlib.import_module(f"{__name__}.{_module.name}")
+
 __all__ = [
     "TASKS",
     "PublicTensor",
     "TaskContract",
     "TaskContractError",
-    "classification",
-    "embedding",
-    "generation",
     "register",
     "served_task",
     "task_named",
