@@ -85,8 +85,11 @@ ENGINE = f"{EMBEDDER}_engine"
         ([[101, -1, 102]], [[1, 1, 1]], "`input_ids` holds -1: expected token ids in 0..30521"),
         ([[101, 30522, 102]], [[1, 1, 1]], "`input_ids` holds 30522"),
         ([[101, 7592, 102]], [[1, 1]], "`input_ids` has shape [1, 3] and `attention_mask` [1, 2]"),
+        # Beyond the window the build was validated at (and beyond MiniLM's 512 positions):
+        # before, ONNX Runtime failed it, and every request batched with it, with a 500.
+        ([[101] * 5000], [[1] * 5000], "`input_ids` has 5000 tokens per row: this engine takes"),
     ],
-    ids=["all-zero-mask", "minus-one", "past-the-vocabulary", "mismatched-shapes"],
+    ids=["all-zero-mask", "minus-one", "past-the-vocabulary", "mismatched-shapes", "too-long"],
 )
 def test_the_engine_step_checks_its_inputs(
     server: LocalServer, ids: list[list[int]], mask: list[list[int]], message: str

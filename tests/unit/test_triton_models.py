@@ -125,6 +125,12 @@ def test_engine_requests_are_checked(ids: np.ndarray, mask: np.ndarray, message:
         check_request(ids, mask, vocab_size=1000)
 
 
+def test_engine_rows_longer_than_the_window_are_refused() -> None:
+    check_request(IDS, MASK, vocab_size=3000, max_len=3)  # exactly the window
+    with pytest.raises(RequestError, match=r"has 3 tokens per row: this engine takes at most 2"):
+        check_request(IDS, MASK, vocab_size=3000, max_len=2)
+
+
 def test_the_engine_finds_its_vocabulary_in_the_graph(classifier_repository: Path) -> None:
     graph = classifier_repository / "sentiment_engine" / "1" / "model.onnx"
     encoder = OnnxEncoder(graph, output_name="logits", pad_id=0, threads=1)

@@ -88,7 +88,11 @@ def engine_config(
             spec,
             inputs=RAGGED_INPUTS,
             outputs=[output],
-            parameters={"output_name": output_name, "pad_token_id": pad_token_id},
+            parameters={
+                "output_name": output_name,
+                "pad_token_id": pad_token_id,
+                "max_seq_len": spec.max_seq_len,
+            },
             instances=spec.engine_instances,
             queue_delay_us=spec.max_queue_delay_us,
         )

@@ -5,9 +5,11 @@ The dynamic batcher hands over several requests at once, each padded to its own 
 longest, run as one ONNX Runtime call, and the output rows are split back per request.
 
 The step is public (a client may call it directly), so every request is checked first: ids
-and mask of the same 2-D shape, a mask of 0s and 1s with at least one token per row (an
-all-zero row would pool to a zero vector), and ids inside the vocabulary (ONNX Runtime's
-Gather takes -1 as the last row). A bad request is refused alone; the others run.
+and mask of the same 2-D shape, no longer than the window the build was validated at (a longer
+row fails the whole batched call, or costs quadratic attention memory), a mask of 0s and 1s
+with at least one token per row (an all-zero row would pool to a zero vector), and ids inside
+the vocabulary (ONNX Runtime's Gather takes -1 as the last row). A bad request is refused
+alone; the others run.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def pad_and_stack(
 Batch = tuple[np.ndarray, np.ndarray]  # input_ids, attention_mask of one request
 
 
-def check_request(input_ids: np.ndarray, attention_mask: np.ndarray, vocab_size: int) -> None:
+def check_request(
+    input_ids: np.ndarray, attention_mask: np.ndarray, vocab_size: int, max_len: int | None = None
+) -> None:
     """Raise `RequestError` naming the first thing wrong with one request's tensors."""
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
         raise RequestError(
@@ -62,6 +66,11 @@ def check_request(input_ids: np.ndarray, attention_mask: np.ndarray, vocab_size:
         )
     if input_ids.size == 0:
         raise RequestError(f"`{INPUT_IDS}` is empty: expected at least one token per row")
+    if max_len is not None and input_ids.shape[1] > max_len:
+        raise RequestError(
+            f"`{INPUT_IDS}` has {input_ids.shape[1]} tokens per row: this engine takes at most "
+            f"{max_len} (the build's max_seq_len)"
+        )
     if not np.isin(attention_mask, (0, 1)).all():
         raise RequestError(f"`{ATTENTION_MASK}` holds values other than 0 and 1")
     empty = np.flatnonzero(attention_mask.sum(axis=1) == 0)
@@ -133,6 +142,8 @@ class TritonPythonModel:
             pad_id=int(params["pad_token_id"]),
             threads=int(params.get("intra_op_threads", "0")),
         )
+        # Repositories built before the engine knew its window leave it unbounded.
+        self.max_len = int(params["max_seq_len"]) if "max_seq_len" in params else None
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -143,7 +154,7 @@ class TritonPythonModel:
                 pb_utils.get_input_tensor_by_name(request, ATTENTION_MASK).as_numpy(),
             )
             try:
-                check_request(*batch, self.encoder.vocab_size)
+                check_request(*batch, self.encoder.vocab_size, self.max_len)
                 valid[i] = batch
             except RequestError as exc:
                 responses[i] = rejection(pb_utils, exc)
