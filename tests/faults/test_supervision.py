@@ -393,3 +393,14 @@ def test_a_model_the_operator_unloads_stays_unloaded(serve: Serve) -> None:
     assert not [line for line in serve.lines if "reloading" in line]
     admin.load("sleeper")
     assert admin.states()["sleeper"] == "READY"
+
+
+def test_an_operator_load_of_a_served_model_is_not_a_death(serve: Serve) -> None:
+    """Triton runs a model-level stub while it loads a model and ends it: that is no death."""
+    from tritonize.server.admin import RepositoryAdmin
+
+    embed_once(serve.http_url)
+    RepositoryAdmin(serve.http_url, KEY).load(EMBEDDER)
+    time.sleep(2.0)  # several supervisor polls
+    assert not [line for line in serve.lines if "died" in line], "".join(serve.lines[-5:])
+    embed_once(serve.http_url)

@@ -82,7 +82,10 @@ class Supervisor:
 
     # -- stubs --------------------------------------------------------------------------------
     def _current_stubs(self) -> dict[str, leftovers.Stub]:
-        return {s.instance: s for s in leftovers.find_stubs(self.server.shm_prefix)}
+        """The stubs of model instances. While it loads a model, Triton also runs a stub named
+        after the model itself and ends it: that one's end is no death."""
+        stubs = leftovers.find_stubs(self.server.shm_prefix)
+        return {s.instance: s for s in stubs if s.instance != s.model}
 
     def _heal_dead_stubs(self) -> None:
         current = self._current_stubs()
