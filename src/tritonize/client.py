@@ -275,8 +275,10 @@ def host_port(url: str) -> str:
     """`url` as tritonclient wants it, HOST:PORT (a scheme and a trailing slash are dropped)."""
     address = url.split("://", 1)[-1].rstrip("/")
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or "/" in address:
-        raise InferenceError(f"url {url!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in address:
+        raise InferenceError(
+            f"url {url!r} is not HOST:PORT, PORT in 1..65535 (e.g. 127.0.0.1:8000)"
+        )
     return address
 
 

@@ -144,6 +144,12 @@ def test_a_url_that_is_not_host_port() -> None:
     assert_error(run_cli("infer", EMBEDDER, "hi", "--url", "bad:url:x"), "'bad:url:x'", "HOST:PORT")
 
 
+def test_a_url_whose_port_is_out_of_range() -> None:
+    """Before: tritonclient's ValueError, then a traceback from its destructor."""
+    for command in (["infer", EMBEDDER, "hi"], ["health", "--model", EMBEDDER]):
+        assert_error(run_cli(*command, "--url", "127.0.0.1:99999"), "'127.0.0.1:99999'", "HOST:PORT")
+
+
 def test_a_url_with_a_scheme_is_taken(server: LocalServer) -> None:
     result = run_cli("infer", EMBEDDER, "hi", "--url", f"http://{server.config.http_url}/")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr

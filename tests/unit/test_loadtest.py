@@ -254,6 +254,7 @@ def test_client_urls_are_host_port() -> None:
 
     assert host_port("http://127.0.0.1:8000/") == "127.0.0.1:8000"
     assert host_port("[::1]:8001") == "[::1]:8001"
-    for bad in ("localhost", "127.0.0.1:http", "127.0.0.1:8000/v2", ":8000"):
+    for bad in ("localhost", "127.0.0.1:http", "127.0.0.1:8000/v2", ":8000", "127.0.0.1:99999",
+                "127.0.0.1:0"):  # fmt: skip
         with pytest.raises(InferenceError, match="is not HOST:PORT"):
             host_port(bad)
