@@ -237,6 +237,24 @@ def test_checker_names_an_altered_file(repo: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("{bad", "is not JSON"), ("[]", "is not a JSON object"), ('{"contents": []}', "no file list")],
+)
+def test_checker_names_an_unreadable_manifest(repo: Path, text: str, problem: str) -> None:
+    (repo / "sentiment_engine" / "1" / "manifest.json").write_text(text)
+    (found,) = _problems(repo)
+    assert found.startswith("model `sentiment_engine` version 1: `manifest.json` ") and problem in found
+
+
+def test_checker_names_a_file_added_after_the_build(repo: Path) -> None:
+    (repo / "sentiment_tokenizer" / "1" / "triton_models" / "evil.py").write_text("import os\n")
+    assert _problems(repo) == [
+        "model `sentiment_tokenizer` version 1: `triton_models/evil.py` is not in the manifest "
+        "(added after the build)"
+    ]
+
+
 def test_checker_hashes_files_whose_size_and_mtime_were_kept(repo: Path) -> None:
     path = repo / "sentiment_engine" / "1" / "model.onnx"
     stat = path.stat()

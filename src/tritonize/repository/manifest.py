@@ -68,35 +68,57 @@ def seal(directory: Path, owner: str) -> Path:
     manifest: dict[str, Any] = read_manifest(directory) if path.exists() else {}
     manifest.setdefault("tritonize", __version__)
     manifest["owner"] = owner
-    manifest["contents"] = {
-        str(file.relative_to(directory)): _describe(file)
-        for file in sorted(directory.rglob("*"))
-        if file.is_file() and file != path
-    }
+    manifest["contents"] = {name: _describe(directory / name) for name in _files(directory)}
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
 
 
 def integrity_problems(directory: Path, hashes: bool = False) -> list[str]:
-    """Files of a sealed version directory that are missing or altered.
+    """What is wrong with a sealed version directory: an unreadable manifest, files missing,
+    altered, or added after the build.
 
     By default a file whose size and mtime match the manifest is taken as intact, and only a
-    changed mtime costs a hash; `hashes` hashes every file.
+    changed mtime costs a hash; `hashes` hashes every file. A directory without a manifest was
+    written by hand, and a manifest of an earlier release lists no files: nothing to compare.
     """
-    try:
-        contents = read_manifest(directory).get("contents")
-    except (OSError, ValueError):
-        return []  # not sealed: nothing to compare with
-    if not isinstance(contents, dict):
+    path = directory / MANIFEST
+    if not path.exists():
         return []
+    try:
+        manifest = read_manifest(directory)
+    except OSError as exc:
+        return [f"`{MANIFEST}` cannot be read ({exc.strerror})"]
+    except ValueError as exc:
+        return [f"`{MANIFEST}` is not JSON ({exc})"]
+    if not isinstance(manifest, dict):
+        return [f"`{MANIFEST}` is not a JSON object"]
+    contents = manifest.get("contents", {})
+    if not isinstance(contents, dict):
+        return [f"`{MANIFEST}` has no file list (`contents` is not an object)"]
     problems = []
     for name, recorded in sorted(contents.items()):
         file = directory / name
         if not file.is_file():
             problems.append(f"`{name}` is missing")
-        elif _altered(file, recorded, hashes):
+        elif not isinstance(recorded, dict) or _altered(file, recorded, hashes):
             problems.append(f"`{name}` differs from the build (size or sha256 changed)")
+    if contents:
+        problems += [
+            f"`{name}` is not in the manifest (added after the build)"
+            for name in _files(directory)
+            if name not in contents
+        ]
     return problems
+
+
+def _files(directory: Path) -> list[str]:
+    """Every file of a version directory but its manifest (and bytecode caches, which carry
+    nothing of the build)."""
+    return [
+        str(file.relative_to(directory))
+        for file in sorted(directory.rglob("*"))
+        if file.is_file() and file.name != MANIFEST and "__pycache__" not in file.parts
+    ]
 
 
 def _describe(file: Path) -> dict[str, Any]:
