@@ -350,6 +350,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def port(text: str) -> int:
+    """A TCP port, 1..65535."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: expected 1..65535")
+    return int(text)
+
+
+def positive_seconds(text: str) -> float:
+    """A timeout: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def duration(text: str) -> float:
     """Seconds from `90`, `90s`, `2m`, `1h30m`."""
     import re
@@ -479,9 +497,9 @@ def _add_serve(commands: Any) -> None:
         default=os.environ.get("TRITONIZE_HOST", "127.0.0.1"),
         help="bind address (default 127.0.0.1; env TRITONIZE_HOST)",
     )
-    serve.add_argument("--http-port", type=int, default=8000)
-    serve.add_argument("--grpc-port", type=int, default=8001)
-    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--http-port", type=port, default=8000)
+    serve.add_argument("--grpc-port", type=port, default=8001)
+    serve.add_argument("--metrics-port", type=port, default=8002)
     serve.add_argument(
         "--api-key",
         default=os.environ.get("TRITONIZE_API_KEY"),
@@ -491,7 +509,9 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument(
         "--log-file", help="server log; `-` for this command's output (default: in the temp dir)"
     )
-    serve.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    serve.add_argument(
+        "--timeout", type=positive_seconds, default=180.0, help="seconds to wait for readiness"
+    )
     serve.add_argument(
         "--drain-timeout",
         type=float,
@@ -503,7 +523,7 @@ def _add_serve(commands: Any) -> None:
         action="store_true",
         help="also run a local Prometheus (the `prometheus` binary) scraping it",
     )
-    serve.add_argument("--prometheus-port", type=int, default=9090)
+    serve.add_argument("--prometheus-port", type=port, default=9090)
     serve.add_argument(
         "--tritonserver",
         default=os.environ.get("TRITONIZE_TRITONSERVER"),
@@ -531,7 +551,7 @@ def _add_health(commands: Any) -> None:
         default=os.environ.get("TRITONIZE_API_KEY"),
         help="admin key, to list the public models (env TRITONIZE_API_KEY)",
     )
-    health.add_argument("--timeout", type=float, default=10.0, help="seconds per model")
+    health.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds per model")
 
 
 def _add_infer(commands: Any) -> None:
@@ -546,7 +566,7 @@ def _add_infer(commands: Any) -> None:
         default=os.environ.get("TRITONIZE_URL"),
         help="HOST:PORT (default 127.0.0.1:8000 for http, :8001 for grpc; env TRITONIZE_URL)",
     )
-    infer.add_argument("--timeout", type=float, default=60.0)
+    infer.add_argument("--timeout", type=positive_seconds, default=60.0)
     infer.add_argument("--json", action="store_true", help="print all outputs as JSON")
 
 
@@ -565,7 +585,7 @@ def _add_generate(commands: Any) -> None:
         "--protocol", choices=["http", "grpc"], default=os.environ.get("TRITONIZE_PROTOCOL", "http")
     )
     gen.add_argument("--url", default=os.environ.get("TRITONIZE_URL"))
-    gen.add_argument("--timeout", type=float, default=120.0)
+    gen.add_argument("--timeout", type=positive_seconds, default=120.0)
 
 
 _METRICS_URL: dict[str, Any] = {

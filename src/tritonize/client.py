@@ -269,6 +269,11 @@ class TritonizeClient:
             ) from exc
         except HTTPException as exc:  # an answer that is not HTTP/1.1: the gRPC port's
             raise InferenceError(_not_http(self.url, exc)) from exc
+        except ValueError as exc:  # HTTP, but not Triton's JSON: another server, the metrics port
+            raise InferenceError(
+                f"{self.url} answered, but not Triton's HTTP API ({type(exc).__name__}): is it "
+                "the metrics port? --url takes Triton's HTTP (or, with --protocol grpc, gRPC) port"
+            ) from exc
 
 
 def host_port(url: str) -> str:

@@ -147,7 +147,9 @@ def test_a_url_that_is_not_host_port() -> None:
 def test_a_url_whose_port_is_out_of_range() -> None:
     """Before: tritonclient's ValueError, then a traceback from its destructor."""
     for command in (["infer", EMBEDDER, "hi"], ["health", "--model", EMBEDDER]):
-        assert_error(run_cli(*command, "--url", "127.0.0.1:99999"), "'127.0.0.1:99999'", "HOST:PORT")
+        assert_error(
+            run_cli(*command, "--url", "127.0.0.1:99999"), "'127.0.0.1:99999'", "HOST:PORT"
+        )
 
 
 def test_a_url_with_a_scheme_is_taken(server: LocalServer) -> None:
@@ -231,3 +233,45 @@ def test_metrics_url_from_the_environment(server: LocalServer) -> None:
                      TRITONIZE_METRICS_URL=server.config.metrics_url)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS  metrics" in result.stdout
+
+
+# -- options checked before anything starts ------------------------------------------------------
+def assert_usage_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """argparse's refusal: exit 2, an `error:` line naming the option, no traceback."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and "unexpected" not in output, output
+    assert result.returncode == 2, output
+    assert all(fragment in result.stderr for fragment in fragments), result.stderr
+
+
+@pytest.mark.parametrize("value", ["99999", "0", "-1", "http"])
+def test_serve_refuses_a_port_out_of_range(tmp_path: Path, value: str) -> None:
+    result = run_cli("serve", str(tmp_path), "--http-port", value)
+    assert_usage_error(result, "--http-port", "1..65535")
+
+
+@pytest.mark.parametrize("command", [["infer", EMBEDDER, "hi"], ["health", "--model", EMBEDDER]])
+def test_a_timeout_must_be_positive(command: list[str]) -> None:
+    assert_usage_error(run_cli(*command, "--timeout", "-1"), "--timeout", "positive")
+
+
+def test_serve_refuses_one_port_for_two_endpoints(repository: Path) -> None:
+    (port,) = free_ports(1)
+    result = run_cli("serve", str(repository), "--http-port", str(port), "--grpc-port", str(port))
+    assert_error(result, f"http and grpc ports are both {port}")
+
+
+def test_serve_refuses_a_tritonserver_that_is_not_executable(repository: Path) -> None:
+    result = run_cli("serve", str(repository), "--tritonserver", "/etc/passwd")
+    assert_error(result, "--tritonserver /etc/passwd: not an executable file")
+
+
+def test_infer_against_the_metrics_port(server: LocalServer) -> None:
+    url = f"127.0.0.1:{server.config.metrics_port}"
+    assert_error(run_cli("infer", EMBEDDER, "hi", "--url", url), url, "not Triton's HTTP API")
+
+
+def test_health_against_the_grpc_port(server: LocalServer) -> None:
+    url = server.config.grpc_url
+    stderr = assert_error(run_cli("health", "--url", url, "--api-key", "k"), url, "gRPC port")
+    assert "\\x" not in stderr  # no bytes of the gRPC answer

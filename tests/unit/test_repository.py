@@ -244,7 +244,10 @@ def test_checker_names_an_altered_file(repo: Path) -> None:
 def test_checker_names_an_unreadable_manifest(repo: Path, text: str, problem: str) -> None:
     (repo / "sentiment_engine" / "1" / "manifest.json").write_text(text)
     (found,) = _problems(repo)
-    assert found.startswith("model `sentiment_engine` version 1: `manifest.json` ") and problem in found
+    assert (
+        found.startswith("model `sentiment_engine` version 1: `manifest.json` ")
+        and problem in found
+    )
 
 
 def test_checker_names_a_file_added_after_the_build(repo: Path) -> None:

@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from http.client import HTTPException
 
 from tritonize.api_key import API_KEY_HEADER
 from tritonize.errors import ServerError
@@ -58,6 +59,11 @@ class RepositoryAdmin:
         except OSError as exc:
             raise ServerError(
                 f"model-repository API `{path}`: cannot reach {self.base}: {exc}"
+            ) from None
+        except HTTPException as exc:  # its bytes are no message: name the likely cause
+            raise ServerError(
+                f"model-repository API `{path}`: {self.base} did not answer in HTTP "
+                f"({type(exc).__name__}): is it Triton's gRPC port?"
             ) from None
         parsed = json.loads(body) if body.strip() else []
         return parsed if isinstance(parsed, list) else []

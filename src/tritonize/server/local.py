@@ -225,12 +225,19 @@ class LocalServer:
         return open_log(path)
 
     def _ensure_ports_free(self) -> None:
-        for name, port in (
-            ("http", self.config.http_port),
-            ("grpc", self.config.grpc_port),
-            ("metrics", self.config.metrics_port),
-        ):
-            _ensure_port_free(self.config.host, port, name)
+        ports = {
+            "http": self.config.http_port,
+            "grpc": self.config.grpc_port,
+            "metrics": self.config.metrics_port,
+        }
+        for first, second in (("http", "grpc"), ("http", "metrics"), ("grpc", "metrics")):
+            if ports[first] == ports[second]:
+                raise ServerError(
+                    f"the {first} and {second} ports are both {ports[first]}: each endpoint "
+                    f"needs its own (--{first}-port, --{second}-port)"
+                )
+        for name, number in ports.items():
+            _ensure_port_free(self.config.host, number, name)
 
     def wait_ready(self, timeout_s: float) -> None:
         assert self.process is not None
@@ -257,8 +264,8 @@ class LocalServer:
 def _bundled_or_none(tritonserver: Path | None) -> BundledTriton | None:
     """The bundled server, unless `tritonserver` names another binary."""
     if tritonserver is not None:
-        if not tritonserver.is_file():
-            raise ServerError(f"--tritonserver {tritonserver}: no such file")
+        if not tritonserver.is_file() or not os.access(tritonserver, os.X_OK):
+            raise ServerError(f"--tritonserver {tritonserver}: not an executable file")
         try:
             bundled = BundledTriton.find()
         except ServerError:
