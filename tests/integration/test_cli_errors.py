@@ -275,3 +275,11 @@ def test_health_against_the_grpc_port(server: LocalServer) -> None:
     url = server.config.grpc_url
     stderr = assert_error(run_cli("health", "--url", url, "--api-key", "k"), url, "gRPC port")
     assert "\\x" not in stderr  # no bytes of the gRPC answer
+
+
+def test_serve_names_the_flag_tritonserver_refused(repository: Path) -> None:
+    """tritonserver prints the cause first, then 40 lines of usage: the cause must show."""
+    http, grpc, metrics = free_ports(3)
+    result = run_cli("serve", str(repository), "--http-port", str(http), "--grpc-port", str(grpc),
+                     "--metrics-port", str(metrics), "--triton-arg=--bogus-flag=1")  # fmt: skip
+    assert_error(result, "unrecognized option '--bogus-flag=1'")

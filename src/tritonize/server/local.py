@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -35,6 +36,8 @@ __all__ = ["API_KEY_HEADER", "RESTRICTED_APIS", "LocalServer", "ServerConfig"]
 # Everything but inference, health, metadata and model-config needs the key. Model config stays
 # open: perf_analyzer, genai-perf and Triton's OpenAI frontend read it, and it holds no secret.
 RESTRICTED_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
+# Lines of a tritonserver log that say why it stopped.
+_ERROR_LINE = re.compile(r"^E\d{4} |error|unrecognized option|invalid", re.IGNORECASE)
 # Backends the bundled CPU server lacks.
 _GPU_PLATFORMS = ("tensorrt_plan", "onnxruntime_onnx")
 
@@ -197,10 +200,14 @@ class LocalServer:
             return False
 
     def log_tail(self, lines: int = 40) -> str:
+        """The log's error lines (Triton's `E<date>` lines, a refused option), else its end:
+        a refused flag is printed first and then buried under the whole usage text."""
         try:
-            return "\n".join(self.config.log_path.read_text(errors="replace").splitlines()[-lines:])
+            log = self.config.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return ""
+        errors = [line for line in log if _ERROR_LINE.search(line)]
+        return "\n".join((errors or log)[-lines:])
 
     def __enter__(self) -> LocalServer:
         self.start()
