@@ -126,3 +126,21 @@ def test_cli_serve_with_prometheus_infer_and_sigterm(repository: Path) -> None:
     assert "loading: " in config.log_path.read_text()  # the log went where it was asked to
     with pytest.raises(TritonizeError):  # Prometheus went with it
         PrometheusSource(f"http://127.0.0.1:{prometheus_port}").query("up")
+
+
+def test_health_lists_only_public_models_while_an_ensemble_is_unloaded(
+    server: LocalServer,
+) -> None:
+    """Its steps stay loaded, and without the ensemble's config they looked public."""
+    from tritonize.server.health import public_models
+
+    url, key = server.config.http_url, server.config.api_key
+    assert CLASSIFIER in public_models(url, key)
+    with TritonizeClient(url, "http", api_key=key) as operator:
+        operator.unload_model(CLASSIFIER)
+        try:
+            listed = public_models(url, key)
+        finally:
+            operator.load_model(CLASSIFIER)
+    assert not [name for name in listed if name.startswith(f"{CLASSIFIER}_")], listed
+    assert CLASSIFIER in listed  # unloaded, it is still a public model: its probe fails

@@ -14,6 +14,7 @@ from typing import Any
 
 from tritonize.errors import TritonizeError
 from tritonize.server.admin import RepositoryAdmin
+from tritonize.tasks.build import StepNames
 
 PROBE_TEXT = "health check"
 
@@ -30,7 +31,8 @@ def public_models(http_url: str, api_key: str) -> list[str]:
     from tritonize.client import TritonizeClient
 
     names = sorted(RepositoryAdmin(http_url, api_key).states())
-    steps: set[str] = set()
+    # A step is named after its ensemble: known so even while the ensemble is not loaded.
+    steps = {step for name in names for step in _step_names_of(name)} & set(names)
     with TritonizeClient(http_url, "http") as client:
         for name in names:
             try:
@@ -67,6 +69,11 @@ def _ask(client: Any, model: str) -> None:
         client.infer(model, [PROBE_TEXT])
     elif not client.is_model_ready(model):
         raise TritonizeError(f"model `{model}` is not ready")
+
+
+def _step_names_of(ensemble: str) -> tuple[str, ...]:
+    names = StepNames(ensemble)
+    return names.tokenizer, names.engine, names.postprocess
 
 
 def _step_names(config: dict[str, Any]) -> list[str]:
