@@ -155,7 +155,11 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
     from tritonize.server import ServerConfig
 
     options: dict[str, Any] = {}
-    if args.api_key:
+    if args.api_key is not None:
+        if not args.api_key.strip():
+            raise SpecError(
+                "--api-key (or TRITONIZE_API_KEY) is empty: give a key, or none for a random one"
+            )
         options["api_key"] = args.api_key
     return ServerConfig(
         repository=Path(args.repository),

@@ -283,3 +283,14 @@ def test_serve_names_the_flag_tritonserver_refused(repository: Path) -> None:
     result = run_cli("serve", str(repository), "--http-port", str(http), "--grpc-port", str(grpc),
                      "--metrics-port", str(metrics), "--triton-arg=--bogus-flag=1")  # fmt: skip
     assert_error(result, "unrecognized option '--bogus-flag=1'")
+
+
+def test_serve_names_a_host_it_cannot_listen_on(repository: Path) -> None:
+    """Before: "port ... is in use (Cannot assign requested address)"."""
+    result = run_cli("serve", str(repository), "--host", "192.0.2.1")  # TEST-NET: not ours
+    stderr = assert_error(result, "cannot listen on 192.0.2.1", "--host")
+    assert "in use" not in stderr
+
+
+def test_serve_refuses_an_empty_key(repository: Path) -> None:
+    assert_error(run_cli("serve", str(repository), "--api-key", ""), "--api-key", "empty")

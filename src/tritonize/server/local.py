@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -304,7 +305,11 @@ def _ensure_port_free(host: str, port: int, name: str) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServerError(
+                    f"{name} port {port} on {host} is in use: choose another with --{name}-port"
+                ) from None
             raise ServerError(
-                f"{name} port {port} on {host} is in use ({exc.strerror}): "
-                f"choose another with --{name}-port"
+                f"cannot listen on {host}:{port} ({exc.strerror}): --host must be an address "
+                "of this machine (127.0.0.1 by default, 0.0.0.0 for every interface)"
             ) from None
