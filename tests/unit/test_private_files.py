@@ -113,13 +113,16 @@ def test_a_start_refuses_a_planted_private_dir(private_tmp: Path) -> None:
 def test_a_non_bundled_binary_runs_with_its_own_backends(tmp_path: Path) -> None:
     binary = tmp_path / "tritonserver"
     binary.write_text("")
+    binary.chmod(0o755)
     launch = Launch.prepare(binary)
     assert (launch.binary, launch.backends) == (binary, None)
     args = ServerConfig(tmp_path).arguments(launch.binary, launch.backends, "tritonize_1_ab_")
     assert not [a for a in args if a.startswith("--backend-directory")]
     assert "--backend-config=python,shm-region-prefix-name=tritonize_1_ab_" in args
-    with pytest.raises(ServerError, match="--tritonserver .*: no such file"):
-        Launch.prepare(tmp_path / "missing")
+    (tmp_path / "not-executable").write_text("")
+    for unusable in (tmp_path / "missing", tmp_path, tmp_path / "not-executable"):
+        with pytest.raises(ServerError, match="--tritonserver .*: not an executable file"):
+            Launch.prepare(unusable)
 
 
 def test_the_key_guards_every_admin_api_on_both_protocols(tmp_path: Path) -> None:
