@@ -504,11 +504,10 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--http-port", type=port, default=8000)
     serve.add_argument("--grpc-port", type=port, default=8001)
     serve.add_argument("--metrics-port", type=port, default=8002)
-    serve.add_argument(
-        "--api-key",
-        default=os.environ.get("TRITONIZE_API_KEY"),
-        help="key for the admin APIs: model repository, shared memory, statistics, trace, "
-        "logging (env TRITONIZE_API_KEY; default: random per start)",
+    _add_api_key(
+        serve,
+        "key for the admin APIs: model repository, shared memory, statistics, trace, logging "
+        "(default: random per start)",
     )
     serve.add_argument(
         "--log-file", help="server log; `-` for this command's output (default: in the temp dir)"
@@ -544,17 +543,23 @@ def _add_serve(commands: Any) -> None:
     )
 
 
+def _add_api_key(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """`--api-key`, from TRITONIZE_API_KEY when not given: the key `serve` guards its admin
+    APIs with, and that the commands using them send."""
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("TRITONIZE_API_KEY"),
+        help=f"{purpose} (env TRITONIZE_API_KEY)",
+    )
+
+
 def _add_health(commands: Any) -> None:
     health = _command(
         commands, "health", cmd_health, "send each public model a tiny request (1: one failed)"
     )
     health.add_argument("--url", default="127.0.0.1:8000", help="HTTP host:port")
     health.add_argument("--model", action="append", help="model to probe (repeatable)")
-    health.add_argument(
-        "--api-key",
-        default=os.environ.get("TRITONIZE_API_KEY"),
-        help="admin key, to list the public models (env TRITONIZE_API_KEY)",
-    )
+    _add_api_key(health, "admin key, to list the public models")
     health.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds per model")
 
 
