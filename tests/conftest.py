@@ -31,22 +31,27 @@ def minilm_dir() -> Path:
     return bundled_model_dir()
 
 
+_HEADS = ("ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification")
+
+
 def build_tiny_checkpoint(config_name: str, dest: Path, tokenizer_from: Path) -> Path:
     """A random model from `fixtures/tiny_configs/<config_name>.json`, saved with a real tokenizer.
 
-    Configs with `id2label` become sequence classifiers (their `initializer_range` is large so
-    that labels are decided by clear margins rather than by noise).
+    The config's `architectures` picks the head (`...ForSequenceClassification`,
+    `...ForQuestionAnswering`, `...ForTokenClassification`); without one it is a bare encoder.
+    Heads have a large `initializer_range`, so that their answers are decided by clear margins
+    rather than by noise.
     """
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    import transformers
 
     values = json.loads((FIXTURES / "tiny_configs" / f"{config_name}.json").read_text())
-    config = AutoConfig.for_model(**values)
+    config = transformers.AutoConfig.for_model(**values)
     torch.manual_seed(0)
-    if "id2label" in values:
-        model = AutoModelForSequenceClassification.from_config(config)
-    else:
-        model = AutoModel.from_config(config)
+    architecture = (values.get("architectures") or [""])[0]
+    head = next((h for h in _HEADS if architecture.endswith(h)), None)
+    auto_class = getattr(transformers, f"AutoModel{head}" if head else "AutoModel")
+    model = auto_class.from_config(config)
     model.eval().save_pretrained(dest)
     for name in TOKENIZER_FILES:
         shutil.copy2(tokenizer_from / name, dest / name)
