@@ -21,16 +21,23 @@ from typing import Any
 
 import numpy as np
 
-from .common import LOGITS, TEXT, RequestError, error_responses, model_parameters, rejection
+from .common import (
+    ENTITIES,
+    LOGITS,
+    OFFSETS,
+    SPECIAL_TOKENS_MASK,
+    TEXT,
+    RequestError,
+    error_responses,
+    model_parameters,
+    rejection,
+)
 
 try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # outside Triton: the logic below stays importable and testable
     pb_utils = None
 
-ENTITIES = "ENTITIES"
-OFFSETS = "offsets"
-SPECIAL_TOKENS_MASK = "special_tokens_mask"
 IGNORED_GROUP = "O"  # the pipeline's default `ignore_labels`
 
 
