@@ -13,9 +13,20 @@ LABEL = "LABEL"
 SCORE = "SCORE"
 PROBABILITIES = "PROBABILITIES"
 TRUNCATED = "TRUNCATED"
+QUERY = "QUERY"  # rerank: the query of each (QUERY, TEXT) pair
+QUESTION = "QUESTION"
+CONTEXT = "CONTEXT"
+ANSWER = "ANSWER"
+START = "START"
+END = "END"
+ENTITIES = "ENTITIES"
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
+TOKEN_TYPE_IDS = "token_type_ids"  # which text of a pair each token belongs to
+OFFSETS = "offsets"  # each token's character span in its text
+SPECIAL_TOKENS_MASK = "special_tokens_mask"  # 1 for special and padding tokens
 LOGITS = "logits"
+SPAN_LOGITS = "span_logits"  # question answering: start and end logits per token
 
 
 class RequestError(ValueError):
