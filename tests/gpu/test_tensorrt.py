@@ -38,7 +38,7 @@ def test_minilm_plan_passes_its_gate_and_loads(precision: str, tmp_path: Path) -
 
     runner = PlanRunner(version / "model.plan")  # deserializes
     ids = np.array([[101, 7592, 2088, 102]], dtype=np.int64)
-    vector = runner.run(ids, np.ones_like(ids))
+    vector = runner.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
     assert vector.shape == (1, 384)
     assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-2
 

@@ -18,7 +18,7 @@ from tritonize.engine.precision import Fp32LayerNorm, export_typed_graph, to_pre
 from tritonize.engine.profiles import ShapeProfile, padding_buckets
 from tritonize.errors import EngineError, RepositoryError, ServerError, ValidationError
 from tritonize.export.onnx_export import load_tokenizer
-from tritonize.export.tasks import TASKS
+from tritonize.export.tasks import ONNX_INPUTS, TASKS
 from tritonize.repository.checker import check_repository
 from tritonize.repository.manifest import read_manifest
 from tritonize.repository.writer import build_repository
@@ -241,7 +241,7 @@ def test_typed_graph_is_accurate_with_fp32_norms_and_softmax(
 ) -> None:
     spec = BuildSpec(name="m", task="embedding", target="tensorrt", precision=precision,
                      max_batch_size=4, max_seq_len=64)  # fmt: skip
-    path, run_typed = export_typed_graph(spec, TASKS[Task.EMBEDDING], tmp_path)
+    path, run_typed = export_typed_graph(spec, TASKS[Task.EMBEDDING], tmp_path, ONNX_INPUTS, (384,))
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
     dtypes = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
     first_input: dict[str, set] = {}
@@ -258,9 +258,9 @@ def test_typed_graph_is_accurate_with_fp32_norms_and_softmax(
     tokenizer, pad = load_tokenizer(minilm_dir, trust_remote_code=False)
     cases = cases_at_profile(tokenizer, ShapeProfile.from_spec(spec), pad)
 
-    def reference(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def reference(feeds: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            return fp32(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            return fp32(*(torch.from_numpy(feeds[name]) for name in ONNX_INPUTS)).numpy()
 
     figures = gate("typed", run_typed, reference, cases, Task.EMBEDDING, Precision(precision))
     assert min(figures.values()) >= 0.999
@@ -293,7 +293,8 @@ def test_classifier_gate_names_label_flips_and_probability_drift() -> None:
 def test_gate_collects_every_case_then_fails() -> None:
     cases = cases_at_profile_stub()
     with pytest.raises(ValidationError) as info:
-        gate("plan", lambda i, m: -np.ones((len(i), 4)), lambda i, m: np.ones((len(i), 4)),
+        gate("plan", lambda f: -np.ones((len(f["input_ids"]), 4)),
+             lambda f: np.ones((len(f["input_ids"]), 4)),
              cases, Task.EMBEDDING, Precision.FP16)  # fmt: skip
     assert len(info.value.mismatches) == 3
     assert "plan (fp16) is not accurate enough" in str(info.value)

@@ -70,8 +70,11 @@ def test_padded_requests_merge_without_changing_results(
     spec = BuildSpec(name="m", task="embedding", model=tiny_checkpoint("bert"), max_batch_size=4)
     exported = export_onnx(spec, tmp_path)
     encoder = OnnxEncoder(exported.onnx_path, "embedding", pad_id=0, threads=1)
-    short = (np.array([[101, 7592, 102]]), np.ones((1, 3), dtype=np.int64))
-    long = (np.array([[101, 7592, 2088, 2003, 2307, 102]]), np.ones((1, 6), dtype=np.int64))
+    short = {"input_ids": np.array([[101, 7592, 102]]), "attention_mask": np.ones((1, 3), np.int64)}
+    long = {
+        "input_ids": np.array([[101, 7592, 2088, 2003, 2307, 102]]),
+        "attention_mask": np.ones((1, 6), dtype=np.int64),
+    }
     merged = encoder.run([short, long])
     alone = [encoder.run([short])[0], encoder.run([long])[0]]
     np.testing.assert_allclose(merged[0], alone[0], atol=1e-5)

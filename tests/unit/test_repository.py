@@ -28,7 +28,7 @@ SPEC = BuildSpec(
 )
 CONFIGS = {
     "tokenizer": configs.tokenizer_config(SPEC, pad_token_id=0),
-    "engine": configs.engine_config(SPEC, "logits", 3, pad_token_id=0),
+    "engine": configs.engine_config(SPEC, "logits", (3,), pad_token_id=0),
     "postprocess": configs.postprocess_config(SPEC, ["negative", "neutral", "positive"]),
     "ensemble": configs.ensemble_config(SPEC, "logits", 3),
 }

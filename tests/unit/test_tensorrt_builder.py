@@ -195,7 +195,7 @@ def test_plan_runner_reads_outputs_in_the_engines_dtype(
     ids = np.array([[1, 2, 3], [4, 5, 0]], dtype=np.int64)
     mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.int64)
     for _ in range(2):
-        result = runner.run(ids, mask)
+        result = runner.run({"input_ids": ids, "attention_mask": mask})
         np.testing.assert_array_equal(result, [[6, 7, 8, 9], [9, 10, 11, 12]])
     assert ("deserialize", b"PLAN", True) in rec.calls  # host code allowed before loading
     assert sum(call[0] == "execute" for call in rec.calls) == 2
@@ -209,7 +209,7 @@ def test_plan_runner_refuses_a_rejected_address(runtimes: Any, tmp_path: Path) -
     runner = module.PlanRunner(tmp_path / "model.plan", torch.device("cpu"))
     ones = np.ones((1, 2), dtype=np.int64)
     with pytest.raises(RuntimeError, match="TensorRT refused the address of tensor `embedding`"):
-        runner.run(ones, ones)
+        runner.run({"input_ids": ones, "attention_mask": ones})
     assert not any(call[0] == "execute" for call in rec.calls)
 
 

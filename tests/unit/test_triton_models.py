@@ -83,11 +83,14 @@ def test_bad_text_position_is_reported(text_tokenizer: TextTokenizer) -> None:
 
 
 def test_pad_and_stack_merges_ragged_requests() -> None:
-    a = (np.array([[5, 6, 7]]), np.array([[1, 1, 1]]))
-    b = (np.array([[8], [9]]), np.array([[1], [1]]))
-    ids, mask = pad_and_stack([a, b], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 0, 0]]
-    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0]]
+    a = {"input_ids": np.array([[5, 6, 7]]), "attention_mask": np.array([[1, 1, 1]]),
+         "token_type_ids": np.array([[0, 1, 1]])}  # fmt: skip
+    b = {"input_ids": np.array([[8], [9]]), "attention_mask": np.array([[1], [1]]),
+         "token_type_ids": np.array([[1], [1]])}  # fmt: skip
+    stacked = pad_and_stack([a, b], pad_id=3)
+    assert stacked["input_ids"].tolist() == [[5, 6, 7], [8, 3, 3], [9, 3, 3]]
+    assert stacked["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0]]
+    assert stacked["token_type_ids"].tolist() == [[0, 1, 1], [1, 0, 0], [1, 0, 0]]
 
 
 def test_classifier_matches_torch_softmax() -> None:

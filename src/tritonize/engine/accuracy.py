@@ -26,7 +26,7 @@ from tritonize.triton_models.generation import usable_window
 # largest logit (typed fp16 / bf16 decoders measured 1e-3 to 5e-3 / about 1e-2 on CPU).
 MAX_RELATIVE_LOGIT_DIFF = {Precision.FP32: 1e-3, Precision.FP16: 2e-2, Precision.BF16: 5e-2}
 
-Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (input_ids, attention_mask) -> output
+Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # the graph's feeds by name -> output
 
 
 # The gate's view of the one tolerance table.
@@ -75,6 +75,7 @@ def gate(
     cases: list[ValidationCase],
     task: Task,
     precision: Precision,
+    graph_inputs: tuple[str, ...] = ("input_ids", "attention_mask"),
 ) -> dict[str, float]:
     """Run both on every case; raise one `ValidationError` listing every miss."""
     tolerance = TOLERANCES[precision]
@@ -82,8 +83,8 @@ def gate(
     figures: dict[str, float] = {}
     label = _encoder_build(task).gate_figure
     for case in cases:
-        expected = reference(case.input_ids, case.attention_mask)
-        actual = candidate(case.input_ids, case.attention_mask)
+        feeds = case.feeds(graph_inputs)
+        expected, actual = reference(feeds), candidate(feeds)
         case_misses, figures[case.name] = compare(task, tolerance, case.name, expected, actual)
         misses += case_misses
         note(f"{case.name}: {label} {figures[case.name]:.6g}")

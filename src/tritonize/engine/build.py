@@ -64,12 +64,14 @@ def build_engine(spec: BuildSpec, exported: ExportedModel, workdir: Path) -> Eng
 
     shapes = ", ".join(f"{k} {b}x{s}" for k, (b, s) in profile.named().items())
     with step(f"Building the TensorRT plan ({spec.precision.value}; {shapes})"):
-        plan = build_plan(source, workdir / "model.plan", spec, [profile.tensors()])
+        profiles = [profile.tensors(exported.graph_inputs)]
+        plan = build_plan(source, workdir / "model.plan", spec, profiles)
     with step("Accuracy gate: TensorRT against ONNX Runtime at the profile's min, opt, max"):
         cases = cases_at_profile(exported.tokenizer, profile, exported.pad_token_id)
         figures = gate(
-            "TensorRT plan", PlanRunner(plan.plan).run, reference, cases, spec.task, spec.precision
-        )
+            "TensorRT plan", PlanRunner(plan.plan).run, reference, cases, spec.task,
+            spec.precision, exported.graph_inputs,
+        )  # fmt: skip
     manifest = _tensorrt_manifest(spec, profile.to_dict(), plan.seconds, figures)
     return EngineArtifact(plan.plan, manifest)
 
@@ -124,18 +126,23 @@ def _typed_graph(
 
     name = spec.precision.value
     with step(f"Exporting the {name} graph (norms, softmax, pooling and logits stay fp32)"):
-        path, typed = export_typed_graph(spec, exported.task, workdir)
+        path, typed = export_typed_graph(
+            spec, exported.task, workdir, exported.graph_inputs, exported.output_dims
+        )
     with step(f"Checking the {name} graph against fp32"):
         cases = validation_cases(
             exported.tokenizer, spec.max_batch_size, spec.max_seq_len, exported.pad_token_id
         )
-        gate(f"{name} graph", typed, reference, cases, spec.task, spec.precision)
+        gate(
+            f"{name} graph", typed, reference, cases, spec.task, spec.precision,
+            exported.graph_inputs,
+        )  # fmt: skip
     return path
 
 
 def _onnx_runner(exported: ExportedModel) -> Runner:
     encoder = OnnxEncoder(exported.onnx_path, exported.task.output_name, exported.pad_token_id)
-    return lambda ids, mask: encoder.run([(ids, mask)])[0]
+    return lambda feeds: encoder.run([feeds])[0]
 
 
 def _tensorrt_manifest(

@@ -89,8 +89,12 @@ def to_precision(model: Module, precision: Precision) -> Module:
 
 
 def export_typed_graph(
-    spec: BuildSpec, task: TaskDefinition, workdir: Path
-) -> tuple[Path, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    spec: BuildSpec,
+    task: TaskDefinition,
+    workdir: Path,
+    graph_inputs: tuple[str, ...],
+    output_dims: tuple[int, ...],
+) -> tuple[Path, Callable[[dict[str, np.ndarray]], np.ndarray]]:
     """Export `spec`'s model in `spec.precision`; return the graph and a PyTorch runner of it.
 
     The runner lets the typed model be checked on any machine: ONNX Runtime on CPU has no
@@ -106,11 +110,11 @@ def export_typed_graph(
         model = task.load(spec.model_dir, spec.trust_remote_code)
     typed = to_precision(model, spec.precision)
     path = workdir / f"model.{spec.precision.value}.onnx"
-    export_graph(typed, task.output_name, path, spec.opset)
+    export_graph(typed, task.output_name, path, spec.opset, graph_inputs, output_dims)
 
-    def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            return typed(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).numpy()
+            return typed(*(torch.from_numpy(feeds[name]) for name in graph_inputs)).numpy()
 
     return path, run
 

@@ -36,9 +36,9 @@ class ShapeProfile:
     def to_dict(self) -> dict[str, list[int]]:
         return {name: list(shape) for name, shape in self.named().items()}
 
-    def tensors(self) -> TensorProfile:
-        """The same shapes for both inputs of an encoder."""
-        return {name: (self.min, self.opt, self.max) for name in (INPUT_IDS, ATTENTION_MASK)}
+    def tensors(self, names: tuple[str, ...] = (INPUT_IDS, ATTENTION_MASK)) -> TensorProfile:
+        """The same shapes for every input of an encoder (ids, mask, and any token types)."""
+        return {name: (self.min, self.opt, self.max) for name in names}
 
 
 @dataclass(frozen=True)

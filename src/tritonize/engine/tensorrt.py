@@ -19,7 +19,6 @@ from tritonize.engine.profiles import TensorProfile
 from tritonize.errors import EngineError
 from tritonize.progress import note
 from tritonize.spec import BuildSpec, HardwareCompatibility, Precision
-from tritonize.triton_models.common import ATTENTION_MASK, INPUT_IDS
 
 if TYPE_CHECKING:
     import torch
@@ -187,11 +186,12 @@ class PlanRunner:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """The plan's output for the graph's inputs by name (input_ids, attention_mask, ...)."""
         from tritonize.triton_models.tensorrt_decoder import on_device, stream_handle
 
         with on_device(self.device):
-            feeds = self._feeds({INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask})
+            feeds = self._feeds(arrays)
             # The inputs were copied on PyTorch's current stream: run after those copies.
             self.stream.wait_stream(self._streams.current_stream())
             with self._streams.stream(self.stream):

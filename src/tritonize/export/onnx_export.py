@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ from tritonize.export.tasks import (
     encoder_build,
     task_definition,
 )
-from tritonize.export.validation import GOLDEN_TEXTS, compare, encode_padded, validation_cases
+from tritonize.export.validation import compare, validation_cases
 from tritonize.progress import note, step
 from tritonize.spec import BuildSpec
+from tritonize.tasks.build import Reference
 
 # ONNX Runtime on CPU vs PyTorch fp32: measured differences are 1e-6..1e-4.
 ONNX_ATOL = 1e-4
@@ -37,13 +39,19 @@ class ExportedModel:
 
     onnx_path: Path
     task: TaskDefinition
-    output_dim: int
+    output_dims: tuple[int, ...]  # without the batch dimension; -1: the sequence
     tokenizer: tokenizers.Tokenizer  # padding and truncation cleared: the server sets them
     pad_token_id: int
     labels: list[str] = field(default_factory=list)  # classification: index -> label
+    graph_inputs: tuple[str, ...] = ONNX_INPUTS
     max_abs_diff: dict[str, float] = field(default_factory=dict)
-    # PyTorch's outputs for GOLDEN_TEXTS: what a deployment is verified against later.
-    golden_outputs: np.ndarray | None = None
+    # The golden inputs and PyTorch's outputs for them: what a deployment is verified against.
+    golden: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_dim(self) -> int:
+        """The output's width (its last dim)."""
+        return self.output_dims[-1]
 
 
 def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
@@ -58,22 +66,38 @@ def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
             check_trained_head(spec.model_dir, untrained, spec.allow_untrained_head)
         tokenizer, pad_id = load_tokenizer(spec.model_dir, spec.trust_remote_code)
     onnx_path = workdir / "model.onnx"
+    graph_inputs = definition.graph_inputs(config)
+    dims = definition.output_dims(config)
     with step(f"Exporting ONNX (opset {spec.opset}, dynamic batch and sequence axes)"):
-        export_graph(model, definition.output_name, onnx_path, spec.opset)
+        export_graph(model, definition.output_name, onnx_path, spec.opset, graph_inputs, dims)
     exported = ExportedModel(
         onnx_path=onnx_path,
         task=definition,
-        output_dim=definition.output_dim(config),
+        output_dims=dims,
         tokenizer=tokenizer,
         pad_token_id=pad_id,
         labels=build.labels(config),
+        graph_inputs=graph_inputs,
     )
     with step("Validating ONNX Runtime against PyTorch"):
         exported.max_abs_diff = validate_onnx(model, exported, spec)
-    ids, mask = encode_padded(tokenizer, list(GOLDEN_TEXTS), spec.max_seq_len, pad_id)
-    with torch.inference_mode():
-        exported.golden_outputs = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    reference = Reference(
+        _torch_runner(model, graph_inputs), tokenizer, pad_id, exported.labels, graph_inputs
+    )
+    exported.golden = build.golden_reference(reference, spec)
     return exported
+
+
+def _torch_runner(
+    model: torch.nn.Module, graph_inputs: tuple[str, ...]
+) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """The PyTorch model as a function of the graph's feeds."""
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return model(*(torch.from_numpy(feeds[name]) for name in graph_inputs)).numpy()
+
+    return run
 
 
 def load_tokenizer(model_dir: Path, trust_remote_code: bool) -> tuple[tokenizers.Tokenizer, int]:
@@ -109,15 +133,13 @@ def validate_onnx(
     cases = validation_cases(
         exported.tokenizer, spec.max_batch_size, spec.max_seq_len, exported.pad_token_id
     )
+    run_torch = _torch_runner(model, exported.graph_inputs)
     for case in cases:
-        with torch.inference_mode():
-            reference = model(
-                torch.from_numpy(case.input_ids), torch.from_numpy(case.attention_mask)
-            )
-        feeds = {"input_ids": case.input_ids, "attention_mask": case.attention_mask}
+        feeds = case.feeds(exported.graph_inputs)
+        reference = run_torch(feeds)
         (actual,) = session.run([output], feeds)
-        mismatches += compare(case.name, output, reference.numpy(), actual, ONNX_ATOL, ONNX_RTOL)
-        diffs[case.name] = float(np.max(np.abs(actual - reference.numpy())))
+        mismatches += compare(case.name, output, reference, actual, ONNX_ATOL, ONNX_RTOL)
+        diffs[case.name] = float(np.max(np.abs(actual - reference)))
         note(f"{case.name} {tuple(case.input_ids.shape)}: max abs diff {diffs[case.name]:.2e}")
     if mismatches:
         raise ValidationError(
@@ -148,13 +170,23 @@ def _check_seq_len(spec: BuildSpec, config: Any) -> None:
         )
 
 
-def export_graph(model: torch.nn.Module, output: str, path: Path, opset: int) -> None:
-    """Trace `model` to ONNX at `path` with dynamic batch and sequence axes, then check it."""
+def export_graph(
+    model: torch.nn.Module,
+    output: str,
+    path: Path,
+    opset: int,
+    inputs: tuple[str, ...] = ONNX_INPUTS,
+    output_dims: tuple[int, ...] = (1,),
+) -> None:
+    """Trace `model` to ONNX at `path` with dynamic batch and sequence axes, then check it
+    (`output_dims` with -1: the output has the sequence axis too)."""
     # Example shapes > 1 so that the tracer cannot specialise a dynamic axis to 1.
-    example = (torch.ones((2, 8), dtype=torch.int64), torch.ones((2, 8), dtype=torch.int64))
+    example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in inputs)
     axes = {"batch": 0, "sequence": 1}
-    dynamic_axes = {name: {v: k for k, v in axes.items()} for name in ONNX_INPUTS}
+    dynamic_axes = {name: {v: k for k, v in axes.items()} for name in inputs}
     dynamic_axes[output] = {0: "batch"}
+    if -1 in output_dims:
+        dynamic_axes[output][1 + output_dims.index(-1)] = "sequence"
     # The TorchScript exporter is fast and handles `dynamic_axes`. Its tracer warnings are
     # silenced: validation at several shapes is what proves the graph general.
     chatter = io.StringIO()
@@ -165,7 +197,7 @@ def export_graph(model: torch.nn.Module, output: str, path: Path, opset: int) ->
                 model,
                 example,
                 str(path),
-                input_names=list(ONNX_INPUTS),
+                input_names=list(inputs),
                 output_names=[output],
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,

@@ -16,6 +16,7 @@ from tritonize.tasks import task_named
 from tritonize.tasks.build import EncoderBuild
 
 ONNX_INPUTS = ("input_ids", "attention_mask")
+TOKEN_TYPE_IDS = "token_type_ids"
 
 
 class MeanPooledEmbedding(nn.Module):
@@ -38,14 +39,83 @@ class MeanPooledEmbedding(nn.Module):
 
 
 class SequenceLogits(nn.Module):
-    """Classifier returning raw fp32 logits; softmax runs in the postprocess step."""
+    """Classifier returning raw fp32 logits; softmax runs in the postprocess step. Also the
+    per-token logits of a token classifier ([batch, sequence, labels])."""
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {TOKEN_TYPE_IDS: token_type_ids}
+        logits = self.classifier(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return logits.logits.float()
+
+
+class PairScore(nn.Module):
+    """A cross-encoder's relevance score, [batch, 1]: its one logit through the activation that
+    sentence-transformers applies (the checkpoint's own, else a sigmoid)."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.logits = SequenceLogits(classifier)
+        self.activation = cross_encoder_activation(classifier.config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.activation(self.logits(input_ids, attention_mask, token_type_ids))
+
+
+class SpanLogits(nn.Module):
+    """Extractive question answering: start and end logits per token, [batch, sequence, 2]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {TOKEN_TYPE_IDS: token_type_ids}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return torch.stack((out.start_logits, out.end_logits), dim=-1).float()
+
+
+def cross_encoder_activation(config: Any) -> nn.Module:
+    """The activation sentence-transformers' CrossEncoder puts on a one-logit model: the one its
+    config names (a `torch.` class), else a sigmoid."""
+    if int(config.num_labels) != 1:
+        raise ExportError(
+            f"task `rerank` needs a cross-encoder with one output (a relevance score); this "
+            f"checkpoint has num_labels = {config.num_labels}: build it as `classification`"
+        )
+    settings = getattr(config, "sentence_transformers", None) or {}
+    path = settings.get("activation_fn") or getattr(
+        config, "sbert_ce_default_activation_function", None
+    )
+    if not path:
+        return nn.Sigmoid()
+    module, _, name = str(path).rpartition(".")
+    if not module.startswith("torch."):
+        raise ExportError(
+            f"the cross-encoder's activation `{path}` is not a torch class: tritonize exports "
+            "torch activations only"
+        )
+    import importlib
+
+    return getattr(importlib.import_module(module), name)()  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -56,7 +126,19 @@ class TaskDefinition:
     output_name: str  # the ONNX / engine output tensor
     auto_class: str  # transformers Auto* class that loads the checkpoint
     head: Callable[[nn.Module], nn.Module]
-    output_dim: Callable[[Any], int]  # from the transformers config
+    output_dims: Callable[[Any], tuple[int, ...]]  # from the transformers config
+    pairs: bool = False  # the task takes text pairs
+
+    def output_dim(self, config: Any) -> int:
+        """The output's width (its last dim)."""
+        return self.output_dims(config)[-1]
+
+    def graph_inputs(self, config: Any) -> tuple[str, ...]:
+        """input_ids, attention_mask, and token_type_ids for pairs where the checkpoint tells
+        the two texts apart by them (BERT does; RoBERTa, with one type, does not)."""
+        if self.pairs and int(getattr(config, "type_vocab_size", 0) or 0) > 1:
+            return (*ONNX_INPUTS, TOKEN_TYPE_IDS)
+        return ONNX_INPUTS
 
     def load(self, model_dir: Path, trust_remote_code: bool, **kwargs: Any) -> nn.Module:
         return self.load_with_untrained(model_dir, trust_remote_code, **kwargs)[0]
@@ -93,6 +175,8 @@ def encoder_build(spec: BuildSpec) -> EncoderBuild:
 HEADS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "MeanPooledEmbedding": MeanPooledEmbedding,
     "SequenceLogits": SequenceLogits,
+    "PairScore": PairScore,
+    "SpanLogits": SpanLogits,
 }
 
 
@@ -107,7 +191,8 @@ def task_definition(task: Task) -> TaskDefinition:
         output_name=head.output_name,
         auto_class=head.auto_class,
         head=HEADS[head.head],
-        output_dim=lambda config: int(getattr(config, head.width_field)),
+        output_dims=head.output_dims,
+        pairs=build.pairs,
     )
 
 

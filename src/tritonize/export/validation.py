@@ -32,6 +32,18 @@ class ValidationCase:
     input_ids: np.ndarray
     attention_mask: np.ndarray
 
+    def feeds(self, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The graph's inputs by name. A pair graph's token_type_ids mark the second half of
+        each row's tokens as the second text, so that both types are exercised."""
+        every = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if "token_type_ids" in names:
+            position = np.arange(self.input_ids.shape[1])[None, :]
+            half = self.attention_mask.sum(axis=1, keepdims=True) // 2
+            every["token_type_ids"] = ((position >= half) & (self.attention_mask == 1)).astype(
+                np.int64
+            )
+        return {name: every[name] for name in names}
+
 
 def encode_padded(
     tokenizer: tokenizers.Tokenizer, texts: list[str], max_seq_len: int, pad_id: int

@@ -6,7 +6,9 @@ and parses it, so no config is ever a text template.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from google.protobuf import text_format
@@ -46,15 +48,13 @@ def _config_dtype(datatype: str) -> int:
 
 
 TEXT = Tensor(names.TEXT, mc.TYPE_STRING, (1,))
-TRUNCATED = Tensor(names.TRUNCATED, mc.TYPE_BOOL, (1,))
 INPUT_IDS = Tensor(names.INPUT_IDS, mc.TYPE_INT64, (-1,))
 ATTENTION_MASK = Tensor(names.ATTENTION_MASK, mc.TYPE_INT64, (-1,))
-# Target `local`: each request arrives padded to its own longest text and the engine step pads
-# across the requests it batches, so the batcher may merge requests of any length.
-RAGGED_INPUTS = [
-    Tensor(names.INPUT_IDS, mc.TYPE_INT64, (-1,), ragged=True),
-    Tensor(names.ATTENTION_MASK, mc.TYPE_INT64, (-1,), ragged=True),
-]
+
+
+def public_inputs(spec: BuildSpec) -> list[Tensor]:
+    """The ensemble's inputs (the README lists them): the task's texts."""
+    return [_config_tensor(t) for t in task_named(spec.task.value).inputs]
 
 
 def public_outputs(spec: BuildSpec, output_dim: int) -> list[Tensor]:
@@ -62,31 +62,62 @@ def public_outputs(spec: BuildSpec, output_dim: int) -> list[Tensor]:
     return [_config_tensor(t, output_dim) for t in task_named(spec.task.value).outputs]
 
 
-def tokenizer_config(spec: BuildSpec, pad_token_id: int) -> ModelConfig:
+def encoder_build(spec: BuildSpec) -> EncoderBuild:
+    build = task_named(spec.task.value).build
+    assert isinstance(build, EncoderBuild), f"{spec.task.value} is not built as an ensemble"
+    return build
+
+
+def max_batch_size(spec: BuildSpec) -> int:
+    """The ensemble's and its Python steps': 0 where a request is one input (its rows are
+    windows of it, which the engine still batches)."""
+    return spec.max_batch_size if encoder_build(spec).batching else 0
+
+
+def tokenizer_config(
+    spec: BuildSpec, pad_token_id: int, graph_inputs: tuple[str, ...] = ()
+) -> ModelConfig:
+    build = encoder_build(spec)
     parameters: dict[str, object] = {"max_seq_len": spec.max_seq_len, "pad_token_id": pad_token_id}
+    inputs = public_inputs(spec)
+    if [t.name for t in inputs] != [names.TEXT]:
+        parameters["text_inputs"] = json.dumps([t.name for t in inputs])
+    outputs = [_config_tensor(t) for t in build.tokenizer_outputs(graph_inputs)]
+    extras = [t.name for t in outputs[3:]]
+    if extras and build.tokenizer_module == "tokenizer":
+        parameters["extra_outputs"] = json.dumps(extras)
     if spec.target is not Target.LOCAL:  # fixed-shape engines batch equal shapes only
         parameters["pad_buckets"] = json.dumps(padding_buckets(spec.max_seq_len))
+    parameters.update(build.tokenizer_parameters(spec))
     return _python_model(
         StepNames(spec.name).tokenizer,
         spec,
-        inputs=[TEXT],
-        outputs=[INPUT_IDS, ATTENTION_MASK, TRUNCATED],
+        inputs=inputs,
+        outputs=outputs,
         parameters=parameters,
         instances=spec.tokenizer_instances,
         queue_delay_us=0,  # tokenizing is cheap: batch what is queued, never wait
+        batch=max_batch_size(spec),
     )
 
 
 def engine_config(
-    spec: BuildSpec, output_name: str, output_dim: int, pad_token_id: int
+    spec: BuildSpec,
+    output_name: str,
+    output_dims: tuple[int, ...],
+    pad_token_id: int,
+    graph_inputs: tuple[str, ...] = (names.INPUT_IDS, names.ATTENTION_MASK),
 ) -> ModelConfig:
     """The engine step for `spec.target`; every target takes and returns the same tensors."""
-    output = Tensor(output_name, mc.TYPE_FP32, (output_dim,))
+    output = Tensor(output_name, mc.TYPE_FP32, output_dims)
+    inputs = [Tensor(name, mc.TYPE_INT64, (-1,)) for name in graph_inputs]
     if spec.target is Target.LOCAL:
+        # Each request arrives padded to its own longest text and the engine step pads across
+        # the requests it batches, so the batcher may merge requests of any length.
         config = _python_model(
             StepNames(spec.name).engine,
             spec,
-            inputs=RAGGED_INPUTS,
+            inputs=[dataclasses.replace(t, ragged=True) for t in inputs],
             outputs=[output],
             parameters={
                 "output_name": output_name,
@@ -97,22 +128,28 @@ def engine_config(
             queue_delay_us=spec.max_queue_delay_us,
         )
     elif spec.target is Target.TENSORRT:
-        config = _platform_model(spec, "tensorrt_plan", output, mc.ModelInstanceGroup.KIND_GPU)
+        config = _platform_model(
+            spec, "tensorrt_plan", inputs, output, mc.ModelInstanceGroup.KIND_GPU
+        )
     else:
-        config = _platform_model(spec, "onnxruntime_onnx", output, mc.ModelInstanceGroup.KIND_AUTO)
+        config = _platform_model(
+            spec, "onnxruntime_onnx", inputs, output, mc.ModelInstanceGroup.KIND_AUTO
+        )
         if spec.precision is Precision.FP16:
             _add_tensorrt_accelerator(config, spec)
     config.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
     return config
 
 
-def _platform_model(spec: BuildSpec, platform: str, output: Tensor, kind: int) -> ModelConfig:
+def _platform_model(
+    spec: BuildSpec, platform: str, inputs: list[Tensor], output: Tensor, kind: int
+) -> ModelConfig:
     """A TensorRT or ONNX Runtime backend model, warmed up at the profile's opt and max shapes."""
     config = ModelConfig(
         name=StepNames(spec.name).engine,
         platform=platform,
         max_batch_size=spec.max_batch_size,
-        input=[INPUT_IDS.as_input(), ATTENTION_MASK.as_input()],
+        input=[t.as_input() for t in inputs],
         output=[output.as_output()],
         dynamic_batching=mc.ModelDynamicBatching(
             max_queue_delay_microseconds=spec.max_queue_delay_us
@@ -126,7 +163,7 @@ def _platform_model(spec: BuildSpec, platform: str, output: Tensor, kind: int) -
         config.model_warmup.add(
             name=f"{name}_shape",
             batch_size=batch,
-            inputs={names.INPUT_IDS: warm, names.ATTENTION_MASK: warm},
+            inputs={t.name: warm for t in inputs},
         )
     return config
 
@@ -142,49 +179,66 @@ def _add_tensorrt_accelerator(config: ModelConfig, spec: BuildSpec) -> None:
     )
 
 
-def postprocess_config(spec: BuildSpec, labels: list[str]) -> ModelConfig:
-    """Classification: logits to LABEL / SCORE / PROBABILITIES."""
+def postprocess_config(spec: BuildSpec, labels: list[str]) -> ModelConfig | None:
+    """The task's Python step after the engine (classification: logits to LABEL, SCORE,
+    PROBABILITIES), if it has one."""
+    postprocess = encoder_build(spec).postprocess(labels, spec)
+    if postprocess is None:
+        return None
     return _python_model(
         StepNames(spec.name).postprocess,
         spec,
-        inputs=[Tensor(names.LOGITS, mc.TYPE_FP32, (len(labels),))],
-        outputs=public_outputs(spec, len(labels))[:3],
-        parameters={"labels": json.dumps(labels)},
+        inputs=[_config_tensor(t) for t in postprocess.inputs],
+        outputs=[_config_tensor(t) for t in postprocess.outputs],
+        parameters=postprocess.parameters,
         instances=1,
         queue_delay_us=0,
+        batch=max_batch_size(spec),
     )
 
 
-def ensemble_config(spec: BuildSpec, engine_output_name: str, output_dim: int) -> ModelConfig:
-    """TEXT -> tokenizer -> engine [-> postprocess] -> public outputs."""
+def ensemble_config(
+    spec: BuildSpec,
+    engine_output_name: str,
+    output_dim: int,
+    labels: list[str] | None = None,
+    graph_inputs: tuple[str, ...] = (names.INPUT_IDS, names.ATTENTION_MASK),
+) -> ModelConfig:
+    """The texts -> tokenizer -> engine [-> postprocess] -> public outputs."""
     steps = StepNames(spec.name)
+    build = encoder_build(spec)
+    inputs = public_inputs(spec)
     config = ModelConfig(
         name=spec.name,
         platform="ensemble",
-        max_batch_size=spec.max_batch_size,
-        input=[TEXT.as_input()],
+        max_batch_size=max_batch_size(spec),
+        input=[t.as_input() for t in inputs],
         output=[t.as_output() for t in public_outputs(spec, output_dim)],
     )
-    build = task_named(spec.task.value).build
-    assert isinstance(build, EncoderBuild), f"{spec.task.value} is not built as an ensemble"
+    tokenized = [t.name for t in build.tokenizer_outputs(graph_inputs)]
     pipeline = [
-        (
-            steps.tokenizer,
-            {names.TEXT: names.TEXT},
-            {n: n for n in (names.INPUT_IDS, names.ATTENTION_MASK, names.TRUNCATED)},
-        ),
-        (
-            steps.engine,
-            {n: n for n in (names.INPUT_IDS, names.ATTENTION_MASK)},
-            {engine_output_name: build.engine_output},
-        ),
-        *build.postprocess_steps(spec),
+        (steps.tokenizer, _same(t.name for t in inputs), _same(tokenized)),
+        (steps.engine, _same(graph_inputs), {engine_output_name: build.engine_output}),
     ]
+    postprocess = build.postprocess(labels or [], spec)
+    if postprocess:
+        pipeline.append(
+            (
+                steps.postprocess,
+                _same(t.name for t in postprocess.inputs),
+                _same(t.name for t in postprocess.outputs),
+            )
+        )
     for model, input_map, output_map in pipeline:
         config.ensemble_scheduling.step.add(
             model_name=model, model_version=-1, input_map=input_map, output_map=output_map
         )
     return config
+
+
+def _same(tensor_names: Iterable[str]) -> dict[str, str]:
+    """A step's tensors mapped to ensemble tensors of the same names."""
+    return {name: name for name in tensor_names}
 
 
 def _config_tensor(tensor: PublicTensor, output_dim: int = -1) -> Tensor:
@@ -245,16 +299,23 @@ def _python_model(
     parameters: dict[str, object],
     instances: int,
     queue_delay_us: int,
+    batch: int | None = None,
 ) -> ModelConfig:
-    return ModelConfig(
+    """A Python-backend model; `batch` (default: the spec's) 0 for one that does not batch."""
+    batch = spec.max_batch_size if batch is None else batch
+    config = ModelConfig(
         name=name,
         backend="python",
-        max_batch_size=spec.max_batch_size,
+        max_batch_size=batch,
         input=[t.as_input() for t in inputs],
         output=[t.as_output() for t in outputs],
-        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=queue_delay_us),
         instance_group=[
             mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
         ],
         parameters={k: mc.ModelParameter(string_value=str(v)) for k, v in parameters.items()},
     )
+    if batch:
+        config.dynamic_batching.CopyFrom(
+            mc.ModelDynamicBatching(max_queue_delay_microseconds=queue_delay_us)
+        )
+    return config

@@ -13,8 +13,6 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonize.repository.configs import ModelConfig
 from tritonize.spec import BuildSpec
-from tritonize.tasks import task_named
-from tritonize.tasks.build import EncoderBuild
 from tritonize.tasks.tolerances import TOLERANCES
 
 if TYPE_CHECKING:  # the export stack (torch) is not needed to read a golden file
@@ -41,19 +39,14 @@ def interface(config: ModelConfig) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def golden_record(
-    spec: BuildSpec, exported: ExportedModel, config: ModelConfig, texts: list[str]
-) -> dict[str, Any]:
-    assert exported.golden_outputs is not None
+def golden_record(spec: BuildSpec, exported: ExportedModel, config: ModelConfig) -> dict[str, Any]:
+    """An encoder task's golden inputs and PyTorch's outputs for them."""
     tolerance = TOLERANCES[spec.precision]
     limits = {
         "min_cosine": tolerance.min_cosine,
         "max_probability_diff": tolerance.max_probability_diff,
     }
-    record = _record(spec, config, limits, texts)
-    build = task_named(spec.task.value).build
-    assert isinstance(build, EncoderBuild), f"{spec.task.value} has no encoder golden record"
-    return {**record, **build.golden_reference(exported.golden_outputs, exported.labels)}
+    return {**_record(spec, config, limits), **exported.golden}
 
 
 def generation_golden_record(
@@ -62,15 +55,14 @@ def generation_golden_record(
     """Greedy continuations by PyTorch (fp32), which a deployment must reproduce: exactly at
     fp32; at fp16/bf16 greedy decoding may part ways at a near tie, so a shared start will do."""
     tolerance = {"min_common_prefix": TOLERANCES[spec.precision].min_common_prefix}
-    record = _record(spec, config, tolerance, [c["prompt"] for c in continuations])
+    record = _record(spec, config, tolerance)
+    record["texts"] = [c["prompt"] for c in continuations]
     record["continuations"] = continuations
     return record
 
 
-def _record(
-    spec: BuildSpec, config: ModelConfig, tolerance: dict[str, float], texts: list[str]
-) -> dict[str, Any]:
-    """What every golden file holds: the model, its build, the interface and the inputs."""
+def _record(spec: BuildSpec, config: ModelConfig, tolerance: dict[str, float]) -> dict[str, Any]:
+    """What every golden file holds: the model, its build and the interface."""
     return {
         "model": spec.name,
         "task": spec.task.value,
@@ -78,7 +70,6 @@ def _record(
         "precision": spec.precision.value,
         "tolerance": tolerance,
         "interface": interface(config),
-        "texts": texts,
     }
 
 

@@ -21,18 +21,17 @@ from tritonize.engine.build import (
 )
 from tritonize.export import ExportedModel, export_onnx
 from tritonize.export.decoders import ExportedDecoder, export_generation
-from tritonize.export.validation import GOLDEN_TEXTS
 from tritonize.progress import note, step
 from tritonize.repository import configs
 from tritonize.repository.checker import check_repository
-from tritonize.repository.configs import ModelConfig, StepNames
+from tritonize.repository.configs import ModelConfig
 from tritonize.repository.golden import generation_golden_record, golden_record, write_golden
 from tritonize.repository.install import install, pause_point, staging_directory
 from tritonize.repository.manifest import seal, write_manifest
 from tritonize.repository.ownership import planned_models, refuse_conflicts
 from tritonize.spec import BuildSpec, Target
 from tritonize.tasks import task_named
-from tritonize.tasks.build import EncoderBuild, Layout
+from tritonize.tasks.build import Layout
 
 PACKAGE_DIR = "triton_models"  # the Python-backend sources, copied beside each model.py
 
@@ -143,16 +142,15 @@ def write_models(
     spec: BuildSpec, exported: ExportedModel, engine: EngineArtifact, repository: Path
 ) -> list[str]:
     """Write the ensemble and its steps for `spec` into `repository`; return their names."""
-    names = StepNames(spec.name)
-    output, dim = exported.task.output_name, exported.output_dim
+    build = configs.encoder_build(spec)
+    output, graph_inputs = exported.task.output_name, exported.graph_inputs
     pad = exported.pad_token_id
 
-    tokenizer_dir = _write_python_model(
-        repository, configs.tokenizer_config(spec, pad), spec.version, "tokenizer"
-    )
+    tokenizer = configs.tokenizer_config(spec, pad, graph_inputs)
+    tokenizer_dir = _write_python_model(repository, tokenizer, spec.version, build.tokenizer_module)
     exported.tokenizer.save(str(tokenizer_dir / "tokenizer.json"))
 
-    engine_config = configs.engine_config(spec, output, dim, pad)
+    engine_config = configs.engine_config(spec, output, exported.output_dims, pad, graph_inputs)
     if spec.target is Target.LOCAL:
         engine_dir = _write_python_model(repository, engine_config, spec.version, "onnx_runner")
     else:  # served by Triton's own TensorRT or ONNX Runtime backend
@@ -164,25 +162,20 @@ def write_models(
     files = [engine_file, tokenizer_dir / "tokenizer.json"]
     write_manifest(engine_dir, spec, exported.max_abs_diff, files, engine.manifest)
 
-    written = [names.ensemble, names.tokenizer, names.engine]
-    module = _encoder_build(spec).postprocess_module
-    if module:
-        config = configs.postprocess_config(spec, exported.labels)
-        _write_python_model(repository, config, spec.version, module)
-        written.append(config.name)
+    written = [tokenizer.name, engine_config.name]
+    postprocess = configs.postprocess_config(spec, exported.labels)
+    postprocess_module = build.postprocess(exported.labels, spec)
+    if postprocess and postprocess_module:
+        _write_python_model(repository, postprocess, spec.version, postprocess_module.module)
+        written.append(postprocess.name)
 
-    ensemble = configs.ensemble_config(spec, output, dim)
+    ensemble = configs.ensemble_config(
+        spec, output, exported.output_dim, exported.labels, graph_inputs
+    )
     _write_config(repository, ensemble)
-    record = golden_record(spec, exported, ensemble, list(GOLDEN_TEXTS))
-    write_golden(repository / spec.name, record)
+    write_golden(repository / spec.name, golden_record(spec, exported, ensemble))
     (repository / spec.name / str(spec.version)).mkdir(parents=True, exist_ok=True)
-    return written
-
-
-def _encoder_build(spec: BuildSpec) -> EncoderBuild:
-    build = task_named(spec.task.value).build
-    assert isinstance(build, EncoderBuild), f"{spec.task.value} is not built as an ensemble"
-    return build
+    return [ensemble.name, *written]
 
 
 def _write_python_model(repository: Path, config: ModelConfig, version: int, module: str) -> Path:

@@ -7,15 +7,16 @@ import pkgutil
 
 from tritonize.tasks.base import (
     TASKS,
-    PublicTensor,
     TaskContract,
     TaskContractError,
     register,
     served_task,
     task_named,
 )
+from tritonize.tasks.tensors import PublicTensor
 
-_FRAMEWORK = {"base", "build", "tolerances"}  # modules of this package that are not tasks
+# Modules of this package that are not tasks.
+_FRAMEWORK = {"base", "build", "tensors", "tolerances"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _FRAMEWORK:
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -4,13 +4,13 @@ registry that refuses a task lacking any part of it."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
 from tritonize.errors import TritonizeError
 from tritonize.tasks.build import TaskBuild
+from tritonize.tasks.tensors import PublicTensor
 from tritonize.triton_models.common import TEXT, TRUNCATED
 
 if TYPE_CHECKING:  # the contract calls a client it is handed; it imports none
@@ -19,19 +19,6 @@ if TYPE_CHECKING:  # the contract calls a client it is handed; it imports none
 
 class TaskContractError(TritonizeError):
     """A task class does not implement its whole contract."""
-
-
-@dataclass(frozen=True)
-class PublicTensor:
-    """A tensor of a task's public interface: Triton's datatype, numpy's dtype, dims without
-    the batch dimension, and the value a server assumes when an optional one is not sent."""
-
-    name: str
-    datatype: str  # as Triton's protocol names it: BYTES, FP32, INT32, ...
-    dtype: type
-    dims: tuple[int, ...] = (1,)
-    optional: bool = False
-    default: object = None
 
 
 # The encoder tasks' texts in, and whether the tokenizer cut each one to the window.

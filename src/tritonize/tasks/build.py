@@ -6,13 +6,23 @@ where only a client runs."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from tritonize.tasks.tensors import PublicTensor
 from tritonize.tasks.tolerances import GateTolerance
+from tritonize.triton_models.common import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    OFFSETS,
+    SPECIAL_TOKENS_MASK,
+    TOKEN_TYPE_IDS,
+    TRUNCATED,
+)
 
 if TYPE_CHECKING:
     from tritonize.spec import BuildSpec
@@ -54,7 +64,14 @@ class ExportHead:
     output_name: str  # the ONNX / engine output tensor
     auto_class: str  # transformers Auto* class that loads the checkpoint
     head: str  # the torch module around it, by its name in export/tasks.py's HEADS
-    width_field: str  # the transformers config field that gives the output's width
+    width_field: str = ""  # the transformers config field that gives the output's width
+    width: int = 0  # or a fixed width
+    per_token: bool = False  # one row per token ([batch, sequence, width]), not per text
+
+    def output_dims(self, config: Any) -> tuple[int, ...]:
+        """The output's dims without the batch dimension (-1: the sequence)."""
+        width = self.width or int(getattr(config, self.width_field))
+        return (-1, width) if self.per_token else (width,)
 
 
 class TaskBuild(ABC):
@@ -70,23 +87,67 @@ class TaskBuild(ABC):
         """The model directories a build of `spec` writes, the one clients call first."""
 
 
+@dataclass(frozen=True)
+class Postprocess:
+    """The Python step after the engine: its `triton_models` module, its tensors (ensemble
+    tensors by name: the engine's output, the tokenizer's, the public inputs) and parameters."""
+
+    module: str
+    inputs: tuple[PublicTensor, ...]
+    outputs: tuple[PublicTensor, ...]
+    parameters: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The checkpoint in PyTorch, as a build sees it: what golden records are computed from."""
+
+    run: Callable[[dict[str, np.ndarray]], np.ndarray]  # graph feeds -> the head's output
+    tokenizer: Any  # tokenizers.Tokenizer, padding and truncation cleared
+    pad_id: int
+    labels: list[str]
+    graph_inputs: tuple[str, ...]  # input_ids, attention_mask [, token_type_ids]
+
+
 class EncoderBuild(TaskBuild):
-    """An ensemble: TEXT -> tokenizer -> engine [-> the task's postprocess step]."""
+    """An ensemble: the texts -> tokenizer -> engine [-> the task's postprocess step]."""
 
     layout = Layout.ENSEMBLE
     export_head: ClassVar[ExportHead]
     engine_output: ClassVar[str]  # what the engine step's output is called inside the ensemble
     gate_figure: ClassVar[str]  # what `gate_compare` measures, as the build log names it
     needs_trained_head: ClassVar[bool] = False  # refuse weights transformers made up
-    postprocess_module: ClassVar[str | None] = None  # the `triton_models` module after the engine
+    # Text pairs: the graph takes token_type_ids where the checkpoint has more than one type.
+    pairs: ClassVar[bool] = False
+    # The tokenizer step: its `triton_models` module, and what it adds to ids and mask.
+    tokenizer_module: ClassVar[str] = "tokenizer"
+    tokenizer_extras: ClassVar[tuple[str, ...]] = ()  # e.g. offsets, special_tokens_mask
+    # Whether requests carry a batch of inputs. When not, one request is one input whose
+    # tokenizer may make several rows (windows): the engine still batches those.
+    batching: ClassVar[bool] = True
+
+    def tokenizer_outputs(self, graph_inputs: tuple[str, ...]) -> list[PublicTensor]:
+        """What the tokenizer step returns: ids and mask, TRUNCATED, token types where the
+        graph takes them, then the task's extras."""
+        rows = [
+            PublicTensor(name, "INT64", np.int64, (-1,)) for name in (INPUT_IDS, ATTENTION_MASK)
+        ]
+        rows.append(PublicTensor(TRUNCATED, "BOOL", np.bool_))
+        if TOKEN_TYPE_IDS in graph_inputs:
+            rows.append(PublicTensor(TOKEN_TYPE_IDS, "INT64", np.int64, (-1,)))
+        return rows + [_EXTRAS[name] for name in self.tokenizer_extras]
+
+    def tokenizer_parameters(self, spec: BuildSpec) -> dict[str, object]:
+        """The tokenizer step's parameters besides the window and the padding id."""
+        return {}
 
     @abstractmethod
     def labels(self, config: Any) -> list[str]:
         """The output's labels from the transformers config (none for most tasks)."""
 
     @abstractmethod
-    def postprocess_steps(self, spec: BuildSpec) -> list[Step]:
-        """The ensemble steps after the engine."""
+    def postprocess(self, labels: list[str], spec: BuildSpec) -> Postprocess | None:
+        """The Python step after the engine, if any."""
 
     @abstractmethod
     def gate_compare(
@@ -95,13 +156,29 @@ class EncoderBuild(TaskBuild):
         """(every miss, the figure compared) of an engine's output against the fp32 graph's."""
 
     @abstractmethod
-    def golden_reference(self, outputs: np.ndarray, labels: list[str]) -> dict[str, Any]:
-        """PyTorch's outputs for the golden texts, as `golden_problems` reads them."""
+    def golden_reference(self, reference: Reference, spec: BuildSpec) -> dict[str, Any]:
+        """The golden inputs and PyTorch's outputs for them, as `golden_problems` reads them."""
 
     def planned_models(self, spec: BuildSpec) -> list[str]:
         steps = StepNames(spec.name)
-        extra = [model for model, _, _ in self.postprocess_steps(spec)]
+        extra = [steps.postprocess] if self.postprocess([], spec) else []
         return [steps.ensemble, steps.tokenizer, steps.engine, *extra]
+
+
+# The tokenizer step's optional outputs, by name.
+_EXTRAS = {
+    OFFSETS: PublicTensor(OFFSETS, "INT64", np.int64, (-1, 2)),
+    SPECIAL_TOKENS_MASK: PublicTensor(SPECIAL_TOKENS_MASK, "INT64", np.int64, (-1,)),
+}
+
+
+def golden_text_outputs(reference: Reference, spec: BuildSpec) -> tuple[list[str], np.ndarray]:
+    """The golden texts and PyTorch's outputs for them (a text task's golden record)."""
+    from tritonize.export.validation import GOLDEN_TEXTS, encode_padded
+
+    texts = list(GOLDEN_TEXTS)
+    ids, mask = encode_padded(reference.tokenizer, texts, spec.max_seq_len, reference.pad_id)
+    return texts, reference.run({INPUT_IDS: ids, ATTENTION_MASK: mask})
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +16,13 @@ from tritonize.tasks.base import (
     register,
     response_problem,
 )
-from tritonize.tasks.build import EncoderBuild, ExportHead, Step, StepNames
+from tritonize.tasks.build import (
+    EncoderBuild,
+    ExportHead,
+    Postprocess,
+    Reference,
+    golden_text_outputs,
+)
 from tritonize.triton_models.classifier import softmax
 from tritonize.triton_models.common import LABEL, LOGITS, PROBABILITIES, SCORE
 
@@ -36,15 +43,20 @@ class ClassificationBuild(EncoderBuild):
         output_name="logits", auto_class="AutoModelForSequenceClassification",
         head="SequenceLogits", width_field="num_labels",
     )  # fmt: skip
-    postprocess_module = "classifier"
 
     def labels(self, config: Any) -> list[str]:
         id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
         return [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
 
-    def postprocess_steps(self, spec: BuildSpec) -> list[Step]:
-        outputs = {n: n for n in (LABEL, SCORE, PROBABILITIES)}
-        return [(StepNames(spec.name).postprocess, {LOGITS: LOGITS}, outputs)]
+    def postprocess(self, labels: list[str], spec: BuildSpec) -> Postprocess:
+        width = (len(labels),)
+        return Postprocess(
+            module="classifier",
+            inputs=(PublicTensor(LOGITS, "FP32", np.float32, width),),
+            outputs=(*TextClassification.outputs[:2],
+                     PublicTensor(PROBABILITIES, "FP32", np.float32, width)),
+            parameters={"labels": json.dumps(labels)},
+        )  # fmt: skip
 
     def gate_compare(
         self, tolerance: GateTolerance, case: str, reference: np.ndarray, actual: np.ndarray
@@ -62,11 +74,13 @@ class ClassificationBuild(EncoderBuild):
             )
         return misses, worst
 
-    def golden_reference(self, outputs: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    def golden_reference(self, reference: Reference, spec: BuildSpec) -> dict[str, Any]:
+        texts, outputs = golden_text_outputs(reference, spec)
         probabilities = softmax(outputs)
         return {
+            "texts": texts,
             "probabilities": probabilities.round(6).tolist(),
-            "labels": [labels[i] for i in probabilities.argmax(axis=1)],
+            "labels": [reference.labels[i] for i in probabilities.argmax(axis=1)],
         }
 
 

@@ -15,7 +15,13 @@ from tritonize.tasks.base import (
     register,
     response_problem,
 )
-from tritonize.tasks.build import EncoderBuild, ExportHead, Step, cosine_rows
+from tritonize.tasks.build import (
+    EncoderBuild,
+    ExportHead,
+    Reference,
+    cosine_rows,
+    golden_text_outputs,
+)
 from tritonize.triton_models.common import EMBEDDING
 
 if TYPE_CHECKING:
@@ -38,8 +44,8 @@ class EmbeddingBuild(EncoderBuild):
     def labels(self, config: Any) -> list[str]:
         return []
 
-    def postprocess_steps(self, spec: BuildSpec) -> list[Step]:
-        return []
+    def postprocess(self, labels: list[str], spec: BuildSpec) -> None:
+        return None
 
     def gate_compare(
         self, tolerance: GateTolerance, case: str, reference: np.ndarray, actual: np.ndarray
@@ -52,8 +58,9 @@ class EmbeddingBuild(EncoderBuild):
         ]
         return misses, float(cosine.min())
 
-    def golden_reference(self, outputs: np.ndarray, labels: list[str]) -> dict[str, Any]:
-        return {"embeddings": outputs.round(6).tolist()}
+    def golden_reference(self, reference: Reference, spec: BuildSpec) -> dict[str, Any]:
+        texts, outputs = golden_text_outputs(reference, spec)
+        return {"texts": texts, "embeddings": outputs.round(6).tolist()}
 
 
 @register

@@ -23,6 +23,7 @@ import numpy as np
 from .common import (
     ATTENTION_MASK,
     INPUT_IDS,
+    TOKEN_TYPE_IDS,
     RequestError,
     error_responses,
     model_parameters,
@@ -36,27 +37,32 @@ except ImportError:  # outside Triton: the logic below stays importable and test
     pb_utils = None
 
 
-def pad_and_stack(
-    batches: list[tuple[np.ndarray, np.ndarray]], pad_id: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stack `[b_i, L_i]` id/mask pairs into `[sum b_i, max L_i]`, padding on the right."""
-    width = max(ids.shape[1] for ids, _ in batches)
-    rows = sum(ids.shape[0] for ids, _ in batches)
-    input_ids = np.full((rows, width), pad_id, dtype=np.int64)
-    attention_mask = np.zeros((rows, width), dtype=np.int64)
+Batch = dict[str, np.ndarray]  # one request's graph inputs by name, each [rows, sequence]
+
+
+def pad_and_stack(batches: list[Batch], pad_id: int) -> Batch:
+    """Stack each input's `[b_i, L_i]` rows into `[sum b_i, max L_i]`, padding on the right
+    (ids with `pad_id`, the mask and token types with 0)."""
+    width = max(batch[INPUT_IDS].shape[1] for batch in batches)
+    rows = sum(batch[INPUT_IDS].shape[0] for batch in batches)
+    stacked = {
+        name: np.full((rows, width), pad_id if name == INPUT_IDS else 0, dtype=np.int64)
+        for name in batches[0]
+    }
     start = 0
-    for ids, mask in batches:
-        input_ids[start : start + len(ids), : ids.shape[1]] = ids
-        attention_mask[start : start + len(ids), : mask.shape[1]] = mask
-        start += len(ids)
-    return input_ids, attention_mask
-
-
-Batch = tuple[np.ndarray, np.ndarray]  # input_ids, attention_mask of one request
+    for batch in batches:
+        for name, value in batch.items():
+            stacked[name][start : start + len(value), : value.shape[1]] = value
+        start += len(batch[INPUT_IDS])
+    return stacked
 
 
 def check_request(
-    input_ids: np.ndarray, attention_mask: np.ndarray, vocab_size: int, max_len: int | None = None
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    vocab_size: int,
+    max_len: int | None = None,
+    token_type_ids: np.ndarray | None = None,
 ) -> None:
     """Raise `RequestError` naming the first thing wrong with one request's tensors."""
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
@@ -64,6 +70,14 @@ def check_request(
             f"`{INPUT_IDS}` has shape {list(input_ids.shape)} and `{ATTENTION_MASK}` "
             f"{list(attention_mask.shape)}: expected the same shape [batch, sequence]"
         )
+    if token_type_ids is not None:
+        if token_type_ids.shape != input_ids.shape:
+            raise RequestError(
+                f"`{TOKEN_TYPE_IDS}` has shape {list(token_type_ids.shape)}: expected "
+                f"{list(input_ids.shape)}, the shape of `{INPUT_IDS}`"
+            )
+        if not np.isin(token_type_ids, (0, 1)).all():
+            raise RequestError(f"`{TOKEN_TYPE_IDS}` holds values other than 0 and 1")
     if input_ids.size == 0:
         raise RequestError(f"`{INPUT_IDS}` is empty: expected at least one token per row")
     if max_len is not None and input_ids.shape[1] > max_len:
@@ -96,6 +110,7 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.output_name = output_name
         self.pad_id = pad_id
+        self.inputs = tuple(i.name for i in self.session.get_inputs())  # ids, mask [, types]
         self.vocab_size = self._probe_vocab_size()
 
     def _probe_vocab_size(self) -> int:
@@ -105,10 +120,11 @@ class OnnxEncoder:
 
         quiet = ort.RunOptions()
         quiet.log_severity_level = 4  # the refused probes are expected: do not log them
-        mask = np.ones((1, 1), dtype=np.int64)
+        one = {name: np.zeros((1, 1), dtype=np.int64) for name in self.inputs}
+        one[ATTENTION_MASK] = np.ones((1, 1), dtype=np.int64)
 
         def accepted(token: int) -> bool:
-            feeds = {INPUT_IDS: np.array([[token]], dtype=np.int64), ATTENTION_MASK: mask}
+            feeds = {**one, INPUT_IDS: np.array([[token]], dtype=np.int64)}
             try:
                 self.session.run([self.output_name], feeds, quiet)
             except Exception:
@@ -122,12 +138,15 @@ class OnnxEncoder:
         return low
 
     def run(self, batches: list[Batch]) -> list[np.ndarray]:
-        """One session call for all batches; the outputs split back per batch."""
-        input_ids, attention_mask = pad_and_stack(batches, self.pad_id)
-        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
-        (output,) = self.session.run([self.output_name], feeds)
-        splits = np.cumsum([ids.shape[0] for ids, _ in batches])[:-1]
-        return np.split(output.astype(np.float32, copy=False), splits)
+        """One session call for all batches; the outputs split back per batch (a per-token
+        output cut back to the batch's own length)."""
+        (output,) = self.session.run([self.output_name], pad_and_stack(batches, self.pad_id))
+        splits = np.cumsum([batch[INPUT_IDS].shape[0] for batch in batches])[:-1]
+        parts = np.split(output.astype(np.float32, copy=False), splits)
+        if output.ndim == 3:
+            widths = [batch[INPUT_IDS].shape[1] for batch in batches]
+            parts = [part[:, :width] for part, width in zip(parts, widths, strict=True)]
+        return parts
 
 
 class TritonPythonModel:
@@ -149,12 +168,15 @@ class TritonPythonModel:
         responses: list[Any] = [None] * len(requests)
         valid: dict[int, Batch] = {}
         for i, request in enumerate(requests):
-            batch = (
-                pb_utils.get_input_tensor_by_name(request, INPUT_IDS).as_numpy(),
-                pb_utils.get_input_tensor_by_name(request, ATTENTION_MASK).as_numpy(),
-            )
+            batch = {
+                name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                for name in self.encoder.inputs
+            }
             try:
-                check_request(*batch, self.encoder.vocab_size, self.max_len)
+                check_request(
+                    batch[INPUT_IDS], batch[ATTENTION_MASK], self.encoder.vocab_size,
+                    self.max_len, batch.get(TOKEN_TYPE_IDS),
+                )  # fmt: skip
                 valid[i] = batch
             except RequestError as exc:
                 responses[i] = rejection(pb_utils, exc)

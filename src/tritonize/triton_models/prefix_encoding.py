@@ -59,6 +59,30 @@ def encode_within(
     return [results[i] for i in range(len(texts))]
 
 
+def encode_pairs_within(
+    tokenizer: tokenizers.Tokenizer, pairs: list[tuple[str, str]], window: int
+) -> list[tokenizers.Encoding]:
+    """The encodings of text pairs truncated at `window` tokens (longest first), each side
+    tokenized no further than the window can use: a side that overflows the window alone is
+    cut after its last token inside the window (truncation keeps fewer of its tokens than that,
+    so the cut changes none that are kept). `overflowing` flags a truncated pair."""
+    sides = [encode_within(tokenizer, [pair[i] for pair in pairs], window) for i in (0, 1)]
+    cut = [
+        (_cut_after_window(a, first), _cut_after_window(b, second))
+        for (a, b), first, second in zip(pairs, *sides, strict=True)
+    ]
+    return tokenizer.encode_batch(cut)
+
+
+def _cut_after_window(text: str, encoding: tokenizers.Encoding) -> str:
+    """`text` up to the end of its window's last token, or whole when it fits the window."""
+    if not encoding.overflowing:
+        return text
+    ends = [end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask,
+                                             strict=True) if not special]  # fmt: skip
+    return text[: max(ends, default=len(text))]
+
+
 def min_prefix_chars(tokenizer: tokenizers.Tokenizer) -> int:
     """The shortest first prefix: twice the longest word the tokenizer's model splits."""
     longest_word = getattr(tokenizer.model, "max_input_chars_per_word", 0) or 0

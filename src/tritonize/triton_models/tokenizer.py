@@ -1,5 +1,10 @@
 """Tokenizer step: TEXT (BYTES [B, 1]) -> input_ids, attention_mask (INT64 [B, L]), TRUNCATED.
 
+Tasks on text pairs name two inputs (rerank: QUERY and TEXT), encoded as pairs: the longest
+text is truncated first, as transformers' `truncation=True` does. Where the task asks, the step
+also returns `token_type_ids` (which text of the pair a token is in), `offsets` (each token's
+character span in its text) and `special_tokens_mask` (1 for special and padding tokens).
+
 All texts of all requests in one `execute` are encoded in a single `encode_batch` call. Each
 request is padded to its own longest text only: the `local` engine step declares its inputs
 ragged and pads across the requests it batches, so requests of any length merge there. For
@@ -28,7 +33,10 @@ import tokenizers
 from .common import (
     ATTENTION_MASK,
     INPUT_IDS,
+    OFFSETS,
+    SPECIAL_TOKENS_MASK,
     TEXT,
+    TOKEN_TYPE_IDS,
     TRUNCATED,
     RequestError,
     error_responses,
@@ -36,12 +44,20 @@ from .common import (
     rejection,
     version_dir,
 )
-from .prefix_encoding import content_tokens, encode_within, has_visible_text
+from .prefix_encoding import (
+    content_tokens,
+    encode_pairs_within,
+    encode_within,
+    has_visible_text,
+)
 
 try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # outside Triton: the logic below stays importable and testable
     pb_utils = None
+
+
+Texts = list[str] | list[tuple[str, str]]  # one request's texts, or its text pairs
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,21 @@ class EncodedBatch:
     truncated: np.ndarray  # BOOL [B, 1]
     num_tokens: int  # real (unpadded) tokens in the batch
     tokenless: tuple[int, ...] = ()  # rows whose text yields no token of its own
+    token_type_ids: np.ndarray | None = None  # INT64 [B, L]
+    offsets: np.ndarray | None = None  # INT64 [B, L, 2]
+    special_tokens_mask: np.ndarray | None = None  # INT64 [B, L], padding included
+
+    def tensors(self, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The named outputs of the step (TRUNCATED, ids, mask and any extra)."""
+        every = {
+            INPUT_IDS: self.input_ids,
+            ATTENTION_MASK: self.attention_mask,
+            TRUNCATED: self.truncated,
+            TOKEN_TYPE_IDS: self.token_type_ids,
+            OFFSETS: self.offsets,
+            SPECIAL_TOKENS_MASK: self.special_tokens_mask,
+        }
+        return {name: every[name] for name in names}  # type: ignore[misc]
 
 
 class TextTokenizer:
@@ -78,36 +109,41 @@ class TextTokenizer:
     def from_file(cls, path: Path, **kwargs: Any) -> TextTokenizer:
         return cls(tokenizers.Tokenizer.from_file(str(path)), **kwargs)
 
-    def decode_texts(self, raw: np.ndarray) -> list[str]:
-        """UTF-8 texts from a BYTES tensor; raise `RequestError` naming the bad element."""
-        texts = []
-        for i, item in enumerate(raw.reshape(-1)):
-            data = item if isinstance(item, bytes) else str(item).encode()
-            if len(data) > self.max_text_bytes:
-                raise RequestError(
-                    f"`{TEXT}`[{i}] is {len(data)} bytes: at most {self.max_text_bytes} allowed"
-                )
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise RequestError(
-                    f"`{TEXT}`[{i}] is not valid UTF-8 (byte {exc.start}: {exc.reason})"
-                ) from None
-            if not text.strip():
-                raise RequestError(f"`{TEXT}`[{i}] is empty or whitespace only: expected some text")
-            if not has_visible_text(text):
-                raise RequestError(
-                    f"`{TEXT}`[{i}] has no visible character (only control or format characters "
-                    "such as U+0000, U+200B or U+FEFF, whitespace or combining marks): "
-                    "expected some text"
-                )
-            texts.append(text)
-        return texts
+    def decode_texts(self, raw: np.ndarray, name: str = TEXT) -> list[str]:
+        """UTF-8 texts from the BYTES tensor `name`; raise `RequestError` naming the bad
+        element."""
+        return [self._decode(item, f"`{name}`[{i}]") for i, item in enumerate(raw.reshape(-1))]
 
-    def encode(self, requests: list[list[str]]) -> list[EncodedBatch]:
-        """Encode every request's texts in one call; pad each request to its longest text."""
+    def _decode(self, item: object, where: str) -> str:
+        data = item if isinstance(item, bytes) else str(item).encode()
+        if len(data) > self.max_text_bytes:
+            raise RequestError(
+                f"{where} is {len(data)} bytes: at most {self.max_text_bytes} allowed"
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestError(
+                f"{where} is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+            ) from None
+        if not text.strip():
+            raise RequestError(f"{where} is empty or whitespace only: expected some text")
+        if not has_visible_text(text):
+            raise RequestError(
+                f"{where} has no visible character (only control or format characters "
+                "such as U+0000, U+200B or U+FEFF, whitespace or combining marks): "
+                "expected some text"
+            )
+        return text
+
+    def encode(self, requests: list[Texts]) -> list[EncodedBatch]:
+        """Encode every request's texts (or pairs) in one call; pad each request to its
+        longest text."""
         flat = [text for texts in requests for text in texts]
-        encodings = encode_within(self.tokenizer, flat, self.max_seq_len)
+        if flat and isinstance(flat[0], tuple):
+            encodings = encode_pairs_within(self.tokenizer, flat, self.max_seq_len)  # type: ignore[arg-type]
+        else:
+            encodings = encode_within(self.tokenizer, flat, self.max_seq_len)  # type: ignore[arg-type]
         batches, start = [], 0
         for texts in requests:
             batches.append(self._pad(encodings[start : start + len(texts)]))
@@ -117,14 +153,24 @@ class TextTokenizer:
     def _pad(self, encodings: list[tokenizers.Encoding]) -> EncodedBatch:
         width = max(len(enc.ids) for enc in encodings)
         width = next((b for b in self.pad_buckets if b >= width), width)
-        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        rows = len(encodings)
+        ids = np.full((rows, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((rows, width), dtype=np.int64)
+        type_ids = np.zeros((rows, width), dtype=np.int64)
+        offsets = np.zeros((rows, width, 2), dtype=np.int64)
+        special = np.ones((rows, width), dtype=np.int64)
         for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            type_ids[row, :n] = enc.type_ids
+            offsets[row, :n] = enc.offsets
+            special[row, :n] = enc.special_tokens_mask
         truncated = np.array([[bool(enc.overflowing)] for enc in encodings], dtype=bool)
         tokenless = tuple(row for row, enc in enumerate(encodings) if not content_tokens(enc))
-        return EncodedBatch(ids, mask, truncated, int(mask.sum()), tokenless)
+        return EncodedBatch(
+            ids, mask, truncated, int(mask.sum()), tokenless, type_ids, offsets, special
+        )
 
 
 class TritonPythonModel:
@@ -140,6 +186,10 @@ class TritonPythonModel:
             max_text_bytes=int(params.get("max_text_bytes", 1_000_000)),
             pad_buckets=tuple(json.loads(params.get("pad_buckets", "[]"))),
         )
+        # The task's text inputs (one, or two for pairs) and its outputs besides ids and mask.
+        self.inputs = tuple(json.loads(params.get("text_inputs", json.dumps([TEXT]))))
+        extras = tuple(json.loads(params.get("extra_outputs", "[]")))
+        self.outputs = (INPUT_IDS, ATTENTION_MASK, TRUNCATED, *extras)
         self.metrics = _TokenizerMetrics(self.name)
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -152,11 +202,10 @@ class TritonPythonModel:
     def _execute(self, requests: list[Any]) -> list[Any]:
         start = time.perf_counter()
         responses: list[Any] = [None] * len(requests)
-        valid: dict[int, list[str]] = {}
+        valid: dict[int, Texts] = {}
         for i, request in enumerate(requests):
-            raw = pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy()
             try:
-                valid[i] = self.tokenizer.decode_texts(raw)
+                valid[i] = self._texts(request)
             except RequestError as exc:
                 responses[i] = rejection(pb_utils, exc)
         for i, batch in zip(valid, self.tokenizer.encode(list(valid.values())), strict=True):
@@ -164,9 +213,19 @@ class TritonPythonModel:
         self.metrics.observe(time.perf_counter() - start)
         return responses
 
+    def _texts(self, request: Any) -> Texts:
+        """The request's texts, or its pairs when the task takes two inputs."""
+        columns = [
+            self.tokenizer.decode_texts(pb_utils.get_input_tensor_by_name(request, name).as_numpy(),
+                                        name)
+            for name in self.inputs
+        ]  # fmt: skip
+        return columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
+
     def _respond(self, batch: EncodedBatch) -> Any:
         if batch.tokenless:
-            problem = f"`{TEXT}`[{batch.tokenless[0]}] yields no token: this model's tokenizer "
+            where = " or ".join(f"`{name}`" for name in self.inputs)
+            problem = f"{where}[{batch.tokenless[0]}] yields no token: this model's tokenizer "
             return rejection(pb_utils, RequestError(problem + "removes all of it; expected text"))
         truncations = int(batch.truncated.sum())
         if truncations:
@@ -175,12 +234,9 @@ class TritonPythonModel:
                 f"max_seq_len={self.tokenizer.max_seq_len} tokens"
             )
         self.metrics.count(batch.num_tokens, truncations)
+        tensors = batch.tensors(self.outputs)
         return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor(INPUT_IDS, batch.input_ids),
-                pb_utils.Tensor(ATTENTION_MASK, batch.attention_mask),
-                pb_utils.Tensor(TRUNCATED, batch.truncated),
-            ]
+            output_tensors=[pb_utils.Tensor(name, value) for name, value in tensors.items()]
         )
 
 
