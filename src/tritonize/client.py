@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from http.client import HTTPException
@@ -18,7 +19,22 @@ from tritonclient.utils import InferenceServerException
 
 from tritonize.api_key import API_KEY_HEADER
 from tritonize.errors import InferenceError
-from tritonize.triton_models.common import EMBEDDING, LABEL, PROBABILITIES, SCORE, TEXT, TRUNCATED
+from tritonize.tasks.base import batched as takes_batches
+from tritonize.triton_models.common import (
+    ANSWER,
+    CONTEXT,
+    EMBEDDING,
+    END,
+    ENTITIES,
+    LABEL,
+    PROBABILITIES,
+    QUERY,
+    QUESTION,
+    SCORE,
+    START,
+    TEXT,
+    TRUNCATED,
+)
 from tritonize.triton_models.generation import REQUEST_SCHEMA
 
 
@@ -28,6 +44,14 @@ class Protocol(StrEnum):
 
 
 DEFAULT_URLS = {Protocol.HTTP: "127.0.0.1:8000", Protocol.GRPC: "127.0.0.1:8001"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    score: float
+    start: int  # character offsets into the context: text == context[start:end]
+    end: int
 
 
 @dataclass(frozen=True)
@@ -62,19 +86,35 @@ class TritonizeClient:
         self._module: Any = module
         self._timeout_s = timeout_s
         self._client: Any = module.InferenceServerClient(self.url, **kwargs)
-        self._outputs: dict[str, list[str]] = {}
+        self._metadata: dict[str, dict[str, Any]] = {}
 
     # -- inference ---------------------------------------------------------------------------
     def infer(self, model: str, texts: Sequence[str | bytes]) -> dict[str, np.ndarray]:
         """Send `texts` as TEXT [B, 1]; return every output of `model` by name."""
-        if not texts:
-            raise InferenceError("`texts` is empty: expected at least one text")
-        data = np.array([[t.encode() if isinstance(t, str) else t] for t in texts], dtype=object)
-        request = self._module.InferInput(TEXT, list(data.shape), "BYTES")
-        request.set_data_from_numpy(data)
+        return self.infer_inputs(model, {TEXT: texts})
+
+    def infer_inputs(
+        self, model: str, inputs: Mapping[str, Sequence[str | bytes]]
+    ) -> dict[str, np.ndarray]:
+        """Send each named input's texts (BYTES [B, 1]; [1] to a model that takes one input per
+        request, such as question answering); return every output of `model` by name."""
+        batched = takes_batches(self._metadata_of(model))
+        requests = []
+        for name, texts in inputs.items():
+            if not texts:
+                raise InferenceError(f"`{name}` is empty: expected at least one text")
+            if not batched and len(texts) != 1:
+                raise InferenceError(
+                    f"`{name}` holds {len(texts)} texts: model `{model}` takes one per request"
+                )
+            data = np.array([t.encode() if isinstance(t, str) else t for t in texts], dtype=object)
+            data = data.reshape(-1, 1) if batched else data
+            request = self._module.InferInput(name, list(data.shape), "BYTES")
+            request.set_data_from_numpy(data)
+            requests.append(request)
         outputs = [self._requested_output(name) for name in self.output_names(model)]
         result = self._call(
-            model, "infer", model, [request], outputs=outputs, **self._infer_timeout()
+            model, "infer", model, requests, outputs=outputs, **self._infer_timeout()
         )
         return {name: result.as_numpy(name) for name in self.output_names(model)}
 
@@ -93,6 +133,26 @@ class TritonizeClient:
             )
             for i in range(len(texts))
         ]
+
+    def rerank(self, model: str, query: str, texts: Sequence[str]) -> np.ndarray:
+        """The relevance of each text to `query` (a cross-encoder's SCORE), FP32 [B]."""
+        out = self.infer_inputs(model, {QUERY: [query] * len(texts), TEXT: texts})
+        return out[SCORE][:, 0]
+
+    def answer(self, model: str, question: str, context: str) -> Answer:
+        """The span of `context` that answers `question` (extractive question answering)."""
+        out = self.infer_inputs(model, {QUESTION: [question], CONTEXT: [context]})
+        return Answer(
+            text=out[ANSWER][0].decode(),
+            score=float(out[SCORE][0]),
+            start=int(out[START][0]),
+            end=int(out[END][0]),
+        )
+
+    def entities(self, model: str, texts: Sequence[str]) -> list[list[dict[str, Any]]]:
+        """Each text's named entities: text, label, score, start and end (characters)."""
+        out = self.infer_inputs(model, {TEXT: texts})
+        return [json.loads(item) for item in out[ENTITIES][:, 0]]
 
     def generate(
         self, model: str, prompt: str, max_tokens: int = 64, stream: bool = False,
@@ -208,9 +268,13 @@ class TritonizeClient:
         return "text_input" in inputs and TEXT not in inputs
 
     def output_names(self, model: str) -> list[str]:
-        if model not in self._outputs:
-            self._outputs[model] = [o["name"] for o in self.metadata(model)["outputs"]]
-        return self._outputs[model]
+        return [o["name"] for o in self._metadata_of(model)["outputs"]]
+
+    def _metadata_of(self, model: str) -> dict[str, Any]:
+        """`model`'s metadata, asked once per client."""
+        if model not in self._metadata:
+            self._metadata[model] = self.metadata(model)
+        return self._metadata[model]
 
     def load_model(self, model: str) -> None:
         """Model-repository API: needs the server's API key."""

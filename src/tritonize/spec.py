@@ -22,6 +22,9 @@ class Task(StrEnum):
     EMBEDDING = "embedding"
     CLASSIFICATION = "classification"
     GENERATION = "generation"  # decoder-only LLMs; `max_seq_len` is the context window
+    QUESTION_ANSWERING = "question-answering"  # extractive; `max_seq_len` is one window
+    RERANK = "rerank"  # cross-encoders scoring (query, text) pairs
+    TOKEN_CLASSIFICATION = "token-classification"  # named entities
 
 
 class Target(StrEnum):

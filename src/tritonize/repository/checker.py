@@ -113,8 +113,9 @@ def check_ensemble(name: str, ensemble: ModelConfig, configs: dict[str, ModelCon
                 f"{where}: max_batch_size {model.max_batch_size} is below the ensemble's "
                 f"{ensemble.max_batch_size}"
             )
-        problems += _check_step_inputs(where, step, model, available)
-        outputs = {t.name: _spec(t) for t in model.output}
+        batch = _batch_dims(ensemble, model)
+        problems += _check_step_inputs(where, step, model, available, batch)
+        outputs = {t.name: _spec(t, batch) for t in model.output}
         for produced, tensor in step.output_map.items():
             if produced not in outputs:
                 problems.append(f"{where}: maps output `{produced}`, which the model does not have")
@@ -125,8 +126,18 @@ def check_ensemble(name: str, ensemble: ModelConfig, configs: dict[str, ModelCon
     return problems
 
 
+def _batch_dims(ensemble: ModelConfig, model: ModelConfig) -> tuple[int, ...]:
+    """In an ensemble that does not batch, a step that does takes the first dim of what it is
+    handed as its batch (a tokenizer's windows): its tensors are compared with that dim."""
+    return (-1,) if not ensemble.max_batch_size and model.max_batch_size else ()
+
+
 def _check_step_inputs(
-    where: str, step: mc.ModelEnsembling.Step, model: ModelConfig, available: dict[str, TensorSpec]
+    where: str,
+    step: mc.ModelEnsembling.Step,
+    model: ModelConfig,
+    available: dict[str, TensorSpec],
+    batch: tuple[int, ...],
 ) -> list[str]:
     problems: list[str] = []
     inputs = {t.name: t for t in model.input}
@@ -135,7 +146,7 @@ def _check_step_inputs(
             problems.append(f"{where}: maps input `{expected}`, which the model does not have")
             continue
         problems += _match(
-            f"{where} input `{expected}`", tensor, _spec(inputs[expected]), available
+            f"{where} input `{expected}`", tensor, _spec(inputs[expected], batch), available
         )
     for missing in sorted(set(inputs) - set(step.input_map)):
         if not inputs[missing].optional:
@@ -175,8 +186,8 @@ def _check_plans(directory: Path, runtime: EngineRuntime) -> list[str]:
     return problems
 
 
-def _spec(tensor: mc.ModelInput | mc.ModelOutput) -> TensorSpec:
-    return TensorSpec(tensor.data_type, tuple(tensor.dims))
+def _spec(tensor: mc.ModelInput | mc.ModelOutput, batch: tuple[int, ...] = ()) -> TensorSpec:
+    return TensorSpec(tensor.data_type, (*batch, *tensor.dims))
 
 
 def _check_files(directory: Path, config: ModelConfig, hashes: bool) -> list[str]:

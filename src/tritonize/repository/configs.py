@@ -215,12 +215,16 @@ def ensemble_config(
         input=[t.as_input() for t in inputs],
         output=[t.as_output() for t in public_outputs(spec, output_dim)],
     )
-    tokenized = [t.name for t in build.tokenizer_outputs(graph_inputs)]
+    postprocess = build.postprocess(labels or [], spec)
+    # The tokenizer's outputs that a later step or the client reads (an ensemble tensor that
+    # nothing reads is an error).
+    read = {*graph_inputs, *(t.name for t in config.output)}
+    read.update(t.name for t in (postprocess.inputs if postprocess else ()))
+    tokenized = [t.name for t in build.tokenizer_outputs(graph_inputs) if t.name in read]
     pipeline = [
         (steps.tokenizer, _same(t.name for t in inputs), _same(tokenized)),
         (steps.engine, _same(graph_inputs), {engine_output_name: build.engine_output}),
     ]
-    postprocess = build.postprocess(labels or [], spec)
     if postprocess:
         pipeline.append(
             (

@@ -43,6 +43,11 @@ class TaskContract(ABC):
         wrong with its response, if anything. A failed request raises `TritonizeError`."""
 
     @abstractmethod
+    def request(self, texts: list[str]) -> dict[str, list[str]]:
+        """A request of this task made of plain texts (load tests, health probes): each input's
+        values by name, one per row."""
+
+    @abstractmethod
     def response_problem(self, outputs: dict[str, np.ndarray]) -> str | None:
         """What the task itself finds wrong in a response whose shapes are right."""
 
@@ -103,6 +108,13 @@ def served_task(metadata: dict[str, Any]) -> TaskContract | None:
     return next((task for task in TASKS.values() if task.serves(metadata)), None)
 
 
+def batched(metadata: dict[str, Any]) -> bool:
+    """Whether a model takes a batch of inputs (its inputs' shapes lead with -1) rather than
+    one input per request."""
+    shape = metadata["inputs"][0]["shape"]
+    return len(shape) > 1 and int(shape[0]) == -1
+
+
 def response_problem(
     outputs: dict[str, np.ndarray], rows: int, metadata: dict[str, Any]
 ) -> str | None:
@@ -111,11 +123,22 @@ def response_problem(
     check (the task whose outputs the metadata lists)."""
     declared = {o["name"]: [int(d) for d in o["shape"]] for o in metadata["outputs"]}
     for name, dims in declared.items():
-        problem = _tensor_problem(name, outputs.get(name), [rows, *dims[1:]])
+        expected = [rows, *dims[1:]] if batched(metadata) else dims
+        problem = _tensor_problem(name, outputs.get(name), expected)
         if problem:
             return problem
     task = served_task(metadata)
     return task.response_problem(outputs) if task else None
+
+
+def infer_and_check(
+    task: TaskContract, client: TritonizeClient, model: str, texts: list[str],
+    metadata: dict[str, Any],
+) -> str | None:  # fmt: skip
+    """Send `task`'s request made of `texts`; what is wrong with the response, if anything."""
+    inputs = task.request(texts)
+    rows = len(next(iter(inputs.values())))
+    return response_problem(client.infer_inputs(model, inputs), rows, metadata)
 
 
 def _tensor_problem(name: str, value: np.ndarray | None, expected: list[int]) -> str | None:

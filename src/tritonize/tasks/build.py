@@ -108,6 +108,12 @@ class Reference:
     labels: list[str]
     graph_inputs: tuple[str, ...]  # input_ids, attention_mask [, token_type_ids]
 
+    def own_tokenizer(self) -> Any:
+        """A copy of the tokenizer to set truncation on (the build saves the original)."""
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(self.tokenizer.to_str())
+
 
 class EncoderBuild(TaskBuild):
     """An ensemble: the texts -> tokenizer -> engine [-> the task's postprocess step]."""
@@ -170,6 +176,17 @@ _EXTRAS = {
     OFFSETS: PublicTensor(OFFSETS, "INT64", np.int64, (-1, 2)),
     SPECIAL_TOKENS_MASK: PublicTensor(SPECIAL_TOKENS_MASK, "INT64", np.int64, (-1,)),
 }
+
+
+def encode_for_graph(
+    reference: Reference, spec: BuildSpec, texts: list[str] | list[tuple[str, str]]
+) -> dict[str, np.ndarray]:
+    """The graph's feeds for `texts` (or pairs), tokenized as the tokenizer step does."""
+    from tritonize.triton_models.tokenizer import TextTokenizer
+
+    step = TextTokenizer(reference.own_tokenizer(), spec.max_seq_len, reference.pad_id)
+    (batch,) = step.encode([texts])
+    return batch.tensors((*reference.graph_inputs, OFFSETS, SPECIAL_TOKENS_MASK))
 
 
 def golden_text_outputs(reference: Reference, spec: BuildSpec) -> tuple[list[str], np.ndarray]:

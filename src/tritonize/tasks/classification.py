@@ -13,8 +13,8 @@ from tritonize.tasks.base import (
     TRUNCATED_OUTPUT,
     PublicTensor,
     TaskContract,
+    infer_and_check,
     register,
-    response_problem,
 )
 from tritonize.tasks.build import (
     EncoderBuild,
@@ -24,7 +24,7 @@ from tritonize.tasks.build import (
     golden_text_outputs,
 )
 from tritonize.triton_models.classifier import softmax
-from tritonize.triton_models.common import LABEL, LOGITS, PROBABILITIES, SCORE
+from tritonize.triton_models.common import LABEL, LOGITS, PROBABILITIES, SCORE, TEXT
 
 if TYPE_CHECKING:
     from tritonize.client import TritonizeClient
@@ -99,7 +99,10 @@ class TextClassification(TaskContract):
     def call(
         self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]
     ) -> str | None:
-        return response_problem(client.infer(model, [text]), 1, metadata)
+        return infer_and_check(self, client, model, [text], metadata)
+
+    def request(self, texts: list[str]) -> dict[str, list[str]]:
+        return {TEXT: texts}
 
     def response_problem(self, outputs: dict[str, np.ndarray]) -> str | None:
         return None  # shapes, finite values and non-empty labels are all it promises

@@ -12,8 +12,8 @@ from tritonize.tasks.base import (
     TRUNCATED_OUTPUT,
     PublicTensor,
     TaskContract,
+    infer_and_check,
     register,
-    response_problem,
 )
 from tritonize.tasks.build import (
     EncoderBuild,
@@ -22,7 +22,7 @@ from tritonize.tasks.build import (
     cosine_rows,
     golden_text_outputs,
 )
-from tritonize.triton_models.common import EMBEDDING
+from tritonize.triton_models.common import EMBEDDING, TEXT
 
 if TYPE_CHECKING:
     from tritonize.client import TritonizeClient
@@ -73,7 +73,10 @@ class Embedding(TaskContract):
     def call(
         self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]
     ) -> str | None:
-        return response_problem(client.infer(model, [text]), 1, metadata)
+        return infer_and_check(self, client, model, [text], metadata)
+
+    def request(self, texts: list[str]) -> dict[str, list[str]]:
+        return {TEXT: texts}
 
     def response_problem(self, outputs: dict[str, np.ndarray]) -> str | None:
         norms = np.linalg.norm(outputs[EMBEDDING], axis=1)

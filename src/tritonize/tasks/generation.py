@@ -49,6 +49,9 @@ class Generation(TaskContract):
             pass  # an error anywhere in the stream raises
         return None
 
+    def request(self, texts: list[str]) -> dict[str, list[str]]:
+        return {"text_input": texts[:1]}  # one prompt per request
+
     def response_problem(self, outputs: dict[str, np.ndarray]) -> str | None:
         return None  # streams are checked for text as they arrive (loadtest users)
 
