@@ -87,6 +87,50 @@ def server(repository: Path) -> Iterator[LocalServer]:
     server.stop()
 
 
+# The tasks built from tiny random checkpoints (tests/fixtures/tiny_configs) for the
+# `tasks_server`: name -> (task, checkpoint config).
+NEW_TASKS = {
+    "qa": ("question-answering", "bert-qa"),
+    "reranker": ("rerank", "bert-rerank"),
+    "ner": ("token-classification", "bert-ner"),
+}
+TASKS_MAX_BATCH = 8
+TASKS_MAX_SEQ = 64
+
+
+@pytest.fixture(scope="session")
+def tasks_repository(
+    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Callable[[str], Path]
+) -> Path:
+    """Question answering, reranking and named entities, in one repository."""
+    output = tmp_path_factory.mktemp("tasks_repository")
+    for name, (task, checkpoint) in NEW_TASKS.items():
+        build_repository(
+            BuildSpec(name=name, task=task, model=tiny_checkpoint(checkpoint), output=output,
+                      max_batch_size=TASKS_MAX_BATCH, max_seq_len=TASKS_MAX_SEQ)
+        )  # fmt: skip
+    return output
+
+
+@pytest.fixture(scope="session")
+def tasks_server(tasks_repository: Path) -> Iterator[LocalServer]:
+    server = LocalServer(server_config(tasks_repository))
+    server.start(timeout_s=120)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["http", "grpc"])
+def tasks_client(
+    request: pytest.FixtureRequest, tasks_server: LocalServer
+) -> Iterator[TritonizeClient]:
+    """A client of the `tasks_server`, over each protocol."""
+    config = tasks_server.config
+    url = config.http_url if request.param == "http" else config.grpc_url
+    with TritonizeClient(url, request.param, api_key=config.api_key) as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def prometheus(server: LocalServer) -> Iterator[LocalPrometheus]:
     """A real Prometheus scraping the session's Triton every second."""
