@@ -247,7 +247,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     with TritonizeClient(args.url, args.protocol, timeout_s=args.timeout) as client:
         _check_model_kind(client, args.model, "infer")
-        outputs = client.infer(args.model, args.texts)
+        outputs = _infer_texts(client, args.model, args.texts, _fixed_inputs(args))
     if args.json:
         print(json.dumps({k: _jsonable(v) for k, v in outputs.items()}))
         return 0
@@ -256,6 +256,46 @@ def cmd_infer(args: argparse.Namespace) -> int:
         for name, value in outputs.items():
             print(f"    {name}: {_summary(value[i])}")
     return 0
+
+
+def _fixed_inputs(args: argparse.Namespace) -> dict[str, str]:
+    """Inputs given once for every text: --query, --question, --input NAME=TEXT."""
+    fixed = {"QUERY": args.query, "QUESTION": args.question}
+    for item in args.input or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SpecError(f"`--input` {item!r} is not NAME=TEXT")
+        fixed[name] = value
+    return {name: value for name, value in fixed.items() if value is not None}
+
+
+def _infer_texts(
+    client: Any, model: str, texts: list[str], fixed: dict[str, str]
+) -> dict[str, np.ndarray]:
+    """`texts` fill the one input of `model` that `fixed` leaves; each text is a row of one
+    request, or (a model that takes one input per request, such as question answering) a
+    request of its own. Outputs stacked row by row either way."""
+    from tritonize.tasks.base import batched
+
+    metadata = client.metadata(model)
+    names = [tensor["name"] for tensor in metadata["inputs"]]
+    unknown = sorted(set(fixed) - set(names))
+    rest = [name for name in names if name not in fixed]
+    if unknown or len(rest) != 1:
+        wanted = ", ".join(f"`{name}`" for name in names)
+        raise SpecError(
+            f"model `{model}` takes {wanted}: the TEXT arguments fill one of them, give the "
+            "others with --query, --question or --input NAME=TEXT"
+            + (f" (it has no {', '.join(unknown)})" if unknown else "")
+        )
+    if batched(metadata):
+        rows = {name: [value] * len(texts) for name, value in fixed.items()}
+        return dict(client.infer_inputs(model, {rest[0]: texts, **rows}))
+    answers = [
+        client.infer_inputs(model, {rest[0]: [text], **{k: [v] for k, v in fixed.items()}})
+        for text in texts
+    ]
+    return {name: np.stack([answer[name] for answer in answers]) for name in answers[0]}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -566,7 +606,17 @@ def _add_health(commands: Any) -> None:
 def _add_infer(commands: Any) -> None:
     infer = _command(commands, "infer", cmd_infer, "call a served model with texts")
     infer.add_argument("model")
-    infer.add_argument("texts", nargs="+", metavar="TEXT")
+    infer.add_argument(
+        "texts",
+        nargs="+",
+        metavar="TEXT",
+        help="texts (rerank: passages; question answering: contexts)",
+    )
+    infer.add_argument("--query", help="rerank: the query every TEXT is scored against")
+    infer.add_argument("--question", help="question answering: the question asked of each TEXT")
+    infer.add_argument(
+        "--input", action="append", metavar="NAME=TEXT", help="any other input, for every TEXT"
+    )
     infer.add_argument(
         "--protocol", choices=["http", "grpc"], default=os.environ.get("TRITONIZE_PROTOCOL", "http")
     )

@@ -16,6 +16,8 @@ from locust import User, constant, task
 
 from tritonize.client import TritonizeClient
 from tritonize.loadtest.checks import response_problem
+from tritonize.tasks import served_task
+from tritonize.triton_models.common import TEXT
 
 # Without this, gRPC's C core blocks the gevent loop: calls are serialised and latencies are
 # under-reported. It must run after Locust (which monkey-patches) is imported.
@@ -67,7 +69,9 @@ class _ModelUser(User):
 
 
 class TritonUser(_ModelUser):
-    """Sends `--texts-per-request` random texts per request, back to back."""
+    """Sends `--texts-per-request` random texts per request, back to back, as the model's task
+    asks for them (rerank: the first text is the query; question answering: the first text
+    asks about them all, one request)."""
 
     abstract = True
 
@@ -75,17 +79,23 @@ class TritonUser(_ModelUser):
         super().on_start()
         self.per_request: int = self.environment.parsed_options.texts_per_request
         self.metadata: dict[str, Any] = self.client.metadata(self.model)
+        self.task = served_task(self.metadata)
+
+    def _request(self, texts: list[str]) -> dict[str, list[str]]:
+        return self.task.request(texts) if self.task else {TEXT: texts}
 
     @task
     def infer(self) -> None:
         texts = random.sample(self.texts, min(self.per_request, len(self.texts)))
+        inputs = self._request(texts)
         start = time.perf_counter()
         error: Exception | None = None
         size = 0
         try:
-            outputs = self.client.infer(self.model, texts)
+            outputs = self.client.infer_inputs(self.model, inputs)
             size = sum(v.nbytes for v in outputs.values())
-            problem = response_problem(outputs, len(texts), self.metadata)
+            rows = len(next(iter(inputs.values())))
+            problem = response_problem(outputs, rows, self.metadata)
             if problem:
                 error = ResponseCheckError(problem)
         except Exception as exc:  # whatever went wrong, a failed request: never an uncounted one

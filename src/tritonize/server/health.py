@@ -2,8 +2,8 @@
 
 Triton's readiness stays 200 while a model's stub is dead, so it cannot tell an orchestrator
 whether the server serves. This check can: it sends each public model (an ensemble or a
-generator, not a step) a one-text request, or asks a generator for one token. Models that do
-not take tritonize's text inputs get a readiness check only.
+generator, not a step) a one-text request of its task, or asks a generator for one token.
+Models of no tritonize task get a readiness check only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from tritonize.errors import TritonizeError
 from tritonize.server.admin import RepositoryAdmin
+from tritonize.tasks import served_task
 from tritonize.tasks.build import StepNames
 
 PROBE_TEXT = "health check"
@@ -61,12 +62,16 @@ def probe(http_url: str, models: list[str], timeout_s: float = 10.0) -> list[Pro
 
 
 def _ask(client: Any, model: str) -> None:
-    """A tritonize model gets a real request; any other model, a readiness check."""
-    inputs = {i["name"] for i in client.metadata(model)["inputs"]}
-    if "text_input" in inputs:
+    """A tritonize model gets a real request of its task (a generator, one token); any other
+    model, a readiness check."""
+    metadata = client.metadata(model)
+    task = served_task(metadata)
+    if "text_input" in {i["name"] for i in metadata["inputs"]}:
         "".join(client.generate(model, PROBE_TEXT, max_tokens=1))
-    elif "TEXT" in inputs:
-        client.infer(model, [PROBE_TEXT])
+    elif task is not None:
+        problem = task.call(client, model, PROBE_TEXT, metadata)
+        if problem:
+            raise TritonizeError(f"model `{model}` answered wrongly: {problem}")
     elif not client.is_model_ready(model):
         raise TritonizeError(f"model `{model}` is not ready")
 

@@ -135,7 +135,10 @@ class QuestionAnsweringBuild(EncoderBuild):
                 {"answer": found.text, "score": found.score, "start": found.start,
                  "end": found.end}
             )  # fmt: skip
-        return {"questions": questions, "answers": answers}
+        # `verify`'s smoke load makes its requests of `texts` (see `request`): the questions,
+        # well inside half the window.
+        texts = [question for question, _ in questions]
+        return {"questions": questions, "answers": answers, "texts": texts}
 
 
 def _softmax_tokens(logits: np.ndarray) -> np.ndarray:
@@ -166,8 +169,10 @@ class QuestionAnswering(TaskContract):
         return infer_and_check(self, client, model, [text], metadata)
 
     def request(self, texts: list[str]) -> dict[str, list[str]]:
-        """The first text asks about all of them."""
-        return {QUESTION: texts[:1], CONTEXT: [" ".join(texts)]}
+        """The first words of the first text ask about all of them (a question well inside
+        half the window)."""
+        question = " ".join(texts[0].split()[:8])
+        return {QUESTION: [question], CONTEXT: [" ".join(texts)]}
 
     def response_problem(self, outputs: dict[str, np.ndarray]) -> str | None:
         start, end = int(outputs[START][0]), int(outputs[END][0])
