@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,28 @@ def test_answers_match_pytorch(tasks_client: TritonizeClient, reference: Referen
     assert served.text and served.text == context[served.start : served.end]
     if case.startswith("long-"):
         assert 3 <= windows <= TASKS_MAX_BATCH
+
+
+def test_concurrent_requests_get_their_own_answers(
+    tasks_server: LocalServer, reference: Reference
+) -> None:
+    """Contexts of one to eight windows at once: the engine's dynamic batcher merges the
+    windows of different requests, and each request still gets the answer to its question."""
+    config = tasks_server.config
+
+    def ask(case: str) -> Answer:
+        with TritonizeClient(config.http_url, "http", api_key=config.api_key) as client:
+            return client.answer(QA, *CASES[case])
+
+    cases = list(CASES) * 3
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        served = list(pool.map(ask, cases))
+    expected = {case: reference.answer(*CASES[case])[0] for case in CASES}
+    for case, answer in zip(cases, served, strict=True):
+        assert (answer.text, answer.start, answer.end) == (
+            expected[case].text, expected[case].start, expected[case].end,
+        ), case  # fmt: skip
+        assert answer.score == pytest.approx(expected[case].score, abs=1e-4), case
 
 
 # -- tritonize verify --------------------------------------------------------------------------
