@@ -19,7 +19,7 @@ from tritonize.triton_models.generation import REQUEST_FIELDS, usable_window
 
 TRITON_DTYPES = {
     "BYTES": np.object_, "BOOL": np.bool_, "FP32": np.float32, "INT32": np.int32,
-    "UINT64": np.uint64,
+    "INT64": np.int64, "UINT64": np.uint64,
 }  # fmt: skip
 
 
@@ -87,11 +87,27 @@ def test_each_build_half_plans_the_models_its_configs_wire(tmp_path: Any, name: 
     assert planned == ["m", *(step.model_name for step in ensemble.ensemble_scheduling.step)]
 
 
-@pytest.mark.parametrize("task", [Task.EMBEDDING, Task.CLASSIFICATION])
+ENCODER_TASKS = sorted(set(Task) - {Task.GENERATION})
+
+
+@pytest.mark.parametrize("task", ENCODER_TASKS)
 def test_configs_declare_the_contracts_outputs(tmp_path: Any, task: Task) -> None:
     spec = BuildSpec(name="m", task=task, output=tmp_path)
     declared = [t.name for t in public_outputs(spec, 7)]
     assert declared == [t.name for t in TASKS[task.value].outputs]
+    ensemble = ensemble_config(spec, "out", 7, ["A", "B"])
+    assert [t.name for t in ensemble.input] == [t.name for t in TASKS[task.value].inputs]
+
+
+@pytest.mark.parametrize("name", [task.value for task in ENCODER_TASKS])
+def test_each_task_makes_its_requests_of_its_own_inputs(name: str) -> None:
+    """(A generator's requests carry numbers too: the client's `generate` makes them.)"""
+    texts = ["What is served here?", "Triton serves models.", "Bananas are yellow."]
+    request = TASKS[name].request(texts)
+    required = [t.name for t in TASKS[name].inputs if not t.optional]
+    assert list(request) == required
+    rows = {len(values) for values in request.values()}
+    assert len(rows) == 1 and all(isinstance(v, str) for vs in request.values() for v in vs)
 
 
 def test_generation_request_is_one_schema() -> None:

@@ -18,7 +18,12 @@ from tritonize.export.validation import SAMPLE_TEXTS
 from tritonize.triton_models.classifier import Classifier
 from tritonize.triton_models.common import RequestError
 from tritonize.triton_models.onnx_runner import OnnxEncoder, check_request, pad_and_stack
-from tritonize.triton_models.prefix_encoding import encode_within, has_visible_text
+from tritonize.triton_models.prefix_encoding import (
+    encode_pairs_within,
+    encode_within,
+    has_visible_text,
+    side_tokenizer,
+)
 from tritonize.triton_models.tokenizer import TextTokenizer
 
 
@@ -224,3 +229,60 @@ def test_texts_without_visible_characters_are_found(text: str) -> None:
 @pytest.mark.parametrize("text", ["a", "!", "日本", "🚀", "\u200bx", "e\u0301", "1"])
 def test_texts_with_visible_characters_pass(text: str) -> None:
     assert has_visible_text(text)
+
+
+# -- text pairs (rerank) and token offsets (named entities) ----------------------------------------
+PAIRS = [
+    ("what is triton", "Triton serves models."),
+    ("short", "word " * 40),  # the passage is cut
+    ("a much longer query " * 10, "tiny"),  # the query is cut
+    ("Café naïve?", "今天天气很好"),
+]
+
+
+def test_pairs_match_transformers_longest_first(minilm_dir: Path) -> None:
+    tokenizer, pad_id = load_tokenizer(minilm_dir, trust_remote_code=False)
+    (batch,) = TextTokenizer(tokenizer, max_seq_len=16, pad_id=pad_id).encode([PAIRS])
+    reference = AutoTokenizer.from_pretrained(minilm_dir)
+    queries, passages = zip(*PAIRS, strict=True)
+    expected = reference(list(queries), list(passages), padding=True, truncation="longest_first",
+                         max_length=16, return_tensors="np")  # fmt: skip
+    whole = reference(list(queries), list(passages))["input_ids"]
+    np.testing.assert_array_equal(batch.input_ids, expected["input_ids"])
+    np.testing.assert_array_equal(batch.attention_mask, expected["attention_mask"])
+    np.testing.assert_array_equal(batch.token_type_ids, expected["token_type_ids"])
+    assert batch.truncated[:, 0].tolist() == [len(ids) > 16 for ids in whole]
+    assert batch.truncated[:, 0].any() and not batch.truncated[:, 0].all()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(0, 3000),
+    st.integers(0, 3000),
+    st.sampled_from(["word ", "naïve ", "天", "x" * 150]),
+    st.sampled_from([31, 32]),  # odd and even budgets of pair tokens
+)
+def test_a_pair_tokenized_by_prefixes_equals_the_whole_pair(
+    minilm_dir: Path, left: int, right: int, unit: str, window: int
+) -> None:
+    tokenizer, _ = load_tokenizer(minilm_dir, trust_remote_code=False)
+    tokenizer.enable_truncation(window)
+    pair = ("query " + unit * (left // len(unit)), "text " + unit * (right // len(unit)))
+    sides = side_tokenizer(tokenizer, window)
+    (bounded,) = encode_pairs_within(tokenizer, sides, [pair], window)
+    whole = tokenizer.encode(*pair)
+    assert bounded.ids == whole.ids and bounded.type_ids == whole.type_ids
+    assert bool(bounded.overflowing) == bool(whole.overflowing)
+
+
+def test_offsets_and_special_tokens_mark_each_token(text_tokenizer: TextTokenizer) -> None:
+    texts = ["Angela Merkel", "Paris is nice today"]
+    (batch,) = text_tokenizer.encode([texts])
+    assert batch.offsets is not None and batch.special_tokens_mask is not None
+    for row, text in enumerate(texts):
+        real = batch.special_tokens_mask[row] == 0
+        spans = [text[start:end] for start, end in batch.offsets[row][real]]
+        assert "".join(spans) == text.replace(" ", "")
+    # [CLS] angela merkel [SEP], then padding: marked special like [CLS] and [SEP].
+    width = batch.input_ids.shape[1]
+    assert batch.special_tokens_mask[0].tolist() == [1, 0, 0, 0] + [1] * (width - 4)

@@ -80,12 +80,12 @@ def tokenizer_config(
     build = encoder_build(spec)
     parameters: dict[str, object] = {"max_seq_len": spec.max_seq_len, "pad_token_id": pad_token_id}
     inputs = public_inputs(spec)
-    if [t.name for t in inputs] != [names.TEXT]:
-        parameters["text_inputs"] = json.dumps([t.name for t in inputs])
     outputs = [_config_tensor(t) for t in build.tokenizer_outputs(graph_inputs)]
-    extras = [t.name for t in outputs[3:]]
-    if extras and build.tokenizer_module == "tokenizer":
-        parameters["extra_outputs"] = json.dumps(extras)
+    if build.tokenizer_module == "tokenizer":  # the generic step: which texts, what extras
+        if [t.name for t in inputs] != [names.TEXT]:
+            parameters["text_inputs"] = json.dumps([t.name for t in inputs])
+        if extras := [t.name for t in outputs[3:]]:
+            parameters["extra_outputs"] = json.dumps(extras)
     if spec.target is not Target.LOCAL:  # fixed-shape engines batch equal shapes only
         parameters["pad_buckets"] = json.dumps(padding_buckets(spec.max_seq_len))
     parameters.update(build.tokenizer_parameters(spec))

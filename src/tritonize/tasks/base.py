@@ -111,7 +111,10 @@ def served_task(metadata: dict[str, Any]) -> TaskContract | None:
 def batched(metadata: dict[str, Any]) -> bool:
     """Whether a model takes a batch of inputs (its inputs' shapes lead with -1) rather than
     one input per request."""
-    shape = metadata["inputs"][0]["shape"]
+    inputs = metadata.get("inputs")
+    if not inputs:  # outputs alone: taken as batched, as every task but one is
+        return True
+    shape = inputs[0]["shape"]
     return len(shape) > 1 and int(shape[0]) == -1
 
 

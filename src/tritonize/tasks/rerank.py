@@ -70,7 +70,8 @@ class RerankBuild(EncoderBuild):
         pairs = [list(pair) for pair in GOLDEN_PAIRS]
         feeds = encode_for_graph(reference, spec, list(GOLDEN_PAIRS))
         scores = reference.run({name: feeds[name] for name in reference.graph_inputs})[:, 0]
-        return {"pairs": pairs, "scores": scores.round(7).tolist()}
+        texts = [text for _, text in GOLDEN_PAIRS]  # for `verify`'s smoke requests
+        return {"texts": texts, "pairs": pairs, "scores": scores.round(7).tolist()}
 
 
 @register

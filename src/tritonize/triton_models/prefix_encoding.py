@@ -60,18 +60,40 @@ def encode_within(
 
 
 def encode_pairs_within(
-    tokenizer: tokenizers.Tokenizer, pairs: list[tuple[str, str]], window: int
+    tokenizer: tokenizers.Tokenizer,
+    sides: tokenizers.Tokenizer,
+    pairs: list[tuple[str, str]],
+    window: int,
 ) -> list[tokenizers.Encoding]:
-    """The encodings of text pairs truncated at `window` tokens (longest first), each side
-    tokenized no further than the window can use: a side that overflows the window alone is
-    cut after its last token inside the window (truncation keeps fewer of its tokens than that,
-    so the cut changes none that are kept). `overflowing` flags a truncated pair."""
-    sides = [encode_within(tokenizer, [pair[i] for pair in pairs], window) for i in (0, 1)]
-    cut = [
-        (_cut_after_window(a, first), _cut_after_window(b, second))
-        for (a, b), first, second in zip(pairs, *sides, strict=True)
-    ]
+    """The encodings of text pairs truncated at `window` tokens, longest first, each side
+    tokenized no further than the window can use; `overflowing` flags a truncated pair.
+
+    Longest-first truncation keeps at most `budget + 1` tokens of a side (`budget`: the window
+    less the pair's special tokens) and depends on the other side's length only through which
+    side is longer. So a side longer than `budget + 1` tokens is cut after `budget + 2` of them
+    (by `sides`, a copy of `tokenizer` truncating there): it stays longer than any side that was
+    not cut, and keeps every token truncation keeps. Where both sides are cut and the budget is
+    odd, which one is longer decides who gets the odd token: those pairs are tokenized whole.
+    """
+    budget = window - tokenizer.num_special_tokens_to_add(is_pair=True)
+    side_window = sides.truncation["max_length"] if sides.truncation else window
+    cut_sides = [encode_within(sides, [pair[i] for pair in pairs], side_window) for i in (0, 1)]
+    cut = []
+    for (a, b), first, second in zip(pairs, *cut_sides, strict=True):
+        if first.overflowing and second.overflowing and budget % 2:
+            cut.append((a, b))
+        else:
+            cut.append((_cut_after_window(a, first), _cut_after_window(b, second)))
     return tokenizer.encode_batch(cut)
+
+
+def side_tokenizer(tokenizer: tokenizers.Tokenizer, window: int) -> tokenizers.Tokenizer:
+    """The copy of `tokenizer` that `encode_pairs_within` cuts long sides with."""
+    budget = window - tokenizer.num_special_tokens_to_add(is_pair=True)
+    sides = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+    sides.no_padding()
+    sides.enable_truncation(budget + 2 + tokenizer.num_special_tokens_to_add(is_pair=False))
+    return sides
 
 
 def _cut_after_window(text: str, encoding: tokenizers.Encoding) -> str:

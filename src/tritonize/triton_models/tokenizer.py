@@ -49,6 +49,7 @@ from .prefix_encoding import (
     encode_pairs_within,
     encode_within,
     has_visible_text,
+    side_tokenizer,
 )
 
 try:
@@ -104,6 +105,7 @@ class TextTokenizer:
         self.pad_id = pad_id
         self.max_text_bytes = max_text_bytes
         self.pad_buckets = tuple(sorted(pad_buckets))
+        self._sides: tokenizers.Tokenizer | None = None  # made for the first text pair
 
     @classmethod
     def from_file(cls, path: Path, **kwargs: Any) -> TextTokenizer:
@@ -141,7 +143,9 @@ class TextTokenizer:
         longest text."""
         flat = [text for texts in requests for text in texts]
         if flat and isinstance(flat[0], tuple):
-            encodings = encode_pairs_within(self.tokenizer, flat, self.max_seq_len)  # type: ignore[arg-type]
+            if self._sides is None:
+                self._sides = side_tokenizer(self.tokenizer, self.max_seq_len)
+            encodings = encode_pairs_within(self.tokenizer, self._sides, flat, self.max_seq_len)  # type: ignore[arg-type]
         else:
             encodings = encode_within(self.tokenizer, flat, self.max_seq_len)  # type: ignore[arg-type]
         batches, start = [], 0
