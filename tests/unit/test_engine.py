@@ -305,3 +305,30 @@ def cases_at_profile_stub() -> list:
 
     return [ValidationCase(f"case {n}", np.ones((n, 2), np.int64), np.ones((n, 2), np.int64))
             for n in (1, 1, 1)]  # fmt: skip
+
+
+def test_new_task_gates_name_what_moved() -> None:
+    fp32 = TOLERANCES[Precision.FP32]
+    scores = np.array([[0.2], [0.9]], dtype=np.float32)
+    moved_scores = scores + np.array([[0.0], [0.01]], dtype=np.float32)
+    misses, worst = compare(Task.RERANK, fp32, "opt", scores, moved_scores)
+    assert misses == ["opt: score diff 1.00e-02 > 0.001"] and worst == pytest.approx(0.01)
+    logits = np.zeros((1, 3, 2), dtype=np.float32)
+    logits[0, 1, 0] = 5.0  # token 1 is label 0 in the reference, label 1 in the candidate
+    flipped = logits.copy()
+    flipped[0, 1] = [0.0, 5.0]
+    misses, _ = compare(Task.TOKEN_CLASSIFICATION, fp32, "max", logits, flipped)
+    assert misses[0] == "max: row 0 token 1 changes its label"
+    spans = np.random.default_rng(0).normal(size=(2, 8, 2)).astype(np.float32)
+    assert compare(Task.QUESTION_ANSWERING, fp32, "min", spans, spans)[0] == []
+    moved = spans.copy()
+    moved[1, 3, 0] += 3.0
+    assert "start/end probability diff" in compare(Task.QUESTION_ANSWERING, fp32, "min", spans,
+                                                   moved)[0][0]  # fmt: skip
+
+
+def test_a_pair_graphs_profile_covers_its_token_types() -> None:
+    profile = ShapeProfile((1, 1), (4, 32), (8, 128))
+    tensors = profile.tensors(("input_ids", "attention_mask", "token_type_ids"))
+    assert set(tensors) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert tensors["token_type_ids"] == ((1, 1), (4, 32), (8, 128))
