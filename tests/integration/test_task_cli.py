@@ -77,3 +77,10 @@ def test_locust_checks_every_response_of_each_task(
     )  # fmt: skip
     result = run_load_test(test)
     assert result.client.requests > 5 and result.client.failures == 0, result.failures()
+
+
+def test_check_passes_the_built_repository(tasks_repository: Path) -> None:
+    result = run_cli("check", str(tasks_repository))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in NEW_TASKS:
+        assert name in result.stdout
