@@ -43,6 +43,7 @@ PAIRS = [
     ("a question that goes on and on " * 12, "A short passage."),
     ("long query words " * 30, "Long passage words, in English and auf Deutsch. " * 20),
     ("Zoë?", "Ünïcödé àccénts: Zoë, Chloé, Noël, Søren Kierkegaard."),
+    ("Cafe\u0301\t?", "Tabs\tand\nlines, zero\u200bwidth, 👩\u200d👩\u200d👧, ＡＢＣ ﬁnance ½."),
 ]
 
 
