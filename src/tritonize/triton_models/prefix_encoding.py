@@ -73,17 +73,20 @@ def encode_pairs_within(
     side is longer. So a side longer than `budget + 1` tokens is cut after `budget + 2` of them
     (by `sides`, a copy of `tokenizer` truncating there): it stays longer than any side that was
     not cut, and keeps every token truncation keeps. Where both sides are cut and the budget is
-    odd, which one is longer decides who gets the odd token: those pairs are tokenized whole.
+    odd, which one is longer decides who gets the odd token: their tokens are counted (not
+    paired: truncating two long texts as a pair enumerates every pair of their pieces), and the
+    shorter one, or the first of two equal ones, is cut one token earlier.
     """
     budget = window - tokenizer.num_special_tokens_to_add(is_pair=True)
     side_window = sides.truncation["max_length"] if sides.truncation else window
     cut_sides = [encode_within(sides, [pair[i] for pair in pairs], side_window) for i in (0, 1)]
     cut = []
     for (a, b), first, second in zip(pairs, *cut_sides, strict=True):
+        keep = [budget + 2, budget + 2]
         if first.overflowing and second.overflowing and budget % 2:
-            cut.append((a, b))
-        else:
-            cut.append((_cut_after_window(a, first), _cut_after_window(b, second)))
+            a_longer = _count_tokens(tokenizer, a) > _count_tokens(tokenizer, b)
+            keep[1 if a_longer else 0] = budget + 1
+        cut.append((_cut_after(a, first, keep[0]), _cut_after(b, second, keep[1])))
     return tokenizer.encode_batch(cut)
 
 
@@ -96,13 +99,19 @@ def side_tokenizer(tokenizer: tokenizers.Tokenizer, window: int) -> tokenizers.T
     return sides
 
 
-def _cut_after_window(text: str, encoding: tokenizers.Encoding) -> str:
-    """`text` up to the end of its window's last token, or whole when it fits the window."""
+def _count_tokens(tokenizer: tokenizers.Tokenizer, text: str) -> int:
+    """The tokens of the whole of `text` (its truncated pieces, one after another)."""
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    return len(encoding.ids) + sum(len(piece.ids) for piece in encoding.overflowing)
+
+
+def _cut_after(text: str, encoding: tokenizers.Encoding, tokens: int) -> str:
+    """`text` up to the end of its `tokens`-th token, or whole when it fits its window."""
     if not encoding.overflowing:
         return text
     ends = [end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask,
                                              strict=True) if not special]  # fmt: skip
-    return text[: max(ends, default=len(text))]
+    return text[: ends[tokens - 1]] if len(ends) >= tokens else text
 
 
 def min_prefix_chars(tokenizer: tokenizers.Tokenizer) -> int:
