@@ -27,9 +27,6 @@ from tritonize.triton_models.common import (
 if TYPE_CHECKING:
     from tritonize.spec import BuildSpec
 
-# One step of an ensemble: (model, its input map, its output map).
-Step = tuple[str, dict[str, str], dict[str, str]]
-
 
 @dataclass(frozen=True)
 class StepNames:
@@ -107,6 +104,10 @@ class Reference:
     pad_id: int
     labels: list[str]
     graph_inputs: tuple[str, ...]  # input_ids, attention_mask [, token_type_ids]
+
+    def run_graph(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
+        """The head's output for the graph's inputs among `tensors` (which may hold more)."""
+        return self.run({name: tensors[name] for name in self.graph_inputs})
 
     def own_tokenizer(self) -> Any:
         """A copy of the tokenizer to set truncation on (the build saves the original)."""
@@ -191,11 +192,10 @@ def encode_for_graph(
 
 def golden_text_outputs(reference: Reference, spec: BuildSpec) -> tuple[list[str], np.ndarray]:
     """The golden texts and PyTorch's outputs for them (a text task's golden record)."""
-    from tritonize.export.validation import GOLDEN_TEXTS, encode_padded
+    from tritonize.export.validation import GOLDEN_TEXTS
 
     texts = list(GOLDEN_TEXTS)
-    ids, mask = encode_padded(reference.tokenizer, texts, spec.max_seq_len, reference.pad_id)
-    return texts, reference.run({INPUT_IDS: ids, ATTENTION_MASK: mask})
+    return texts, reference.run_graph(encode_for_graph(reference, spec, texts))
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -129,8 +129,8 @@ class QuestionAnsweringBuild(EncoderBuild):
             except RequestError:  # more windows than the engine's batch: not for this build
                 continue
             questions.append([question, context])
-            feeds = {name: getattr(cut, name) for name in reference.graph_inputs}
-            found = finder.find(context, reference.run(feeds), cut.offsets)
+            logits = reference.run_graph(cut.tensors())
+            found = finder.find(context, logits, cut.offsets)
             answers.append(
                 {"answer": found.text, "score": found.score, "start": found.start,
                  "end": found.end}

@@ -69,7 +69,7 @@ class RerankBuild(EncoderBuild):
     def golden_reference(self, reference: Reference, spec: BuildSpec) -> dict[str, Any]:
         pairs = [list(pair) for pair in GOLDEN_PAIRS]
         feeds = encode_for_graph(reference, spec, list(GOLDEN_PAIRS))
-        scores = reference.run({name: feeds[name] for name in reference.graph_inputs})[:, 0]
+        scores = reference.run_graph(feeds)[:, 0]
         texts = [text for _, text in GOLDEN_PAIRS]  # for `verify`'s smoke requests
         return {"texts": texts, "pairs": pairs, "scores": scores.round(7).tolist()}
 

@@ -96,7 +96,7 @@ class TokenClassificationBuild(EncoderBuild):
     def golden_reference(self, reference: Reference, spec: BuildSpec) -> dict[str, Any]:
         texts = list(GOLDEN_TEXTS)
         feeds = encode_for_graph(reference, spec, texts)
-        logits = reference.run({name: feeds[name] for name in reference.graph_inputs})
+        logits = reference.run_graph(feeds)
         extractor = EntityExtractor(reference.labels)
         entities = extractor.extract(texts, logits, feeds[OFFSETS], feeds[SPECIAL_TOKENS_MASK])
         return {"texts": texts, "entities": entities}

@@ -63,6 +63,15 @@ class Windows:
     offsets: np.ndarray  # INT64 [W, L, 2], [-1, -1] outside the context
     stride: int  # context tokens shared by neighbouring windows
 
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The step's outputs by name."""
+        return {
+            INPUT_IDS: self.input_ids,
+            ATTENTION_MASK: self.attention_mask,
+            TOKEN_TYPE_IDS: self.token_type_ids,
+            OFFSETS: self.offsets,
+        }
+
 
 def decode_text(raw: np.ndarray, name: str, max_bytes: int | None = None) -> str:
     """The one UTF-8 text of a BYTES [1] tensor; raise `RequestError` naming `name`."""
@@ -213,9 +222,6 @@ class TritonPythonModel:
             return rejection(pb_utils, exc)
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor(INPUT_IDS, windows.input_ids),
-                pb_utils.Tensor(ATTENTION_MASK, windows.attention_mask),
-                pb_utils.Tensor(TOKEN_TYPE_IDS, windows.token_type_ids),
-                pb_utils.Tensor(OFFSETS, windows.offsets),
+                pb_utils.Tensor(name, value) for name, value in windows.tensors().items()
             ]
         )
