@@ -47,11 +47,6 @@ def _config_dtype(datatype: str) -> int:
     return int(mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"))
 
 
-TEXT = Tensor(names.TEXT, mc.TYPE_STRING, (1,))
-INPUT_IDS = Tensor(names.INPUT_IDS, mc.TYPE_INT64, (-1,))
-ATTENTION_MASK = Tensor(names.ATTENTION_MASK, mc.TYPE_INT64, (-1,))
-
-
 def public_inputs(spec: BuildSpec) -> list[Tensor]:
     """The ensemble's inputs (the README lists them): the task's texts."""
     return [_config_tensor(t) for t in task_named(spec.task.value).inputs]

@@ -163,11 +163,12 @@ def write_models(
     write_manifest(engine_dir, spec, exported.max_abs_diff, files, engine.manifest)
 
     written = [tokenizer.name, engine_config.name]
-    postprocess = configs.postprocess_config(spec, exported.labels)
-    postprocess_module = build.postprocess(exported.labels, spec)
-    if postprocess and postprocess_module:
-        _write_python_model(repository, postprocess, spec.version, postprocess_module.module)
-        written.append(postprocess.name)
+    postprocess = build.postprocess(exported.labels, spec)
+    if postprocess is not None:  # the task's Python step after the engine
+        config = configs.postprocess_config(spec, exported.labels)
+        assert config is not None
+        _write_python_model(repository, config, spec.version, postprocess.module)
+        written.append(config.name)
 
     ensemble = configs.ensemble_config(
         spec, output, exported.output_dim, exported.labels, graph_inputs
