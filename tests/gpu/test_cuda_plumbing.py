@@ -58,7 +58,8 @@ def test_plan_runner_uses_one_stream(runtimes: Any, tmp_path: Any) -> None:
     runner = engine_module.PlanRunner(tmp_path / "model.plan")
     ids = np.array([[1, 2, 3]], dtype=np.int64)
     for _ in range(3):
-        np.testing.assert_array_equal(runner.run({"input_ids": ids, "attention_mask": np.ones_like(ids)}), [[6, 7, 8, 9]])
+        result = runner.run({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        np.testing.assert_array_equal(result, [[6, 7, 8, 9]])
     streams = {call[1] for call in rec.calls if call[0] == "execute"}
     assert streams == {runner.stream.cuda_stream} and 0 not in streams
 

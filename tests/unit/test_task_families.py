@@ -14,8 +14,8 @@ from conftest import TOKENIZER_FILES
 
 from helpers import FIXTURES
 from tritonize.export import ARCHITECTURES, export_onnx
-from tritonize.export.tasks import TOKEN_TYPE_IDS
 from tritonize.spec import BuildSpec
+from tritonize.triton_models.common import TOKEN_TYPE_IDS
 
 HEADS = {
     "question-answering": "AutoModelForQuestionAnswering",

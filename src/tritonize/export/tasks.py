@@ -14,9 +14,9 @@ from tritonize.errors import ExportError
 from tritonize.spec import BuildSpec, Task
 from tritonize.tasks import task_named
 from tritonize.tasks.build import EncoderBuild
+from tritonize.triton_models.common import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS
 
-ONNX_INPUTS = ("input_ids", "attention_mask")
-TOKEN_TYPE_IDS = "token_type_ids"
+ONNX_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 
 
 class MeanPooledEmbedding(nn.Module):

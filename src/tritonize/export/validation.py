@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import tokenizers
 
+from tritonize.triton_models.common import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS
+
 # Varied on purpose: lengths, scripts, emoji, accents, numbers.
 SAMPLE_TEXTS = (
     "Hello world.",
@@ -35,13 +37,12 @@ class ValidationCase:
     def feeds(self, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         """The graph's inputs by name. A pair graph's token_type_ids mark the second half of
         each row's tokens as the second text, so that both types are exercised."""
-        every = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        if "token_type_ids" in names:
+        every = {INPUT_IDS: self.input_ids, ATTENTION_MASK: self.attention_mask}
+        if TOKEN_TYPE_IDS in names:
             position = np.arange(self.input_ids.shape[1])[None, :]
             half = self.attention_mask.sum(axis=1, keepdims=True) // 2
-            every["token_type_ids"] = ((position >= half) & (self.attention_mask == 1)).astype(
-                np.int64
-            )
+            second = (position >= half) & (self.attention_mask == 1)
+            every[TOKEN_TYPE_IDS] = second.astype(np.int64)
         return {name: every[name] for name in names}
 
 
