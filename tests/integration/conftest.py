@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -96,6 +98,20 @@ NEW_TASKS = {
 }
 TASKS_MAX_BATCH = 8
 TASKS_MAX_SEQ = 64
+
+
+def run_verify(
+    server: LocalServer, model: str, golden: Path, protocol: str
+) -> subprocess.CompletedProcess[str]:
+    """`tritonize verify` of `model` on `server` against `golden`, as a user runs it."""
+    config = server.config
+    url = config.http_url if protocol == "http" else config.grpc_url
+    return subprocess.run(
+        [sys.executable, "-m", "tritonize.cli", "verify", "--model", model, "--golden",
+         str(golden), "--url", url, "--protocol", protocol, "--metrics-url", config.metrics_url,
+         "--smoke-requests", "16"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ that name the tensor while the server keeps serving."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from tritonize.client import Answer, TritonizeClient
 from tritonize.errors import InferenceError
 from tritonize.server import LocalServer
 
-from .conftest import NEW_TASKS, TASKS_MAX_BATCH, TASKS_MAX_SEQ
+from .conftest import NEW_TASKS, TASKS_MAX_BATCH, TASKS_MAX_SEQ, run_verify
 
 QA = "qa"
 STRIDE = min(128, TASKS_MAX_SEQ // 4)  # what the build sets: context tokens windows share
@@ -149,16 +147,6 @@ def test_concurrent_requests_get_their_own_answers(
 
 
 # -- tritonize verify --------------------------------------------------------------------------
-def run_verify(server: LocalServer, golden: Path, protocol: str) -> subprocess.CompletedProcess:
-    url = server.config.http_url if protocol == "http" else server.config.grpc_url
-    return subprocess.run(
-        [sys.executable, "-m", "tritonize.cli", "verify", "--model", QA, "--golden", str(golden),
-         "--url", url, "--protocol", protocol, "--metrics-url", server.config.metrics_url,
-         "--smoke-requests", "16"],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-
-
 def golden_of(server: LocalServer) -> dict:
     return json.loads((server.config.repository / QA / "golden.json").read_text())
 
@@ -168,7 +156,7 @@ def test_verify_passes(tasks_server: LocalServer, protocol: str) -> None:
     golden = tasks_server.config.repository / QA / "golden.json"
     count = len(golden_of(tasks_server)["answers"])
     assert count == 5  # four short questions and one of several windows
-    result = run_verify(tasks_server, golden, protocol)
+    result = run_verify(tasks_server, QA, golden, protocol)
     assert result.returncode == 0, result.stdout + result.stderr
     for check in ("readiness", "interface", "golden outputs", "smoke load", "metrics"):
         assert f"PASS  {check}" in result.stdout
@@ -181,7 +169,7 @@ def test_verify_fails_on_an_altered_answer(tasks_server: LocalServer, tmp_path: 
     golden["answers"][1]["start"] += 1
     path = tmp_path / "golden.json"
     path.write_text(json.dumps(golden))
-    result = run_verify(tasks_server, path, "http")
+    result = run_verify(tasks_server, QA, path, "http")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL  golden outputs: 4/5 answers match" in result.stdout
     assert f"first miss: {question!r}: served" in result.stdout
@@ -193,7 +181,7 @@ def test_verify_fails_on_an_altered_score(tasks_server: LocalServer, tmp_path: P
     golden["answers"][0]["score"] += 0.01  # far over the tolerance, same span
     path = tmp_path / "golden.json"
     path.write_text(json.dumps(golden))
-    result = run_verify(tasks_server, path, "grpc")
+    result = run_verify(tasks_server, QA, path, "grpc")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL  golden outputs: 5/5 answers match, max score diff 1.00e-02" in result.stdout
 

@@ -5,8 +5,6 @@ against the build's golden file, and bad pairs refused by name while the server 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +20,12 @@ from tritonize.client import TritonizeClient
 from tritonize.errors import InferenceError
 from tritonize.server import LocalServer
 
-from .conftest import NEW_TASKS, TASKS_MAX_BATCH, TASKS_MAX_SEQ
+from .conftest import NEW_TASKS, TASKS_MAX_BATCH, TASKS_MAX_SEQ, run_verify
 
 RERANKER = "reranker"
 CHECKPOINT = NEW_TASKS[RERANKER][1]
 SCORE_TOLERANCE = 1e-4
 LONG_PAIR_SECONDS = 2.0  # a long single text takes 0.02 s
-CLI = [sys.executable, "-m", "tritonize.cli"]
 
 # Several scripts; short pairs, then pairs longer than the window: a long passage, a long query
 # (the longest text is cut first, so here the query), and both long.
@@ -137,21 +134,13 @@ def test_pairs_batched_together_by_the_server_keep_their_own_scores(
 # -- tritonize verify -----------------------------------------------------------------------------
 
 
-def run_verify(server: LocalServer, golden: Path, protocol: str) -> subprocess.CompletedProcess:
-    config = server.config
-    url = config.http_url if protocol == "http" else config.grpc_url
-    return subprocess.run(
-        [*CLI, "verify", "--model", RERANKER, "--golden", str(golden), "--url", url,
-         "--protocol", protocol, "--metrics-url", config.metrics_url, "--smoke-requests", "16"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_verify_passes_against_the_build_golden_file(
     tasks_server: LocalServer, tasks_repository: Path, protocol: str
 ) -> None:
-    result = run_verify(tasks_server, tasks_repository / RERANKER / "golden.json", protocol)
+    result = run_verify(
+        tasks_server, RERANKER, tasks_repository / RERANKER / "golden.json", protocol
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     for check in ("readiness", "interface", "golden outputs", "smoke load", "metrics"):
         assert f"PASS  {check}" in result.stdout
@@ -164,7 +153,7 @@ def test_verify_fails_when_the_golden_scores_are_altered(
     golden["scores"][0] += 0.01  # ten times the fp32 tolerance
     path = tmp_path / "golden.json"
     path.write_text(json.dumps(golden))
-    result = run_verify(tasks_server, path, "http")
+    result = run_verify(tasks_server, RERANKER, path, "http")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL  golden outputs: max score diff 1.00e-02" in result.stdout
     assert "PASS  smoke load" in result.stdout

@@ -6,8 +6,6 @@ the server keeps serving."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -22,12 +20,11 @@ from tritonize.client import TritonizeClient
 from tritonize.errors import InferenceError
 from tritonize.server import LocalServer
 
-from .conftest import NEW_TASKS, TASKS_MAX_BATCH, TASKS_MAX_SEQ
+from .conftest import NEW_TASKS, TASKS_MAX_BATCH, TASKS_MAX_SEQ, run_verify
 
 NER = "ner"
 CHECKPOINT = NEW_TASKS[NER][1]
 SCORE_TOLERANCE = 1e-4
-CLI = [sys.executable, "-m", "tritonize.cli"]
 ENTITY_KEYS = {"text", "label", "score", "start", "end"}
 
 TEXTS = [
@@ -141,21 +138,11 @@ def test_100kb_text_is_truncated_and_flagged_not_refused(
 # -- tritonize verify -----------------------------------------------------------------------------
 
 
-def run_verify(server: LocalServer, golden: Path, protocol: str) -> subprocess.CompletedProcess:
-    config = server.config
-    url = config.http_url if protocol == "http" else config.grpc_url
-    return subprocess.run(
-        [*CLI, "verify", "--model", NER, "--golden", str(golden), "--url", url,
-         "--protocol", protocol, "--metrics-url", config.metrics_url, "--smoke-requests", "16"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_verify_passes_against_the_build_golden_file(
     tasks_server: LocalServer, tasks_repository: Path, protocol: str
 ) -> None:
-    result = run_verify(tasks_server, tasks_repository / NER / "golden.json", protocol)
+    result = run_verify(tasks_server, NER, tasks_repository / NER / "golden.json", protocol)
     assert result.returncode == 0, result.stdout + result.stderr
     for check in ("readiness", "interface", "golden outputs", "smoke load", "metrics"):
         assert f"PASS  {check}" in result.stdout
@@ -184,7 +171,7 @@ def test_verify_fails_when_the_golden_file_is_altered(
     expected_line = alter(golden)
     path = tmp_path / "golden.json"
     path.write_text(json.dumps(golden))
-    result = run_verify(tasks_server, path, "http")
+    result = run_verify(tasks_server, NER, path, "http")
     assert result.returncode == 1, result.stdout + result.stderr
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
     assert len(failed) == 1 and failed[0].startswith("FAIL  golden outputs"), result.stdout
