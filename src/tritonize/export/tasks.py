@@ -52,9 +52,7 @@ class SequenceLogits(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        extra = {} if token_type_ids is None else {TOKEN_TYPE_IDS: token_type_ids}
-        logits = self.classifier(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        return logits.logits.float()
+        return _run(self.classifier, input_ids, attention_mask, token_type_ids).logits.float()
 
 
 class PairScore(nn.Module):
@@ -88,9 +86,19 @@ class SpanLogits(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        extra = {} if token_type_ids is None else {TOKEN_TYPE_IDS: token_type_ids}
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        out = _run(self.model, input_ids, attention_mask, token_type_ids)
         return torch.stack((out.start_logits, out.end_logits), dim=-1).float()
+
+
+def _run(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+) -> Any:
+    """A transformers model's output; token types passed only where the graph takes them."""
+    extra = {} if token_type_ids is None else {TOKEN_TYPE_IDS: token_type_ids}
+    return model(input_ids=input_ids, attention_mask=attention_mask, **extra)
 
 
 def cross_encoder_activation(config: Any) -> nn.Module:

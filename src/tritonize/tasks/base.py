@@ -35,12 +35,12 @@ class TaskContract(ABC):
     outputs: ClassVar[tuple[PublicTensor, ...]]
     build: ClassVar[TaskBuild]  # the build half
 
-    @abstractmethod
     def call(
         self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]
     ) -> str | None:
-        """One request for `text`, the task's own way (a batch of one, or one prompt): what is
+        """One request for `text`, the task's own way (its `request` of one text): what is
         wrong with its response, if anything. A failed request raises `TritonizeError`."""
+        return infer_and_check(self, client, model, [text], metadata)
 
     @abstractmethod
     def request(self, texts: list[str]) -> dict[str, list[str]]:

@@ -148,13 +148,13 @@ class EncoderBuild(TaskBuild):
         """The tokenizer step's parameters besides the window and the padding id."""
         return {}
 
-    @abstractmethod
     def labels(self, config: Any) -> list[str]:
         """The output's labels from the transformers config (none for most tasks)."""
+        return []
 
-    @abstractmethod
     def postprocess(self, labels: list[str], spec: BuildSpec) -> Postprocess | None:
-        """The Python step after the engine, if any."""
+        """The Python step after the engine, if any (none: the engine's output is public)."""
+        return None
 
     @abstractmethod
     def gate_compare(
@@ -177,6 +177,12 @@ _EXTRAS = {
     OFFSETS: PublicTensor(OFFSETS, "INT64", np.int64, (-1, 2)),
     SPECIAL_TOKENS_MASK: PublicTensor(SPECIAL_TOKENS_MASK, "INT64", np.int64, (-1,)),
 }
+
+
+def config_labels(config: Any) -> list[str]:
+    """A classifier's labels by index, from the transformers config's `id2label`."""
+    id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
+    return [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
 
 
 def encode_for_graph(

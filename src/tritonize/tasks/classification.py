@@ -13,7 +13,6 @@ from tritonize.tasks.base import (
     TRUNCATED_OUTPUT,
     PublicTensor,
     TaskContract,
-    infer_and_check,
     register,
 )
 from tritonize.tasks.build import (
@@ -21,6 +20,7 @@ from tritonize.tasks.build import (
     ExportHead,
     Postprocess,
     Reference,
+    config_labels,
     golden_text_outputs,
 )
 from tritonize.triton_models.classifier import softmax
@@ -45,8 +45,7 @@ class ClassificationBuild(EncoderBuild):
     )  # fmt: skip
 
     def labels(self, config: Any) -> list[str]:
-        id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
-        return [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
+        return config_labels(config)
 
     def postprocess(self, labels: list[str], spec: BuildSpec) -> Postprocess:
         width = (len(labels),)
@@ -95,11 +94,6 @@ class TextClassification(TaskContract):
         TRUNCATED_OUTPUT,
     )
     build = ClassificationBuild()
-
-    def call(
-        self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]
-    ) -> str | None:
-        return infer_and_check(self, client, model, [text], metadata)
 
     def request(self, texts: list[str]) -> dict[str, list[str]]:
         return {TEXT: texts}

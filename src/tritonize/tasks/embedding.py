@@ -12,7 +12,6 @@ from tritonize.tasks.base import (
     TRUNCATED_OUTPUT,
     PublicTensor,
     TaskContract,
-    infer_and_check,
     register,
 )
 from tritonize.tasks.build import (
@@ -41,12 +40,6 @@ class EmbeddingBuild(EncoderBuild):
         width_field="hidden_size",
     )  # fmt: skip
 
-    def labels(self, config: Any) -> list[str]:
-        return []
-
-    def postprocess(self, labels: list[str], spec: BuildSpec) -> None:
-        return None
-
     def gate_compare(
         self, tolerance: GateTolerance, case: str, reference: np.ndarray, actual: np.ndarray
     ) -> tuple[list[str], float]:
@@ -69,11 +62,6 @@ class Embedding(TaskContract):
     inputs = (TEXT_INPUT,)
     outputs = (PublicTensor(EMBEDDING, "FP32", np.float32, (-1,)), TRUNCATED_OUTPUT)
     build = EmbeddingBuild()
-
-    def call(
-        self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]
-    ) -> str | None:
-        return infer_and_check(self, client, model, [text], metadata)
 
     def request(self, texts: list[str]) -> dict[str, list[str]]:
         return {TEXT: texts}

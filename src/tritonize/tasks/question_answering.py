@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tritonize.errors import TritonizeError
-from tritonize.tasks.base import PublicTensor, TaskContract, infer_and_check, register
+from tritonize.tasks.base import PublicTensor, TaskContract, register
 from tritonize.tasks.build import EncoderBuild, ExportHead, Postprocess, Reference
 from tritonize.triton_models.common import (
     ANSWER,
@@ -162,11 +162,6 @@ class QuestionAnswering(TaskContract):
         PublicTensor(END, "INT64", np.int64),
     )
     build = QuestionAnsweringBuild()
-
-    def call(
-        self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]
-    ) -> str | None:
-        return infer_and_check(self, client, model, [text], metadata)
 
     def request(self, texts: list[str]) -> dict[str, list[str]]:
         """The first words of the first text ask about all of them (a question well inside

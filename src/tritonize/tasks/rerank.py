@@ -17,7 +17,6 @@ from tritonize.tasks.base import (
     TRUNCATED_OUTPUT,
     PublicTensor,
     TaskContract,
-    infer_and_check,
     register,
 )
 from tritonize.tasks.build import EncoderBuild, ExportHead, Reference, encode_for_graph
@@ -53,12 +52,6 @@ class RerankBuild(EncoderBuild):
         width=1,
     )  # fmt: skip
 
-    def labels(self, config: Any) -> list[str]:
-        return []
-
-    def postprocess(self, labels: list[str], spec: BuildSpec) -> None:
-        return None
-
     def gate_compare(
         self, tolerance: GateTolerance, case: str, reference: np.ndarray, actual: np.ndarray
     ) -> tuple[list[str], float]:
@@ -80,11 +73,6 @@ class Rerank(TaskContract):
     inputs = (PublicTensor(QUERY, "BYTES", np.object_), PublicTensor(TEXT, "BYTES", np.object_))
     outputs = (PublicTensor(SCORE, "FP32", np.float32), TRUNCATED_OUTPUT)
     build = RerankBuild()
-
-    def call(
-        self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]
-    ) -> str | None:
-        return infer_and_check(self, client, model, [text], metadata)
 
     def request(self, texts: list[str]) -> dict[str, list[str]]:
         """The first text is the query for every text (itself included)."""

@@ -19,10 +19,16 @@ from tritonize.tasks.base import (
     TRUNCATED_OUTPUT,
     PublicTensor,
     TaskContract,
-    infer_and_check,
     register,
 )
-from tritonize.tasks.build import EncoderBuild, ExportHead, Postprocess, Reference, encode_for_graph
+from tritonize.tasks.build import (
+    EncoderBuild,
+    ExportHead,
+    Postprocess,
+    Reference,
+    config_labels,
+    encode_for_graph,
+)
 from tritonize.triton_models.common import (
     ENTITIES,
     LOGITS,
@@ -64,8 +70,7 @@ class TokenClassificationBuild(EncoderBuild):
     )  # fmt: skip
 
     def labels(self, config: Any) -> list[str]:
-        id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
-        return [id2label.get(i, f"LABEL_{i}") for i in range(int(config.num_labels))]
+        return config_labels(config)
 
     def postprocess(self, labels: list[str], spec: BuildSpec) -> Postprocess:
         return Postprocess(
@@ -108,11 +113,6 @@ class TokenClassification(TaskContract):
     inputs = (TEXT_INPUT,)
     outputs = (PublicTensor(ENTITIES, "BYTES", np.object_), TRUNCATED_OUTPUT)
     build = TokenClassificationBuild()
-
-    def call(
-        self, client: TritonizeClient, model: str, text: str, metadata: dict[str, Any]
-    ) -> str | None:
-        return infer_and_check(self, client, model, [text], metadata)
 
     def request(self, texts: list[str]) -> dict[str, list[str]]:
         return {TEXT: texts}
