@@ -58,3 +58,22 @@ def test_the_flag_reaches_the_spec() -> None:
     with pytest.raises(Exception, match="allow_untrained_head"):
         BuildSpec.from_mapping({"name": "x", "task": "classification",
                                 "allow_untrained_head": "yes"})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("task", "problem"),
+    [
+        ("question-answering", "has no trained question-answering head"),
+        ("token-classification", "has no trained token-classification head"),
+        # A bare encoder's config says two labels: no cross-encoder's score.
+        ("rerank", "needs a cross-encoder with one output"),
+    ],
+)
+def test_a_plain_encoder_is_refused_for_every_task_with_a_head(
+    minilm_dir: Path, tmp_path: Path, task: str, problem: str
+) -> None:
+    spec = BuildSpec(name="plain", task=task, model=minilm_dir, output=tmp_path / "repo",
+                     max_batch_size=2, max_seq_len=16)  # type: ignore[arg-type]  # fmt: skip
+    with pytest.raises(ExportError, match=problem):
+        build_repository(spec)
+    assert not (tmp_path / "repo" / "plain").exists()

@@ -63,7 +63,9 @@ def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
         _check_seq_len(spec, config)
         model, untrained = definition.load_with_untrained(spec.model_dir, spec.trust_remote_code)
         if build.needs_trained_head:
-            check_trained_head(spec.model_dir, untrained, spec.allow_untrained_head)
+            check_trained_head(
+                spec.model_dir, untrained, spec.allow_untrained_head, spec.task.value
+            )
         tokenizer, pad_id = load_tokenizer(spec.model_dir, spec.trust_remote_code)
     onnx_path = workdir / "model.onnx"
     graph_inputs = definition.graph_inputs(config)

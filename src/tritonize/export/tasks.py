@@ -218,15 +218,15 @@ class _ExportHeads(dict[Task, TaskDefinition]):
 TASKS: dict[Task, TaskDefinition] = _ExportHeads()
 
 
-def check_trained_head(model_dir: Path, untrained: list[str], allowed: bool) -> None:
-    """Refuse a classifier whose weights transformers had to invent: it would answer with
-    labels drawn by chance (LABEL_0, LABEL_1, ...) and look healthy."""
+def check_trained_head(model_dir: Path, untrained: list[str], allowed: bool, task: str) -> None:
+    """Refuse a checkpoint whose head transformers had to invent: it would answer by chance
+    (labels LABEL_0, LABEL_1, ..., random spans or scores) and look healthy."""
     if not untrained or allowed:
         return
     shown = ", ".join(untrained[:6]) + (", ..." if len(untrained) > 6 else "")
     raise ExportError(
-        f"`model` {model_dir} has no trained classification head: transformers initialised "
-        f"{len(untrained)} weight(s) at random ({shown}), so its labels would be chance. "
-        "Fine-tune it for classification first, or build it anyway with "
+        f"`model` {model_dir} has no trained {task} head: transformers initialised "
+        f"{len(untrained)} weight(s) at random ({shown}), so its answers would be chance. "
+        f"Fine-tune it for {task} first, or build it anyway with "
         "--allow-untrained-head (allow_untrained_head = true)"
     )
