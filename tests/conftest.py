@@ -116,6 +116,13 @@ def build_tiny_decoder(config_name: str, dest: Path) -> Path:
         eos = [tokenizer.token_to_id("</s>"), tokenizer.token_to_id("<eot>")]
         fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>",
                                        eos_token="</s>", unk_token="<unk>")  # fmt: skip
+        # ChatML turns closed by the model's own end id: a checkpoint that serves chat (gpt2
+        # keeps none, so both kinds are built).
+        fast.chat_template = (
+            "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+            "{{ message['content'] }}<eot>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        )
     values = json.loads((FIXTURES / "tiny_configs" / f"{config_name}.json").read_text())
     config = AutoConfig.for_model(
         **values,

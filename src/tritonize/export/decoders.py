@@ -250,6 +250,8 @@ class ExportedDecoder:
     head_dim: int
     max_abs_diff: dict[str, float]
     golden: list[dict[str, Any]]  # PyTorch's greedy continuations of GOLDEN_PROMPTS
+    # {"template", "bos_token", "eos_token", ...} for tritonize.chat; None: no chat template
+    chat_template: dict[str, str | None] | None = None
 
 
 def export_generation(spec: Any, workdir: Path) -> ExportedDecoder:
@@ -266,6 +268,7 @@ def export_generation(spec: Any, workdir: Path) -> ExportedDecoder:
             )
         tokenizer, _ = load_tokenizer(spec.model_dir, spec.trust_remote_code)
         end_ids = _end_ids(spec.model_dir, config)
+        chat_template = read_chat_template(spec.model_dir, spec.trust_remote_code)
     path = workdir / "model.onnx"
     with step(f"Exporting the decoder with its KV cache (opset {spec.opset})"):
         export_decoder(wrapper, config, path, spec.opset)
@@ -274,7 +277,49 @@ def export_generation(spec: Any, workdir: Path) -> ExportedDecoder:
     with step("Recording PyTorch's greedy continuations for `tritonize verify`"):
         golden = greedy_continuations(wrapper.model, tokenizer, end_ids, spec.max_seq_len)
     layers, kv_heads, head_dim = decoder_for(config).cache_shape(config)
-    return ExportedDecoder(path, tokenizer, end_ids, layers, kv_heads, head_dim, diffs, golden)
+    return ExportedDecoder(
+        path, tokenizer, end_ids, layers, kv_heads, head_dim, diffs, golden, chat_template
+    )
+
+
+def read_chat_template(model_dir: Path, trust_remote_code: bool) -> dict[str, str | None] | None:
+    """The checkpoint's chat template with the special tokens transformers renders it with,
+    after checking that `tritonize.chat` renders it as transformers does; None without one."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(
+        model_dir, use_fast=True, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    source = hf.chat_template
+    if isinstance(source, dict):  # named templates: chat uses the default one, as transformers
+        source = source.get("default")
+    if not source:
+        note("no chat template: the model serves completions, not chat")
+        return None
+    template: dict[str, str | None] = {"template": source, "bos_token": None, "eos_token": None}
+    template.update(hf.special_tokens_map)
+    _check_rendering(hf, template)
+    return template
+
+
+def _check_rendering(hf: Any, template: dict[str, str | None]) -> None:
+    """A one-turn conversation rendered by tritonize.chat equals transformers' prompt."""
+    from tritonize.chat import ChatTemplateError, render_chat
+
+    messages = [{"role": "user", "content": "Hello!"}]
+    try:
+        expected = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # the template refuses this conversation: nothing to compare
+        return
+    try:
+        actual = render_chat(template, messages)
+    except ChatTemplateError as exc:
+        raise ExportError(f"the checkpoint's chat template cannot be served: {exc}") from exc
+    if actual != expected:
+        raise ExportError(
+            "the checkpoint's chat template renders differently from transformers: "
+            f"{actual!r} != {expected!r}"
+        )
 
 
 def greedy_continuations(

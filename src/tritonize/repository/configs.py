@@ -251,11 +251,24 @@ GENERATION_INPUTS = [(_config_tensor(t), t.optional) for t in Generation.inputs]
 GENERATION_OUTPUTS = [_config_tensor(t) for t in Generation.outputs]
 
 
-def generator_config(spec: BuildSpec, end_ids: list[int]) -> ModelConfig:
+def generator_config(
+    spec: BuildSpec, end_ids: list[int], chat_template: dict[str, str | None] | None = None
+) -> ModelConfig:
     """A decoupled Python model: the prompt in, text out (streamed or whole). Its decoder is a
-    TensorRT plan on a GPU for target `tensorrt`, else the ONNX graph on ONNX Runtime."""
+    TensorRT plan on a GPU for target `tensorrt`, else the ONNX graph on ONNX Runtime.
+    `chat_template` (tritonize.chat's dict), when the checkpoint has one, goes into string
+    parameter `chat_template` as JSON, for clients that render chat prompts."""
     on_gpu = spec.target is Target.TENSORRT
     kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
+    parameters: dict[str, object] = {
+        "runtime": "tensorrt" if on_gpu else "onnxruntime",
+        "context_window": spec.max_seq_len,
+        "max_tokens_limit": usable_window(spec.max_seq_len),
+        "max_active": spec.max_batch_size,  # sequences decoded together
+        "end_ids": json.dumps(end_ids),
+    }
+    if chat_template is not None:  # JSON in ASCII (\uXXXX escapes): the config stays plain text
+        parameters["chat_template"] = json.dumps(chat_template, sort_keys=True)
     config = ModelConfig(
         name=spec.name,
         backend="python",
@@ -264,16 +277,7 @@ def generator_config(spec: BuildSpec, end_ids: list[int]) -> ModelConfig:
         output=[t.as_output() for t in GENERATION_OUTPUTS],
         model_transaction_policy=mc.ModelTransactionPolicy(decoupled=True),
         instance_group=[mc.ModelInstanceGroup(kind=kind, count=1)],
-        parameters={
-            key: mc.ModelParameter(string_value=str(value))
-            for key, value in {
-                "runtime": "tensorrt" if on_gpu else "onnxruntime",
-                "context_window": spec.max_seq_len,
-                "max_tokens_limit": usable_window(spec.max_seq_len),
-                "max_active": spec.max_batch_size,  # sequences decoded together
-                "end_ids": json.dumps(end_ids),
-            }.items()
-        },
+        parameters={k: mc.ModelParameter(string_value=str(v)) for k, v in parameters.items()},
     )
     for tensor, (_, optional) in zip(config.input, GENERATION_INPUTS, strict=True):
         tensor.optional = optional

@@ -127,7 +127,7 @@ def write_generator(
     spec: BuildSpec, decoder: ExportedDecoder, engine: EngineArtifact, repository: Path
 ) -> list[str]:
     """One decoupled model named `spec.name`: tokenizer, decoding loop and decoder together."""
-    config = configs.generator_config(spec, decoder.end_ids)
+    config = configs.generator_config(spec, decoder.end_ids, decoder.chat_template)
     directory = _write_python_model(repository, config, spec.version, "generator")
     decoder.tokenizer.save(str(directory / "tokenizer.json"))
     engine_file = directory / ENGINE_FILES[spec.target]
