@@ -178,13 +178,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tritonize.server import LocalServer, Supervisor
 
     config = serve_config(args)
+    openai_key = _openai_key(args.openai_api_key) if args.openai_port else None
+    if args.openai_port:
+        from tritonize.server.local import _ensure_port_free
+
+        _ensure_port_free(config.host, args.openai_port, "openai")
     server = LocalServer(config)
     print(f"starting tritonserver on {config.repository} (log: {config.log_path}) ...", flush=True)
     server.start(timeout_s=args.timeout)
-    prometheus = None
+    prometheus = gateway = None
     try:
         supervisor = Supervisor(server, log=_timestamped, drain_timeout_s=args.drain_timeout)
         prometheus = _start_prometheus(config, args.prometheus_port) if args.prometheus else None
+        if args.openai_port:
+            gateway = _start_gateway(config, args.openai_port, openai_key)
         print(
             f"ready in {server.ready_after_s:.1f} s\n"
             f"  HTTP       http://{config.http_url}\n"
@@ -192,6 +199,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"  metrics    {config.metrics_url}\n"
             + (f"  Prometheus {prometheus.url} (scrapes every second, alert rules loaded)\n"
                if prometheus else "")
+            + (f"  OpenAI API {gateway.url}/v1"
+               + (" (key: `Authorization: Bearer`)" if openai_key else "") + "\n"
+               if gateway else "")
             + f"  admin API key (header `tritonize-key`): {config.api_key}\n"
             "Ctrl-C stops it.",
             flush=True,
@@ -200,9 +210,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, supervisor.request_stop)
         return supervisor.run()
     finally:
+        if gateway is not None:  # after the drain: streams in flight were relayed to the end
+            gateway.stop()
         if prometheus is not None:
             prometheus.stop()
         server.stop()
+
+
+def _start_gateway(config: ServerConfig, port: int, api_key: str | None) -> Any:
+    """The OpenAI-compatible gateway in a thread of this process, on Triton's gRPC port."""
+    from tritonize.gateway import GatewayConfig, GatewayThread
+
+    settings = GatewayConfig(config.grpc_url, api_key=api_key, triton_api_key=config.api_key)
+    return GatewayThread(settings, host=config.host, port=port).start()
+
+
+def _openai_key(key: str | None) -> str | None:
+    if key is not None and not key.strip():
+        raise SpecError(
+            "--openai-api-key (or TRITONIZE_OPENAI_API_KEY) is empty: give a key, or none to "
+            "leave the OpenAI API open"
+        )
+    return key
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from tritonize.client import host_port
+    from tritonize.gateway import GatewayConfig, run_gateway
+    from tritonize.server.local import _ensure_port_free
+
+    settings = GatewayConfig(
+        host_port(args.triton),
+        api_key=_openai_key(args.api_key),
+        triton_api_key=args.triton_api_key or None,
+        response_timeout_s=args.timeout,
+    )
+    _ensure_port_free(args.host, args.port, "")
+    print(
+        f"OpenAI API on http://{args.host}:{args.port}/v1 -> Triton gRPC {settings.triton_url}"
+        + (" (key: `Authorization: Bearer`)" if settings.api_key else "")
+        + "\nCtrl-C stops it.",
+        flush=True,
+    )
+    run_gateway(settings, args.host, args.port)
+    return 0
 
 
 def _timestamped(line: str) -> None:
@@ -449,6 +500,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_health(commands)
     _add_infer(commands)
     _add_generate(commands)
+    _add_gateway(commands)
     _add_loadtest(commands)
     _add_verify(commands)
     for command in commands.choices.values():
@@ -506,7 +558,7 @@ def _add_build(commands: Any) -> None:
         help="build a classifier even if its head was never trained (random labels)",
     )
     runtime = build.add_argument_group("runtime")
-    runtime.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
+    runtime.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"])
     runtime.add_argument("--max-batch-size", type=int)
     runtime.add_argument("--max-seq-len", type=int, help="longer texts are truncated (and flagged)")
     runtime.add_argument(
@@ -567,6 +619,12 @@ def _add_serve(commands: Any) -> None:
         help="also run a local Prometheus (the `prometheus` binary) scraping it",
     )
     serve.add_argument("--prometheus-port", type=port, default=9090)
+    serve.add_argument(
+        "--openai-port",
+        type=port,
+        help="also serve the OpenAI-compatible API (`tritonize gateway`) on this port",
+    )
+    _add_openai_key(serve, "--openai-api-key")
     serve.add_argument(
         "--tritonserver",
         default=os.environ.get("TRITONIZE_TRITONSERVER"),
@@ -645,6 +703,40 @@ def _add_generate(commands: Any) -> None:
     )
     gen.add_argument("--url", default=os.environ.get("TRITONIZE_URL"))
     gen.add_argument("--timeout", type=positive_seconds, default=120.0)
+
+
+def _add_gateway(commands: Any) -> None:
+    gateway = _command(
+        commands, "gateway", cmd_gateway,
+        "serve an OpenAI-compatible API (completions, chat, embeddings) in front of Triton",
+    )  # fmt: skip
+    gateway.add_argument("--triton", default="127.0.0.1:8001", help="Triton's gRPC HOST:PORT")
+    gateway.add_argument(
+        "--host",
+        default=os.environ.get("TRITONIZE_HOST", "127.0.0.1"),
+        help="bind address (default 127.0.0.1; env TRITONIZE_HOST)",
+    )
+    gateway.add_argument("--port", type=port, default=9000)
+    _add_openai_key(gateway, "--api-key")
+    gateway.add_argument(
+        "--triton-api-key",
+        default=os.environ.get("TRITONIZE_API_KEY"),
+        help="Triton's admin key, which listing models (/v1/models) needs (env TRITONIZE_API_KEY)",
+    )
+    gateway.add_argument(
+        "--timeout", type=positive_seconds, default=300.0,
+        help="seconds to wait for each response from Triton",
+    )  # fmt: skip
+
+
+def _add_openai_key(parser: argparse.ArgumentParser, flag: str) -> None:
+    parser.add_argument(
+        flag,
+        dest="openai_api_key" if flag != "--api-key" else "api_key",
+        default=os.environ.get("TRITONIZE_OPENAI_API_KEY"),
+        help="key clients of the OpenAI API must send as `Authorization: Bearer KEY` "
+        "(env TRITONIZE_OPENAI_API_KEY; default: none, the API is open)",
+    )
 
 
 _METRICS_URL: dict[str, Any] = {

@@ -37,6 +37,11 @@ class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+    INT8 = "int8"  # CPU targets: ONNX Runtime quantization, gated against fp32
+
+
+INT8_TARGETS = ("local", "onnxruntime")
+INT8_TASKS = ("embedding", "classification")
 
 
 class HardwareCompatibility(StrEnum):
@@ -94,16 +99,18 @@ class BuildSpec:
             _fail("allow_untrained_head", self.allow_untrained_head, "true or false")
         for size in self.preferred_batch_sizes:
             _check_range("preferred_batch_sizes", size, 1, self.max_batch_size)
-        if self.target is Target.LOCAL and self.precision is not Precision.FP32:
+        if self.target is Target.LOCAL and self.precision in (Precision.FP16, Precision.BF16):
             _fail(
                 "precision",
                 self.precision.value,
-                "fp32 with target `local` (fp16/bf16 need a GPU target)",
+                "fp32 or int8 with target `local` (fp16/bf16 need a GPU target)",
             )
+        if self.precision is Precision.INT8:
+            _check_int8(self.task, self.target)
         if self.task is Task.GENERATION and self.target is Target.ONNXRUNTIME:
             _fail("target", self.target.value, "`local` or `tensorrt` for task `generation`")
         if self.target is Target.ONNXRUNTIME and self.precision is Precision.BF16:
-            _fail("precision", "bf16", "fp32 or fp16 with target `onnxruntime`")
+            _fail("precision", "bf16", "fp32, fp16 or int8 with target `onnxruntime`")
         if self.opt_batch_size is not None:
             _check_range("opt_batch_size", self.opt_batch_size, 1, self.max_batch_size)
         if self.opt_seq_len is not None:
@@ -191,6 +198,22 @@ def _coerce_enums(spec: BuildSpec) -> None:
             object.__setattr__(spec, name, enum(value))
         except ValueError:
             _fail(name, value, "one of " + ", ".join(m.value for m in enum))
+
+
+def _check_int8(task: Task, target: Target) -> None:
+    """INT8 is ONNX Runtime's CPU quantization, gated per task: only where both exist."""
+    if target.value not in INT8_TARGETS:
+        _fail(
+            "precision", "int8",
+            f"fp32, fp16 or bf16 with target `{target.value}` (int8 needs target "
+            f"{' or '.join(f'`{t}`' for t in INT8_TARGETS)})",
+        )  # fmt: skip
+    if task.value not in INT8_TASKS:
+        _fail(
+            "precision", "int8",
+            f"fp32 for task `{task.value}` (int8 is built for tasks "
+            f"{' and '.join(f'`{t}`' for t in INT8_TASKS)})",
+        )  # fmt: skip
 
 
 def _check_range(name: str, value: object, low: int, high: int) -> None:

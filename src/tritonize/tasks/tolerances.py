@@ -34,6 +34,13 @@ TOLERANCES = {
         min_cosine=0.999, gate_min_cosine=0.999, max_probability_diff=1e-2,
         min_common_prefix=0.5,
     ),
+    # int8 (ONNX Runtime, CPU): its build gate is task-level (engine/quantize.py: mean cosine,
+    # nearest neighbours, label agreement on 1200 texts); single rows move further (MiniLM:
+    # worst of 1200 about 0.95). Generation is not built in int8.
+    Precision.INT8: Tolerance(
+        min_cosine=0.94, gate_min_cosine=0.94, max_probability_diff=2e-2,
+        min_common_prefix=0.5,
+    ),
 }  # fmt: skip
 
 
