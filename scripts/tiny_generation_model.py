@@ -82,6 +82,12 @@ def write_checkpoint(family: str, dest: Path, seed: int) -> Path:
         fast = PreTrainedTokenizerFast(
             tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
         )
+        # ChatML turns closed by the end token, so the checkpoint serves chat too.
+        fast.chat_template = (
+            "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+            "{{ message['content'] }}</s>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        )
     ids = {"eos_token_id": end, "bos_token_id": end, "pad_token_id": end}
     config = AutoConfig.for_model(family, vocab_size=tokenizer.get_vocab_size(), **SHAPES[family],
                                   **ids)  # fmt: skip
