@@ -180,9 +180,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = serve_config(args)
     openai_key = _openai_key(args.openai_api_key) if args.openai_port else None
     if args.openai_port:
-        from tritonize.server.local import _ensure_port_free
+        from tritonize.gateway import ensure_port_free
 
-        _ensure_port_free(config.host, args.openai_port, "openai")
+        ensure_port_free(config.host, args.openai_port, "--openai-port")
     server = LocalServer(config)
     print(f"starting tritonserver on {config.repository} (log: {config.log_path}) ...", flush=True)
     server.start(timeout_s=args.timeout)
@@ -236,8 +236,7 @@ def _openai_key(key: str | None) -> str | None:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from tritonize.client import host_port
-    from tritonize.gateway import GatewayConfig, run_gateway
-    from tritonize.server.local import _ensure_port_free
+    from tritonize.gateway import GatewayConfig, ensure_port_free, run_gateway
 
     settings = GatewayConfig(
         host_port(args.triton),
@@ -245,7 +244,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         triton_api_key=args.triton_api_key or None,
         response_timeout_s=args.timeout,
     )
-    _ensure_port_free(args.host, args.port, "")
+    ensure_port_free(args.host, args.port, "--port")
     print(
         f"OpenAI API on http://{args.host}:{args.port}/v1 -> Triton gRPC {settings.triton_url}"
         + (" (key: `Authorization: Bearer`)" if settings.api_key else "")
