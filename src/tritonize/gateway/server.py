@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import errno
-import socket
 import threading
 import time
 
@@ -13,20 +11,6 @@ import uvicorn
 from tritonize.errors import TritonizeError
 
 from .app import GatewayConfig, create_app
-
-
-def ensure_port_free(host: str, port: int, flag: str) -> None:
-    """Refuse a busy port before anything starts, naming the flag that chooses another."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise TritonizeError(
-                    f"port {port} on {host} is in use: choose another with {flag}"
-                ) from None
-            raise TritonizeError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
 
 
 def _server(config: GatewayConfig, host: str, port: int) -> uvicorn.Server:

@@ -245,7 +245,7 @@ class LocalServer:
                     f"needs its own (--{first}-port, --{second}-port)"
                 )
         for name, number in ports.items():
-            _ensure_port_free(self.config.host, number, name)
+            ensure_port_free(self.config.host, number, f"--{name}-port", name)
 
     def wait_ready(self, timeout_s: float) -> None:
         assert self.process is not None
@@ -298,16 +298,18 @@ def _ensure_bundled_backends(configs: dict[str, ModelConfig]) -> None:
         )
 
 
-def _ensure_port_free(host: str, port: int, name: str) -> None:
+def ensure_port_free(host: str, port: int, flag: str, name: str = "") -> None:
+    """Refuse a busy port before anything starts, naming the flag that chooses another."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         # As the server will: lingering TIME_WAIT connections do not make a port busy.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
+            what = f"{name} port" if name else "port"
             if exc.errno == errno.EADDRINUSE:
                 raise ServerError(
-                    f"{name} port {port} on {host} is in use: choose another with --{name}-port"
+                    f"{what} {port} on {host} is in use: choose another with {flag}"
                 ) from None
             raise ServerError(
                 f"cannot listen on {host}:{port} ({exc.strerror}): --host must be an address "

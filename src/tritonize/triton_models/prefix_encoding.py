@@ -162,3 +162,25 @@ _VISIBLE = _visible_class()
 def has_visible_text(text: str) -> bool:
     """Whether `text` holds a letter, digit, punctuation mark or symbol (a C-speed scan)."""
     return _VISIBLE.search(text) is not None
+
+
+def decode_text(item: object, where: str, max_bytes: int | None = None) -> str:
+    """One request text from a BYTES element: at most `max_bytes`, valid UTF-8, with something
+    visible in it; else `RequestError` naming it by `where` (e.g. "`TEXT`[3]")."""
+    from .common import RequestError
+
+    data = item if isinstance(item, bytes) else str(item).encode()
+    if max_bytes is not None and len(data) > max_bytes:
+        raise RequestError(f"{where} is {len(data)} bytes: at most {max_bytes} allowed")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"{where} is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
+    if not text.strip():
+        raise RequestError(f"{where} is empty or whitespace only: expected some text")
+    if not has_visible_text(text):
+        raise RequestError(
+            f"{where} has no visible character (only control or format characters such as "
+            "U+0000, U+200B or U+FEFF, whitespace or combining marks): expected some text"
+        )
+    return text

@@ -33,7 +33,7 @@ from .common import (
     model_parameters,
     rejection,
 )
-from .qa_windows import decode_text
+from .qa_windows import decode_one
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -91,7 +91,7 @@ class SpanFinder:
     def answer(self, context: np.ndarray, span_logits: np.ndarray, offsets: np.ndarray) -> Answer:
         """The best answer for a request's tensors; raise `RequestError` if they are invalid."""
         # No size limit: the tokenizer step has already refused contexts over it.
-        return self.find(decode_text(context, CONTEXT), span_logits, offsets)
+        return self.find(decode_one(context, CONTEXT), span_logits, offsets)
 
     def find(self, context: str, span_logits: np.ndarray, offsets: np.ndarray) -> Answer:
         """The best span of `context` over all windows."""

@@ -43,7 +43,7 @@ from .common import (
     rejection,
     version_dir,
 )
-from .prefix_encoding import has_visible_text
+from .prefix_encoding import decode_text
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -73,28 +73,11 @@ class Windows:
         }
 
 
-def decode_text(raw: np.ndarray, name: str, max_bytes: int | None = None) -> str:
+def decode_one(raw: np.ndarray, name: str, max_bytes: int | None = None) -> str:
     """The one UTF-8 text of a BYTES [1] tensor; raise `RequestError` naming `name`."""
     if raw.shape != (1,):
         raise RequestError(f"`{name}` has shape {list(raw.shape)}: expected [1] (one text)")
-    item = raw[0]
-    data = item if isinstance(item, bytes) else str(item).encode()
-    if max_bytes is not None and len(data) > max_bytes:
-        raise RequestError(f"`{name}` is {len(data)} bytes: at most {max_bytes} allowed")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RequestError(
-            f"`{name}` is not valid UTF-8 (byte {exc.start}: {exc.reason})"
-        ) from None
-    if not text.strip():
-        raise RequestError(f"`{name}` is empty or whitespace only: expected some text")
-    if not has_visible_text(text):
-        raise RequestError(
-            f"`{name}` has no visible character (only control or format characters such as "
-            "U+0000, U+200B or U+FEFF, whitespace or combining marks): expected some text"
-        )
-    return text
+    return decode_text(raw[0], f"`{name}`", max_bytes)
 
 
 class QuestionWindows:
@@ -130,8 +113,8 @@ class QuestionWindows:
     def prepare(self, question: np.ndarray, context: np.ndarray) -> Windows:
         """The windows of a request's QUESTION and CONTEXT tensors (BYTES [1] each)."""
         return self.cut(
-            decode_text(question, QUESTION, self.max_text_bytes),
-            decode_text(context, CONTEXT, self.max_text_bytes),
+            decode_one(question, QUESTION, self.max_text_bytes),
+            decode_one(context, CONTEXT, self.max_text_bytes),
         )
 
     def cut(self, question: str, context: str) -> Windows:

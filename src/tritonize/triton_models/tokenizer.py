@@ -46,9 +46,9 @@ from .common import (
 )
 from .prefix_encoding import (
     content_tokens,
+    decode_text,
     encode_pairs_within,
     encode_within,
-    has_visible_text,
     side_tokenizer,
 )
 
@@ -114,29 +114,10 @@ class TextTokenizer:
     def decode_texts(self, raw: np.ndarray, name: str = TEXT) -> list[str]:
         """UTF-8 texts from the BYTES tensor `name`; raise `RequestError` naming the bad
         element."""
-        return [self._decode(item, f"`{name}`[{i}]") for i, item in enumerate(raw.reshape(-1))]
-
-    def _decode(self, item: object, where: str) -> str:
-        data = item if isinstance(item, bytes) else str(item).encode()
-        if len(data) > self.max_text_bytes:
-            raise RequestError(
-                f"{where} is {len(data)} bytes: at most {self.max_text_bytes} allowed"
-            )
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RequestError(
-                f"{where} is not valid UTF-8 (byte {exc.start}: {exc.reason})"
-            ) from None
-        if not text.strip():
-            raise RequestError(f"{where} is empty or whitespace only: expected some text")
-        if not has_visible_text(text):
-            raise RequestError(
-                f"{where} has no visible character (only control or format characters "
-                "such as U+0000, U+200B or U+FEFF, whitespace or combining marks): "
-                "expected some text"
-            )
-        return text
+        return [
+            decode_text(item, f"`{name}`[{i}]", self.max_text_bytes)
+            for i, item in enumerate(raw.reshape(-1))
+        ]
 
     def encode(self, requests: list[Texts]) -> list[EncodedBatch]:
         """Encode every request's texts (or pairs) in one call; pad each request to its
