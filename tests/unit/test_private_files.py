@@ -133,6 +133,13 @@ def test_the_key_guards_every_admin_api_on_both_protocols(tmp_path: Path) -> Non
     assert ServerConfig(tmp_path).api_key != ServerConfig(tmp_path).api_key  # random per start
 
 
+def test_a_generated_key_can_follow_a_command_line_flag(tmp_path: Path) -> None:
+    # A key starting with "-" reads as an option: `tritonize health --api-key -x` fails.
+    keys = [ServerConfig(tmp_path).api_key for _ in range(2000)]
+    assert not [key for key in keys if key.startswith("-")]
+    assert min(len(key) for key in keys) >= 32
+
+
 def test_a_stub_is_known_by_its_command_line() -> None:
     argv = ["/x/python/triton_python_backend_stub", "/repo/minilm_tokenizer/1/model.py",
             "tritonize_12_ab_f00", "1048576", "1048576", "7", "/x/python", "336",

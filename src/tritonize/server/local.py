@@ -52,7 +52,8 @@ class ServerConfig:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    # Hex, so a key never starts with "-" and reads as an option after `--api-key`.
+    api_key: str = field(default_factory=lambda: secrets.token_hex(24), repr=False)
     log_file: Path | None = None
     exit_timeout_s: int = 10
     extra_args: tuple[str, ...] = ()
