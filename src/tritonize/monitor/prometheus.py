@@ -84,8 +84,15 @@ class PrometheusSource:
 class LocalPrometheus:
     """A Prometheus process on loopback that scrapes a local Triton every second."""
 
-    def __init__(self, metrics_target: str, port: int = 9090, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        metrics_target: str,
+        port: int = 9090,
+        host: str = "127.0.0.1",
+        jobs: dict[str, str] | None = None,
+    ) -> None:
         self.metrics_target = metrics_target  # host:port of Triton's metrics endpoint
+        self.jobs = dict(jobs or {})  # more scrape jobs: name -> host:port (prober, gateway)
         self.host, self.port = host, port
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = Path(tempfile.mkdtemp(prefix="tritonize-prometheus-"))
@@ -100,7 +107,8 @@ class LocalPrometheus:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rules)] if rules.exists() else [],
             "scrape_configs": [
-                {"job_name": "triton", "static_configs": [{"targets": [self.metrics_target]}]}
+                {"job_name": job, "static_configs": [{"targets": [target]}]}
+                for job, target in {"triton": self.metrics_target, **self.jobs}.items()
             ],
         }
 
