@@ -403,6 +403,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         texts_file=args.texts_file,
         texts_per_request=args.texts_per_request,
         max_tokens=args.max_tokens,
+        gateway_url=args.gateway_url,
     )
     result = run_load_test(test)
     print(f"\nreport: {test.out / 'summary.md'}")
@@ -756,9 +757,16 @@ def _add_loadtest(commands: Any) -> None:
     )
     target.add_argument(
         "--protocol",
-        choices=["http", "grpc", "sse"],
+        choices=["http", "grpc", "sse", "openai", "openai-chat"],
         default="http",
-        help="sse: stream from a generation model (TTFT, ITL, E2E events)",
+        help="sse: stream from a generation model (TTFT, ITL, E2E events); openai, openai-chat: "
+        "the same through the OpenAI-compatible gateway (/v1/completions, /v1/chat/completions; "
+        "key from TRITONIZE_OPENAI_API_KEY)",
+    )
+    target.add_argument(
+        "--gateway-url",
+        default=os.environ.get("TRITONIZE_GATEWAY_URL", "http://127.0.0.1:9000"),
+        help="openai, openai-chat: the gateway in front of --url (env TRITONIZE_GATEWAY_URL)",
     )
     target.add_argument("--metrics-url", **_METRICS_URL)
     target.add_argument("--prometheus", help="Prometheus URL for the server-side figures")
@@ -772,7 +780,9 @@ def _add_loadtest(commands: Any) -> None:
     shape.add_argument("--workers", type=int, default=0, help="Locust workers (0: one process)")
     shape.add_argument("--texts-file", type=Path, help="input texts, one per line")
     shape.add_argument("--texts-per-request", type=int, default=1)
-    shape.add_argument("--max-tokens", type=int, default=32, help="sse: tokens per request")
+    shape.add_argument(
+        "--max-tokens", type=int, default=32, help="sse, openai*: tokens per request"
+    )
     load.add_argument("--slo", type=Path, help="SLO YAML (see loadtests/slo.yaml)")
     load.add_argument("--out", type=Path, default=Path("reports/loadtest"), help="report folder")
 

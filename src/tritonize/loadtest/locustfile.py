@@ -1,6 +1,8 @@
 """Locust entry point for Triton models: `tritonize loadtest` runs it, or run it yourself.
 
     locust -f loadtests/locustfile.py --host 127.0.0.1:8000 --triton-model minilm TritonHttpUser
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:9000 --triton-model tiny-llama \
+        OpenAIChatStreamUser     # through the OpenAI-compatible gateway
 
 With TRITONIZE_SCENARIO=smoke|steady|ramp|spike|soak in the environment, that load shape
 drives the users (sized by --scenario-users and --scenario-seconds).
@@ -18,9 +20,21 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 
 from tritonize.loadtest.shapes import SCENARIOS
-from tritonize.loadtest.users import TritonGrpcUser, TritonHttpUser, TritonStreamUser
+from tritonize.loadtest.users import (
+    OpenAIChatStreamUser,
+    OpenAICompletionStreamUser,
+    TritonGrpcUser,
+    TritonHttpUser,
+    TritonStreamUser,
+)
 
-__all__ = ["TritonGrpcUser", "TritonHttpUser", "TritonStreamUser"]
+__all__ = [
+    "OpenAIChatStreamUser",
+    "OpenAICompletionStreamUser",
+    "TritonGrpcUser",
+    "TritonHttpUser",
+    "TritonStreamUser",
+]
 
 
 @events.init_command_line_parser.add_listener

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tritonize.loadtest.runner import LoadTestResult
+    from tritonize.loadtest.runner import LoadTest, LoadTestResult
 
 THROUGHPUT_PLOT = "throughput_latency.png"
 BREAKDOWN_PLOT = "latency_breakdown.png"
@@ -26,12 +26,18 @@ def write_report(result: LoadTestResult, out: Path) -> Path:
     return path
 
 
+def _target(test: LoadTest) -> str:
+    if test.target == test.url:
+        return test.url
+    return f"{test.target} (the gateway in front of Triton {test.url})"
+
+
 def summary_markdown(result: LoadTestResult, with_throughput_plot: bool = True) -> str:
     test, client, server = result.test, result.client, result.server
     lines = [
         f"# Load test: `{test.model}`, scenario `{test.scenario}`",
         "",
-        f"{'PASSED' if result.passed else 'FAILED'}: {test.protocol.upper()} to {test.url}, "
+        f"{'PASSED' if result.passed else 'FAILED'}: {test.protocol.upper()} to {_target(test)}, "
         f"{_users(test.peak_users)}, {result.seconds:.0f} s"
         + (f", {test.workers} Locust workers" if test.workers else "")
         + f"; server figures from {result.server_source}.",

@@ -25,11 +25,20 @@ SCENARIO_NAMES = ("smoke", "steady", "ramp", "spike", "soak")
 # cut short: Triton counts it, Locust does not) plus this share.
 CONSISTENCY = 0.02
 FINAL_STATS = "locust_final_stats.csv"  # written by the locustfile as Locust quits
-USER_CLASSES = {"http": "TritonHttpUser", "grpc": "TritonGrpcUser", "sse": "TritonStreamUser"}
+USER_CLASSES = {
+    "http": "TritonHttpUser",
+    "grpc": "TritonGrpcUser",
+    "sse": "TritonStreamUser",
+    "openai": "OpenAICompletionStreamUser",  # through the gateway: /v1/completions
+    "openai-chat": "OpenAIChatStreamUser",  # /v1/chat/completions
+}
+STREAMING = ("sse", "openai", "openai-chat")  # generation: one E2E request per stream
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:9000"
 
 
 def client_protocol(protocol: str) -> str:
-    """The tritonclient protocol behind a load-test protocol (`sse` streams over HTTP)."""
+    """The tritonclient protocol behind a load-test protocol (`sse` streams over HTTP; the
+    OpenAI modes read the model's config from Triton over HTTP)."""
     return "grpc" if protocol == "grpc" else "http"
 
 
@@ -53,6 +62,7 @@ class LoadTest:
     texts_per_request: int = 1
     max_tokens: int = 32  # sse: tokens per generation request
     engine_model: str | None = None  # default: <model>_engine
+    gateway_url: str = DEFAULT_GATEWAY_URL  # openai, openai-chat: the gateway in front of `url`
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIO_NAMES:
@@ -61,7 +71,8 @@ class LoadTest:
             )
         if self.protocol not in USER_CLASSES:
             raise SpecError(
-                f"`protocol` = {self.protocol!r}: expected http, grpc or sse (generation)"
+                f"`protocol` = {self.protocol!r}: expected http, grpc, or for generation sse, "
+                "openai or openai-chat"
             )
         if self.users < 1 or self.seconds <= 0 or self.workers < 0:
             raise SpecError("`users` >= 1, `duration` > 0 and `workers` >= 0 are required")
@@ -72,6 +83,15 @@ class LoadTest:
     def peak_users(self) -> int:
         """Users running at once at most: the smoke scenario runs one, whatever `users` says."""
         return 1 if self.scenario == "smoke" else self.users
+
+    @property
+    def streams(self) -> bool:
+        return self.protocol in STREAMING
+
+    @property
+    def target(self) -> str:
+        """Where Locust sends its requests: Triton, or the gateway in front of it."""
+        return self.gateway_url if self.protocol.startswith("openai") else self.url
 
     @property
     def metrics(self) -> str:
@@ -182,7 +202,7 @@ def run_load_test(test: LoadTest) -> LoadTestResult:
     after = quiet_reading(test.metrics, models)
 
     # A streamed generation is one E2E request (its TTFT and ITL events are parts of it).
-    row = "E2E" if test.protocol == "sse" else None
+    row = "E2E" if test.streams else None
     client = load_client_figures(_client_stats(test.out), row)
     # Rates over the time Locust had users running (start-up and shutdown excluded).
     seconds = client.requests / client.rps if client.rps else end - start
@@ -247,13 +267,17 @@ def ensemble_steps(test: LoadTest) -> tuple[str, ...]:
 
 
 def _check_protocol_fits(test: LoadTest, generation: bool) -> None:
-    """Generation models stream (`sse`); the others answer whole (`http`, `grpc`)."""
-    if test.protocol == "sse" and not generation:
+    """Generation models stream (`sse`, `openai`, `openai-chat`); the others answer whole
+    (`http`, `grpc`)."""
+    if test.streams and not generation:
         raise SpecError(
             f"`{test.model}` is not a generation model: load it with --protocol http or grpc"
         )
-    if test.protocol != "sse" and generation:
-        raise SpecError(f"`{test.model}` is a generation model: load it with --protocol sse")
+    if not test.streams and generation:
+        raise SpecError(
+            f"`{test.model}` is a generation model: load it with --protocol sse, openai or "
+            "openai-chat"
+        )
 
 
 def _with(server: ServerFigures, **changes: Any) -> ServerFigures:
@@ -277,7 +301,7 @@ def _run_locust(test: LoadTest) -> int:
     user_class = USER_CLASSES[test.protocol]
     prefix = test.out / "locust"
     master = [
-        *_locust_args(test), "--headless", "--host", test.url,
+        *_locust_args(test), "--headless", "--host", test.target,
         "--scenario-users", str(test.users), "--scenario-seconds", str(test.seconds),
         "--step-seconds", str(test.step_seconds),
         "--ramp-report", str(test.out / "ramp.json"),
