@@ -568,6 +568,11 @@ def _add_build(commands: Any) -> None:
     runtime.add_argument("--engine-instances", type=int)
     runtime.add_argument("--tokenizer-instances", type=int)
     runtime.add_argument("--opset", type=int)
+    build.add_argument_group("watching").add_argument(
+        "--reference-texts",
+        help="the traffic the model is meant for, one text per line: drift is measured "
+        "against its profile (default: a built-in varied set of English texts)",
+    )
     trt = build.add_argument_group("TensorRT (--target tensorrt)")
     trt.add_argument("--opt-batch-size", type=int, help="profile opt batch (default: max/2)")
     trt.add_argument("--opt-seq-len", type=int, help="profile opt length (default: min(128, max))")

@@ -81,6 +81,9 @@ class BuildSpec:
     hardware_compatibility: HardwareCompatibility = HardwareCompatibility.NONE
     version_compatible: bool = False
     timing_cache: Path | None = None  # default: ~/.cache/tritonize/tensorrt-timing.cache
+    # The traffic the model is meant for, one text per line: its profile is what drift is
+    # measured against. Default: a built-in varied set of English texts.
+    reference_texts: Path | None = None
 
     def __post_init__(self) -> None:
         _coerce_enums(self)
@@ -119,6 +122,8 @@ class BuildSpec:
         _check_range("builder_optimization_level", self.builder_optimization_level, 0, 5)
         if self.model is not None and not Path(self.model).is_dir():
             _fail("model", str(self.model), "a local Hugging Face checkpoint directory")
+        if self.reference_texts is not None and not Path(self.reference_texts).is_file():
+            _fail("reference_texts", str(self.reference_texts), "a text file, one text per line")
 
     @property
     def model_dir(self) -> Path:
@@ -135,7 +140,8 @@ class BuildSpec:
             out[f.name] = value.value if isinstance(value, Enum) else value
         out["model"] = str(self.model_dir)
         out["output"] = str(self.output)
-        out["timing_cache"] = None if self.timing_cache is None else str(self.timing_cache)
+        for key in ("timing_cache", "reference_texts"):
+            out[key] = None if getattr(self, key) is None else str(getattr(self, key))
         out["preferred_batch_sizes"] = list(self.preferred_batch_sizes)
         return out
 
@@ -150,7 +156,7 @@ class BuildSpec:
             if required not in values:
                 _fail(required, None, "a value (it is required)")
         values = dict(values)
-        for key in ("model", "output", "timing_cache"):
+        for key in ("model", "output", "timing_cache", "reference_texts"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         if "preferred_batch_sizes" in values:
