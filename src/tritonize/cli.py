@@ -35,6 +35,7 @@ EPILOG = """examples:
   tritonize generate tiny-llama "Once upon a time" --max-tokens 64 --stream
   tritonize loadtest minilm --scenario steady --users 16 --duration 2m --slo loadtests/slo.yaml
   tritonize verify --model minilm --golden model_repository/minilm/golden.json
+  tritonize probe --model minilm --golden model_repository/minilm/golden.json --interval 60s
 """
 
 
@@ -445,6 +446,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from tritonize.client import DEFAULT_URLS, Protocol
+    from tritonize.monitor.probe import ProbeSettings, probe
+
+    settings = ProbeSettings(
+        url=args.url or DEFAULT_URLS[Protocol(args.protocol)],
+        model=args.model,
+        golden=args.golden,
+        protocol=args.protocol,
+        interval_s=args.interval,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        timeout_s=args.timeout,
+    )
+    return probe(settings, say=_timestamped, once=args.once)
+
+
 def port(text: str) -> int:
     """A TCP port, 1..65535."""
     if not text.isdigit() or not 0 < int(text) < 65536:
@@ -503,6 +521,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_gateway(commands)
     _add_loadtest(commands)
     _add_verify(commands)
+    _add_probe(commands)
     for command in commands.choices.values():
         _show_defaults(command)
     return parser
@@ -805,6 +824,25 @@ def _add_verify(commands: Any) -> None:
     check.add_argument("--protocol", choices=["http", "grpc"], default="http")
     check.add_argument("--metrics-url", **_METRICS_URL)
     check.add_argument("--smoke-requests", type=int, default=64)
+
+
+def _add_probe(commands: Any) -> None:
+    prober = _command(
+        commands, "probe", cmd_probe,
+        "replay the golden set on a schedule and export agreement, failures and latency",
+    )  # fmt: skip
+    prober.add_argument("--model", required=True)
+    prober.add_argument("--golden", type=Path, required=True, help="golden.json written by build")
+    prober.add_argument("--url", default=os.environ.get("TRITONIZE_URL"))
+    prober.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    prober.add_argument("--interval", type=duration, default=60.0, help="between rounds: 60s, 5m")
+    prober.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics")
+    prober.add_argument("--metrics-port", type=port, default=9105)
+    prober.add_argument("--timeout", type=positive_seconds, default=30.0, help="per request (s)")
+    prober.add_argument(
+        "--once", action="store_true",
+        help="one round, no metrics: exit 1 unless every record agrees",
+    )  # fmt: skip
 
 
 def _jsonable(value: np.ndarray) -> Any:

@@ -4,7 +4,10 @@ registry that refuses a task lacking any part of it."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, final
 
 import numpy as np
 
@@ -61,10 +64,85 @@ class TaskContract(ABC):
     def golden_requests(self, golden: dict[str, Any]) -> int:
         """How many requests `golden_problems` sends."""
 
+    @final
+    def judge_record(
+        self, client: TritonizeClient, model: str, record: dict[str, Any]
+    ) -> RecordJudgement:
+        """One record of `golden_records` judged by `golden_problems` itself, so that a record
+        is judged as `verify` judges the set: every task's check holds for each record (a
+        worst cosine, a largest difference, each answer matching), so the whole set passes
+        exactly when each of its records does. A request that raised is a failure, not a
+        disagreement."""
+        watched = _FailureWatch(client)
+        passed, detail = self.golden_problems(watched, model, record)  # type: ignore[arg-type]
+        if watched.error is not None:
+            return RecordJudgement(Outcome.FAILED, str(watched.error))
+        return RecordJudgement(Outcome.AGREE if passed else Outcome.DISAGREE, detail)
+
     def serves(self, metadata: dict[str, Any]) -> bool:
         """Whether a model with this metadata serves this task (its public outputs match)."""
         served = {tensor["name"] for tensor in metadata["outputs"]}
         return served == {tensor.name for tensor in self.outputs}
+
+
+class Outcome(StrEnum):
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    FAILED = "failed"  # the request failed: nothing to judge
+
+
+@dataclass(frozen=True)
+class RecordJudgement:
+    outcome: Outcome
+    detail: str
+
+
+def golden_records(golden: dict[str, Any]) -> list[dict[str, Any]]:
+    """The golden file as one-record golden files: its lists (texts and their references,
+    one item per record) cut to one item each, everything else kept."""
+    lists = {key: value for key, value in golden.items() if isinstance(value, list)}
+    lengths = {key: len(value) for key, value in lists.items()}
+    if not lengths or len(set(lengths.values())) != 1:
+        raise TritonizeError(
+            f"golden file of `{golden.get('model')}` has records of unequal counts {lengths}: "
+            "expected lists of one item per record, as `tritonize build` writes them"
+        )
+    count = next(iter(lengths.values()))
+    return [
+        {**golden, **{key: value[index : index + 1] for key, value in lists.items()}}
+        for index in range(count)
+    ]
+
+
+class _FailureWatch:
+    """A client that notes the `TritonizeError` any call raises (streams included) before it
+    reaches `golden_problems`, which reports such an error as a failed check."""
+
+    def __init__(self, client: TritonizeClient) -> None:
+        self._client = client
+        self.error: TritonizeError | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        member = getattr(self._client, name)
+        return self._watched(member) if callable(member) else member
+
+    def _watched(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = call(*args, **kwargs)
+            except TritonizeError as exc:
+                self.error = exc
+                raise
+            return self._stream(result) if isinstance(result, Iterator) else result
+
+        return watched
+
+    def _stream(self, items: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from items
+        except TritonizeError as exc:
+            self.error = exc
+            raise
 
 
 CONTRACT = ("name", "inputs", "outputs", "build", *sorted(TaskContract.__abstractmethods__))
