@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import signal
 import sys
 import time
@@ -446,6 +447,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    from tritonize.monitor.drift import drift_report
+
+    try:
+        report = drift_report(args.prometheus, args.model, args.window)
+    except TritonizeError as exc:  # 1 means "drifted": a script must tell the two apart
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(report.to_json())
+    else:
+        print(f"drift of `{report.model}` over the last {report.window} vs its reference profile:")
+        for feature in report.features:
+            print(f"  {feature.describe()}")
+    if report.moved:
+        names = ", ".join(f"{f.kind} {f.feature}" for f in report.moved)
+        print(f"`{report.model}` drifted: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from tritonize.client import DEFAULT_URLS, Protocol
     from tritonize.monitor.probe import ProbeSettings, probe
@@ -522,6 +544,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_loadtest(commands)
     _add_verify(commands)
     _add_probe(commands)
+    _add_drift(commands)
     for command in commands.choices.values():
         _show_defaults(command)
     return parser
@@ -824,6 +847,30 @@ def _add_verify(commands: Any) -> None:
     check.add_argument("--protocol", choices=["http", "grpc"], default="http")
     check.add_argument("--metrics-url", **_METRICS_URL)
     check.add_argument("--smoke-requests", type=int, default=64)
+
+
+def _add_drift(commands: Any) -> None:
+    drift = _command(
+        commands, "drift", cmd_drift,
+        "how far live traffic moved from the build's reference profile; exit 1 when any "
+        "feature is over its threshold",
+    )  # fmt: skip
+    drift.add_argument("model", help="the ensemble's name")
+    drift.add_argument(
+        "--prometheus",
+        default=os.environ.get("TRITONIZE_PROMETHEUS_URL", "http://127.0.0.1:9090"),
+        help="Prometheus scraping Triton (env TRITONIZE_PROMETHEUS_URL)",
+    )
+    drift.add_argument(
+        "--window", type=_promql_duration, default="30m", help="live traffic of the last WINDOW"
+    )
+    drift.add_argument("--json", action="store_true", help="the report as JSON")
+
+
+def _promql_duration(text: str) -> str:
+    if not re.fullmatch(r"[1-9][0-9]*(s|m|h|d)", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration such as 90s, 30m, 6h, 1d")
+    return text
 
 
 def _add_probe(commands: Any) -> None:

@@ -19,6 +19,7 @@ from tritonize.monitor.figures import COUNTERS, PENDING, Reading, Sample
 from tritonize.processes import die_with_parent, stop_process
 
 MONITORING_DIR = Path(__file__).resolve().parents[3] / "monitoring"
+RULE_FILES = ("alerts.yml", "drift.yml")  # as monitoring/prometheus.yml loads them
 
 
 class PrometheusSource:
@@ -102,10 +103,10 @@ class LocalPrometheus:
         return f"http://{self.host}:{self.port}"
 
     def config(self) -> dict[str, Any]:
-        rules = MONITORING_DIR / "alerts.yml"
+        rules = [MONITORING_DIR / name for name in RULE_FILES]
         return {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(rules)] if rules.exists() else [],
+            "rule_files": [str(path) for path in rules if path.exists()],
             "scrape_configs": [
                 {"job_name": job, "static_configs": [{"targets": [target]}]}
                 for job, target in {"triton": self.metrics_target, **self.jobs}.items()
