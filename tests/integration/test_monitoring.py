@@ -1,18 +1,23 @@
-"""The Grafana dashboard and alert rules against a real Prometheus scraping the real Triton;
-`tritonize verify` against the live deployment."""
+"""The Grafana dashboard and alert rules against a real Prometheus scraping the real Triton and
+a golden prober; `tritonize verify` against the live deployment."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from helpers import free_ports
 from tritonize.client import TritonizeClient
+from tritonize.monitor.probe import ProbeSettings, probe
 from tritonize.monitor.prometheus import MONITORING_DIR, LocalPrometheus, PrometheusSource
 from tritonize.server import LocalServer
 
@@ -20,6 +25,33 @@ from .conftest import CLASSIFIER, EMBEDDER, GENERATOR
 
 DASHBOARD = MONITORING_DIR / "grafana" / "dashboards" / "tritonize.json"
 CLI = [sys.executable, "-m", "tritonize.cli"]
+
+
+@pytest.fixture(scope="module")
+def prober(server: LocalServer, repository: Path) -> Iterator[str]:
+    """`tritonize probe` of the embedder, a round a second: its metrics' host:port."""
+    (port,) = free_ports(1)
+    settings = ProbeSettings(
+        url=server.config.http_url, model=EMBEDDER, golden=repository / EMBEDDER / "golden.json",
+        interval_s=1.0, metrics_port=port,
+    )  # fmt: skip
+    stop = threading.Event()
+    rounds = threading.Thread(
+        target=probe, args=(settings, lambda line: None), kwargs={"stop": stop}
+    )
+    rounds.start()
+    yield f"127.0.0.1:{port}"
+    stop.set()
+    rounds.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def prometheus(server: LocalServer, prober: str) -> Iterator[LocalPrometheus]:
+    """A real Prometheus scraping the session's Triton and the golden prober every second."""
+    (port,) = free_ports(1)
+    target = f"127.0.0.1:{server.config.metrics_port}"
+    with LocalPrometheus(target, port=port, jobs={"probe": prober}) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +81,29 @@ def test_every_dashboard_panel_returns_data(
     assert result, f"panel `{title}` returns no data: {expr}"
 
 
-def test_alert_rules_load_in_prometheus(after_traffic: PrometheusSource) -> None:
+def test_alert_rules_load_in_prometheus(
+    after_traffic: PrometheusSource, prometheus: LocalPrometheus
+) -> None:
     with urllib.request.urlopen(f"{after_traffic.url}/api/v1/rules") as response:
         groups = json.loads(response.read())["data"]["groups"]
     names = {rule["name"] for group in groups for rule in group["rules"]}
-    assert len(names) == 7 and "TritonBatchSizeCollapsed" in names
+    assert names == shipped_rules(prometheus.config()["rule_files"])
+    assert {
+        "TritonBatchSizeCollapsed",
+        "TritonizeProbeAgreementLow",
+        "TritonizeProbeFailing",
+    } <= names
     assert all(rule["health"] == "ok" for group in groups for rule in group["rules"])
+
+
+def shipped_rules(rule_files: list[str]) -> set[str]:
+    """Every alert and recording rule the files name."""
+    return {
+        rule.get("alert") or rule["record"]
+        for path in rule_files
+        for group in yaml.safe_load(Path(path).read_text())["groups"]
+        for rule in group["rules"]
+    }
 
 
 def test_verify_passes_on_the_live_deployment(server: LocalServer, repository: Path) -> None:

@@ -73,8 +73,9 @@ class Round:
         seconds = [r.seconds for r in self.records]
         p50, p95 = (float(np.percentile(seconds, q)) * 1000 for q in (50, 95))
         judged = len(self.records) - self.count(Outcome.FAILED)
+        shown = f"{self.agreement:.3f} ({self.count(Outcome.AGREE)}/{judged} judged)"
         return (
-            f"agreement {self.agreement:.3f} ({self.count(Outcome.AGREE)}/{judged} judged), "
+            f"agreement {shown if judged else 'n/a (nothing judged)'}, "
             f"{self.count(Outcome.FAILED)} failed of {len(self.records)}, "
             f"latency p50 {p50:.1f} ms, p95 {p95:.1f} ms"
         )
