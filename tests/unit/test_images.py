@@ -216,3 +216,44 @@ def test_the_triton_images_tensorrt_wheels_resolve_on_nvidias_index() -> None:
     _, release = ngc_release()
     resolve(release.python, release.glibc, [tensorrt_requirement(release)],
             f"--extra-index-url={NVIDIA_INDEX}")  # fmt: skip
+
+
+# -- the golden prober beside Triton ------------------------------------------------------------
+def compose_services() -> dict:
+    """docker-compose.yml's services, every `${NAME:-default}` at its default."""
+    import yaml
+
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", (ROOT / "docker-compose.yml").read_text())
+    return yaml.safe_load(text)["services"]
+
+
+def test_the_probe_service_runs_tritonize_from_the_triton_image() -> None:
+    services = compose_services()
+    probe, triton = services["probe"], services["triton"]
+    assert probe["image"] == triton["image"] and triton["build"]["dockerfile"] == (
+        "docker/triton.Dockerfile"
+    )
+    assert "pip install /opt/tritonize" in (ROOT / "docker" / "triton.Dockerfile").read_text()
+    assert probe["entrypoint"] == ["tritonize", "probe"]
+    assert probe["profiles"] == services["prometheus"]["profiles"]  # beside what scrapes it
+    assert "ports" not in probe  # reached by Prometheus on the compose network only
+    assert probe["depends_on"]["triton"]["condition"] == "service_healthy"
+
+
+def test_the_probe_command_parses_and_prometheus_scrapes_it() -> None:
+    """The compose command through the real CLI parser: Triton's HTTP port, the golden file of
+    the mounted repository, and the metrics port that prometheus.yml's `probe` job scrapes."""
+    import yaml
+
+    from tritonize.cli import _parser
+
+    probe = compose_services()["probe"]
+    args = _parser().parse_args(["probe", *probe["command"]])
+    (mount,) = probe["volumes"]
+    host_dir, container_dir, _ = mount.split(":")
+    assert host_dir == "./model_repository" and args.golden.is_relative_to(container_dir)
+    assert args.golden.name == "golden.json" and args.golden.parent.name == args.model
+    assert args.url == "triton:8000" and args.metrics_host == "0.0.0.0"
+    config = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["probe"]["static_configs"][0]["targets"] == [f"probe:{args.metrics_port}"]
