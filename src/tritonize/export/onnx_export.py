@@ -24,9 +24,11 @@ from tritonize.export.tasks import (
     task_definition,
 )
 from tritonize.export.validation import compare, validation_cases
+from tritonize.monitor.profile import build_profile
 from tritonize.progress import note, step
 from tritonize.spec import BuildSpec
 from tritonize.tasks.build import Reference
+from tritonize.triton_models.features import Profile
 
 # ONNX Runtime on CPU vs PyTorch fp32: measured differences are 1e-6..1e-4.
 ONNX_ATOL = 1e-4
@@ -47,6 +49,8 @@ class ExportedModel:
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     # The golden inputs and PyTorch's outputs for them: what a deployment is verified against.
     golden: dict[str, Any] = field(default_factory=dict)
+    # The reference traffic's features: what drift is measured against (None: not profiled).
+    profile: Profile | None = None
 
     @property
     def output_dim(self) -> int:
@@ -87,6 +91,8 @@ def export_onnx(spec: BuildSpec, workdir: Path) -> ExportedModel:
         _torch_runner(model, graph_inputs), tokenizer, pad_id, exported.labels, graph_inputs
     )
     exported.golden = build.golden_reference(reference, spec)
+    if build.profiled:
+        exported.profile = build_profile(spec, reference, build)
     return exported
 
 

@@ -84,6 +84,7 @@ def tokenizer_config(
     if spec.target is not Target.LOCAL:  # fixed-shape engines batch equal shapes only
         parameters["pad_buckets"] = json.dumps(padding_buckets(spec.max_seq_len))
     parameters.update(build.tokenizer_parameters(spec))
+    parameters.update(_profile_parameters(spec))
     return _python_model(
         StepNames(spec.name).tokenizer,
         spec,
@@ -94,6 +95,12 @@ def tokenizer_config(
         queue_delay_us=0,  # tokenizing is cheap: batch what is queued, never wait
         batch=max_batch_size(spec),
     )
+
+
+def _profile_parameters(spec: BuildSpec) -> dict[str, object]:
+    """Where a Python step finds its ensemble's reference profile (live feature metrics):
+    `<repository>/<ensemble>/<its own version>/profile.json`."""
+    return {"ensemble": spec.name} if encoder_build(spec).profiled else {}
 
 
 def engine_config(
@@ -118,6 +125,7 @@ def engine_config(
                 "output_name": output_name,
                 "pad_token_id": pad_token_id,
                 "max_seq_len": spec.max_seq_len,
+                **_profile_parameters(spec),
             },
             instances=spec.engine_instances,
             queue_delay_us=spec.max_queue_delay_us,
@@ -185,7 +193,7 @@ def postprocess_config(spec: BuildSpec, labels: list[str]) -> ModelConfig | None
         spec,
         inputs=[_config_tensor(t) for t in postprocess.inputs],
         outputs=[_config_tensor(t) for t in postprocess.outputs],
-        parameters=postprocess.parameters,
+        parameters={**postprocess.parameters, **_profile_parameters(spec)},
         instances=1,
         queue_delay_us=0,
         batch=max_batch_size(spec),

@@ -21,6 +21,7 @@ from tritonize.engine.build import (
 )
 from tritonize.export import ExportedModel, export_onnx
 from tritonize.export.decoders import ExportedDecoder, export_generation
+from tritonize.monitor.profile import write_profile
 from tritonize.progress import note, step
 from tritonize.repository import configs
 from tritonize.repository.checker import check_repository
@@ -176,6 +177,8 @@ def write_models(
     _write_config(repository, ensemble)
     write_golden(repository / spec.name, golden_record(spec, exported, ensemble))
     (repository / spec.name / str(spec.version)).mkdir(parents=True, exist_ok=True)
+    if exported.profile is not None:  # read by the steps, which export live features
+        write_profile(repository / spec.name / str(spec.version), exported.profile)
     return [ensemble.name, *written]
 
 

@@ -23,6 +23,7 @@ from tritonize.triton_models.common import (
     TOKEN_TYPE_IDS,
     TRUNCATED,
 )
+from tritonize.triton_models.features import Feature
 
 if TYPE_CHECKING:
     from tritonize.spec import BuildSpec
@@ -96,6 +97,15 @@ class Postprocess:
 
 
 @dataclass(frozen=True)
+class PredictionProfile:
+    """A task's prediction features over the reference texts (see triton_models/features.py)."""
+
+    features: tuple[Feature, ...] = ()
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    centroid: tuple[float, ...] = ()  # embeddings: the reference texts' mean direction
+
+
+@dataclass(frozen=True)
 class Reference:
     """The checkpoint in PyTorch, as a build sees it: what golden records are computed from."""
 
@@ -151,6 +161,19 @@ class EncoderBuild(TaskBuild):
     def labels(self, config: Any) -> list[str]:
         """The output's labels from the transformers config (none for most tasks)."""
         return []
+
+    # Whether the head's outputs on the reference texts make prediction features.
+    profiles_predictions: ClassVar[bool] = False
+
+    @property
+    def profiled(self) -> bool:
+        """Whether a build profiles reference texts: tasks on single texts through the shared
+        tokenizer step (pairs and question windows have no reference texts of that form)."""
+        return not self.pairs and self.tokenizer_module == "tokenizer"
+
+    def prediction_profile(self, outputs: np.ndarray, labels: list[str]) -> PredictionProfile:
+        """The prediction features of the head's `outputs` on the reference texts."""
+        return PredictionProfile()
 
     def postprocess(self, labels: list[str], spec: BuildSpec) -> Postprocess | None:
         """The Python step after the engine, if any (none: the engine's output is public)."""

@@ -19,12 +19,14 @@ from tritonize.tasks.build import (
     EncoderBuild,
     ExportHead,
     Postprocess,
+    PredictionProfile,
     Reference,
     config_labels,
     golden_text_outputs,
 )
 from tritonize.triton_models.classifier import softmax
 from tritonize.triton_models.common import LABEL, LOGITS, PROBABILITIES, SCORE, TEXT
+from tritonize.triton_models.features import label_counts, label_features
 
 if TYPE_CHECKING:
     from tritonize.client import TritonizeClient
@@ -38,6 +40,7 @@ class ClassificationBuild(EncoderBuild):
     engine_output = LOGITS
     gate_figure = "max probability diff"
     needs_trained_head = True  # a made-up head answers with labels drawn by chance
+    profiles_predictions = True
 
     export_head = ExportHead(
         output_name="logits", auto_class="AutoModelForSequenceClassification",
@@ -56,6 +59,10 @@ class ClassificationBuild(EncoderBuild):
                      PublicTensor(PROBABILITIES, "FP32", np.float32, width)),
             parameters={"labels": json.dumps(labels)},
         )  # fmt: skip
+
+    def prediction_profile(self, outputs: np.ndarray, labels: list[str]) -> PredictionProfile:
+        features = label_features(labels)
+        return PredictionProfile(features, label_counts(features, softmax(outputs)))
 
     def gate_compare(
         self, tolerance: GateTolerance, case: str, reference: np.ndarray, actual: np.ndarray

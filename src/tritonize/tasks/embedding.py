@@ -17,11 +17,13 @@ from tritonize.tasks.base import (
 from tritonize.tasks.build import (
     EncoderBuild,
     ExportHead,
+    PredictionProfile,
     Reference,
     cosine_rows,
     golden_text_outputs,
 )
 from tritonize.triton_models.common import EMBEDDING, TEXT
+from tritonize.triton_models.features import CENTROID_COSINE, embedding_counts
 
 if TYPE_CHECKING:
     from tritonize.client import TritonizeClient
@@ -34,11 +36,19 @@ class EmbeddingBuild(EncoderBuild):
 
     engine_output = EMBEDDING
     gate_figure = "min cosine"
+    profiles_predictions = True
 
     export_head = ExportHead(
         output_name="embedding", auto_class="AutoModel", head="MeanPooledEmbedding",
         width_field="hidden_size",
     )  # fmt: skip
+
+    def prediction_profile(self, outputs: np.ndarray, labels: list[str]) -> PredictionProfile:
+        """Each reference embedding's cosine to the reference texts' mean direction."""
+        mean = outputs.astype(np.float64).mean(axis=0)
+        centroid = mean / np.linalg.norm(mean)
+        counts = embedding_counts(outputs, centroid)
+        return PredictionProfile((CENTROID_COSINE,), counts, tuple(centroid.round(7).tolist()))
 
     def gate_compare(
         self, tolerance: GateTolerance, case: str, reference: np.ndarray, actual: np.ndarray

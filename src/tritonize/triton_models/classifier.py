@@ -21,6 +21,7 @@ from .common import (
     model_parameters,
     rejection,
 )
+from .features import PREDICTION, feature_metrics, label_counts
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -69,6 +70,11 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         self.name = args["model_name"]
         self.classifier = Classifier(json.loads(model_parameters(args)["labels"]))
+        self.features = feature_metrics(pb_utils, args, PREDICTION)
+
+    def finalize(self) -> None:
+        if self.features is not None:
+            self.features.flush()
 
     def execute(self, requests: list[Any]) -> list[Any]:
         try:
@@ -83,6 +89,8 @@ class TritonPythonModel:
             labels, scores, probabilities = self.classifier.postprocess(logits)
         except RequestError as exc:
             return rejection(pb_utils, exc)
+        if self.features is not None:
+            self.features.add(label_counts(self.features.features, probabilities))
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor(LABEL, labels),

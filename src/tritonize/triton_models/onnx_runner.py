@@ -30,6 +30,7 @@ from .common import (
     rejection,
     version_dir,
 )
+from .features import PREDICTION, embedding_counts, feature_metrics
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -163,6 +164,15 @@ class TritonPythonModel:
         )
         # Repositories built before the engine knew its window leave it unbounded.
         self.max_len = int(params["max_seq_len"]) if "max_seq_len" in params else None
+        # An embedding's cosine to its reference centroid (the only prediction feature an
+        # engine step sees: other tasks observe theirs after the engine).
+        self.features = feature_metrics(pb_utils, args, PREDICTION)
+        if self.features is not None and not self.features.centroid.size:
+            self.features = None
+
+    def finalize(self) -> None:
+        if self.features is not None:
+            self.features.flush()
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -193,6 +203,8 @@ class TritonPythonModel:
             pb_utils.Logger.log_error(f"{self.name}: {exc!r}")
             return error_responses(pb_utils, len(batches), f"engine failed: {exc}")
         name = self.encoder.output_name
+        if self.features is not None:
+            self.features.add(embedding_counts(np.concatenate(outputs), self.features.centroid))
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, out)])
             for out in outputs

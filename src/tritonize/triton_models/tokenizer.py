@@ -44,6 +44,7 @@ from .common import (
     rejection,
     version_dir,
 )
+from .features import INPUT, feature_metrics, input_counts
 from .prefix_encoding import (
     content_tokens,
     decode_text,
@@ -106,6 +107,7 @@ class TextTokenizer:
         self.max_text_bytes = max_text_bytes
         self.pad_buckets = tuple(sorted(pad_buckets))
         self._sides: tokenizers.Tokenizer | None = None  # made for the first text pair
+        self.unknown_id = unknown_token_id(tokenizer)
 
     @classmethod
     def from_file(cls, path: Path, **kwargs: Any) -> TextTokenizer:
@@ -135,6 +137,13 @@ class TextTokenizer:
             start += len(texts)
         return batches
 
+    def feature_counts(self, texts: Texts, batch: EncodedBatch) -> dict[str, np.ndarray]:
+        """The input features of one request's texts (a pair counts as its two texts)."""
+        tokens = batch.attention_mask.sum(axis=1)
+        unknown = ((batch.input_ids == self.unknown_id) & (batch.attention_mask == 1)).sum(axis=1)
+        joined = [text if isinstance(text, str) else " ".join(text) for text in texts]
+        return input_counts(joined, tokens, batch.truncated, unknown)
+
     def _pad(self, encodings: list[tokenizers.Encoding]) -> EncodedBatch:
         width = max(len(enc.ids) for enc in encodings)
         width = next((b for b in self.pad_buckets if b >= width), width)
@@ -158,6 +167,16 @@ class TextTokenizer:
         )
 
 
+def unknown_token_id(tokenizer: tokenizers.Tokenizer) -> int:
+    """The id of the tokenizer's unknown token, or -1 where it has none (byte-level BPE)."""
+    model = json.loads(tokenizer.to_str()).get("model", {})
+    if isinstance(model.get("unk_id"), int):  # Unigram
+        return int(model["unk_id"])
+    token = model.get("unk_token")
+    found = tokenizer.token_to_id(token) if token else None
+    return -1 if found is None else found
+
+
 class TritonPythonModel:
     """Thin adapter: tensors in, tensors out, errors as per-request responses."""
 
@@ -176,6 +195,7 @@ class TritonPythonModel:
         extras = tuple(json.loads(params.get("extra_outputs", "[]")))
         self.outputs = (INPUT_IDS, ATTENTION_MASK, TRUNCATED, *extras)
         self.metrics = _TokenizerMetrics(self.name)
+        self.features = feature_metrics(pb_utils, args, INPUT)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         try:
@@ -195,8 +215,14 @@ class TritonPythonModel:
                 responses[i] = rejection(pb_utils, exc)
         for i, batch in zip(valid, self.tokenizer.encode(list(valid.values())), strict=True):
             responses[i] = self._respond(batch)
+            if self.features is not None and not batch.tokenless:
+                self.features.add(self.tokenizer.feature_counts(valid[i], batch))
         self.metrics.observe(time.perf_counter() - start)
         return responses
+
+    def finalize(self) -> None:
+        if self.features is not None:
+            self.features.flush()
 
     def _texts(self, request: Any) -> Texts:
         """The request's texts, or its pairs when the task takes two inputs."""

@@ -1,0 +1,178 @@
+"""Traffic features and the reference profile a build writes, against independent references:
+Unicode's own character names, transformers' tokenizer and classifier."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tritonize.errors import SpecError
+from tritonize.monitor.drift import recording_rules
+from tritonize.monitor.profile import builtin_reference_texts, read_reference_texts
+from tritonize.triton_models.features import (
+    INPUT_FEATURES,
+    PROFILE,
+    SCRIPTS,
+    Profile,
+    numeric,
+    script_of,
+)
+
+MONITORING = Path(__file__).parents[2] / "monitoring"
+# Unicode names' first word -> the script a letter is counted in.
+_NAMED = {
+    "LATIN": "latin", "GREEK": "greek", "CYRILLIC": "cyrillic", "HEBREW": "hebrew",
+    "ARABIC": "arabic", "DEVANAGARI": "devanagari", "THAI": "thai", "HANGUL": "hangul",
+    "HIRAGANA": "kana", "KATAKANA": "kana", "CJK": "han",
+}  # fmt: skip
+
+
+def _script_by_name(char: str) -> str | None:
+    """The script of a letter by its Unicode name; None for what is not a letter."""
+    if not unicodedata.category(char).startswith("L"):
+        return None
+    return _NAMED.get(unicodedata.name(char, "").split(" ")[0], "other")
+
+
+def test_letters_of_the_common_blocks_are_counted_in_their_script() -> None:
+    blocks = [(0x20, 0x24F), (0x370, 0x52F), (0x590, 0x6FF), (0x900, 0x97F), (0xE00, 0xE7F),
+              (0x3040, 0x30FF), (0x4E00, 0x4FFF), (0xAC00, 0xAFFF)]  # fmt: skip
+    chars = [chr(c) for first, last in blocks for c in range(first, last + 1)]
+    chars = [c for c in chars if unicodedata.name(c, "")]
+    got = script_of(np.array([ord(c) for c in chars]))
+    expected = [_script_by_name(c) for c in chars]
+    wrong = [
+        (c, want, SCRIPTS[g] if g < len(SCRIPTS) else None)
+        for c, want, g in zip(chars, expected, got, strict=True)
+        if want is not None and (g >= len(SCRIPTS) or SCRIPTS[g] != want)
+    ]
+    assert len(wrong) <= 0.01 * len(chars), wrong[:20]
+
+
+def test_digits_punctuation_spaces_and_emoji_are_no_script() -> None:
+    points = np.array([ord(c) for c in "0 9,.!?-_()[]{}\n\t—“”…、。！🚀😀"])
+    assert (script_of(points) == len(SCRIPTS)).all()
+
+
+def _expected_bin(edges: tuple[float, ...], value: float) -> int:
+    return next((i for i, edge in enumerate(edges) if value <= edge), len(edges))
+
+
+def test_input_counts_match_transformers_tokenizer(minilm_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from tritonize.triton_models.tokenizer import TextTokenizer
+
+    texts = [*builtin_reference_texts(40), "Привет, мир! " * 20, "def f(x): return {x: [1, 2]}"]
+    step = TextTokenizer.from_file(minilm_dir / "tokenizer.json", max_seq_len=32, pad_id=0)
+    (batch,) = step.encode([texts])
+    counts = step.feature_counts(texts, batch)
+
+    reference = AutoTokenizer.from_pretrained(str(minilm_dir))
+    full = [len(ids) for ids in reference(texts)["input_ids"]]
+    tokens = [min(n, 32) for n in full]
+    edges = INPUT_FEATURES[0].edges
+    assert (
+        counts["tokens"].tolist()
+        == np.bincount([_expected_bin(edges, n) for n in tokens], minlength=len(edges) + 1).tolist()
+    )
+    assert counts["truncated"].tolist() == [sum(n <= 32 for n in full), sum(n > 32 for n in full)]
+    letters = [_script_by_name(c) for text in texts for c in text]
+    assert counts["script"][SCRIPTS.index("cyrillic")] == letters.count("cyrillic")
+    assert counts["script"][SCRIPTS.index("latin")] == letters.count("latin")
+    assert counts["symbols"].sum() == len(texts)
+    # The code has the most symbols: it lands in a higher bin than every English text.
+    assert np.flatnonzero(counts["symbols"]).max() >= 3
+
+
+def test_unknown_tokens_are_counted_per_text(minilm_dir: Path) -> None:
+    from tritonize.triton_models.tokenizer import TextTokenizer
+
+    step = TextTokenizer.from_file(minilm_dir / "tokenizer.json", max_seq_len=64, pad_id=0)
+    texts = ["plain english words", "\U00013000\U00013001\U00013002 \U00013003"]  # hieroglyphs
+    (batch,) = step.encode([texts])
+    unknown = step.feature_counts(texts, batch)["unknown_tokens"]
+    assert unknown[0] == 1 and unknown[-1] == 1  # none; then every word unknown (> 0.2)
+
+
+def test_numeric_bins_are_closed_above() -> None:
+    feature = numeric("f", "input", (1, 2))
+    assert feature.bins == ("<=1", "<=2", ">2")
+    assert feature.count(np.array([0, 1, 1.5, 2, 3])).tolist() == [2, 2, 1]
+
+
+def test_the_reference_set_is_large_varied_and_read_from_a_file(tmp_path: Path) -> None:
+    texts, source = read_reference_texts(None)
+    assert source == "built-in" and len(texts) == len(set(texts)) >= 500
+    assert len({len(t.split()) for t in texts}) >= 30
+    path = tmp_path / "reference.txt"
+    path.write_text("\n".join(["a text"] * 60 + ["", "  "]))
+    assert read_reference_texts(path) == (["a text"] * 60, str(path))
+    path.write_text("too\nfew\n")
+    with pytest.raises(SpecError, match="reference_texts: .* has 2 non-blank lines"):
+        read_reference_texts(path)
+
+
+def test_a_classifier_build_profiles_the_reference_as_transformers_labels_it(
+    classifier_repository: Path, classifier_dir: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    profile = Profile.read(classifier_repository / "sentiment" / "1" / PROFILE)
+    assert profile is not None and profile.source == "built-in"
+    for feature in profile.features:
+        assert sum(profile.shares[feature.name]) == pytest.approx(1.0, abs=1e-5)
+    assert {f.name for f in profile.of_kind("prediction")} == {"label", "confidence"}
+
+    texts = builtin_reference_texts()
+    tokenizer = AutoTokenizer.from_pretrained(str(classifier_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(classifier_dir)).eval()
+    with torch.inference_mode():
+        batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+        predicted = model(**batch).logits.argmax(dim=1).numpy()
+    expected = np.bincount(predicted, minlength=model.config.num_labels) / len(texts)
+    assert profile.shares["label"] == pytest.approx(expected.tolist(), abs=1e-6)
+    # Each step finds the profile through its `ensemble` parameter.
+    for step in ("sentiment_tokenizer", "sentiment_postprocess"):
+        config = (classifier_repository / step / "config.pbtxt").read_text()
+        assert re.search(r'key: "ensemble"\s+value \{\s+string_value: "sentiment"', config)
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_the_shipped_recording_rules_are_the_ones_drift_queries() -> None:
+    rules = yaml.safe_load((MONITORING / "drift.yml").read_text())["groups"][0]["rules"]
+    shipped = {r["record"]: _normalised(r["expr"]) for r in rules if "record" in r}
+    assert shipped == {name: _normalised(expr) for name, expr in recording_rules().items()}
+
+
+def test_drift_alerts_pass_their_unit_tests_and_each_is_tested() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `apt-get install prometheus` (scripts/setup.sh)"
+    result = subprocess.run(
+        [promtool, "test", "rules", "drift_test.yml"], cwd=MONITORING, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = yaml.safe_load((MONITORING / "drift.yml").read_text())["groups"][0]["rules"]
+    alerts = {r["alert"] for r in rules if "alert" in r}
+    tests = yaml.safe_load((MONITORING / "drift_test.yml").read_text())["tests"]
+    tested = {case["alertname"] for t in tests for case in t["alert_rule_test"]}
+    assert alerts == tested == {"TritonizeInputDrift", "TritonizePredictionDrift"}
+
+
+def test_a_profile_round_trips_through_json() -> None:
+    feature = numeric("tokens", "input", (4, 8))
+    profile = Profile((feature,), {"tokens": [0.5, 0.25, 0.25]}, 4, "x", (1.0, 0.0))
+    assert Profile.from_json(json.loads(json.dumps(profile.to_json()))) == profile
