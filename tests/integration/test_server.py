@@ -87,6 +87,23 @@ def test_server_dies_with_its_parent(repository: Path) -> None:
     assert not is_alive(child), "tritonserver outlived its parent"
 
 
+def test_reloading_models_under_traffic_keeps_the_server_up(server: LocalServer) -> None:
+    """Loading a loaded model starts its new instances before the old ones end; the steps'
+    custom metrics of both lived in the same series, and the old ones' removal freed what the
+    new ones went on writing: tritonserver died of a corrupted heap."""
+    url, key = server.config.http_url, server.config.api_key
+    with TritonizeClient(url, "http", api_key=key) as operator:
+        for round in range(3):
+            for model in (CLASSIFIER, EMBEDDER):
+                assert operator.classify(CLASSIFIER, [f"round {round}"])[0].label
+                assert operator.embed(EMBEDDER, [f"round {round}"]).shape[0] == 1
+                operator.load_model(model)
+        time.sleep(2)  # the old instances end after the new ones are ready
+        assert operator.classify(CLASSIFIER, ["after the reloads"])[0].label
+        assert operator.embed(EMBEDDER, ["after the reloads"]).shape[0] == 1
+    assert server.process is not None and server.process.poll() is None, "tritonserver died"
+
+
 def test_cli_serve_with_prometheus_infer_and_sigterm(repository: Path) -> None:
     config = server_config(repository)
     (prometheus_port,) = free_ports(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,14 @@ def model_parameters(args: dict[str, str]) -> dict[str, str]:
 def version_dir(args: dict[str, str]) -> Path:
     """The directory of the model version being loaded (it holds model.py and its files)."""
     return Path(args["model_repository"]) / args["model_version"]
+
+
+def metric_labels(model: str) -> dict[str, str]:
+    """The labels of a step's custom metrics. `pid` gives each stub process series of its own:
+    Triton starts a reloaded model's new instances before the old ones end, and when two
+    instances share a series, the first to end removes it while the other still writes to it
+    (tritonserver dies of a corrupted heap). Queries sum over `pid`."""
+    return {"model": model, "pid": str(os.getpid())}
 
 
 def error_responses(pb_utils: Any, count: int, message: str) -> list[Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import model_parameters
+from .common import metric_labels, model_parameters
 
 INPUT, PREDICTION = "input", "prediction"
 PSI, TVD = "psi", "tvd"  # population stability index; total variation distance
@@ -308,7 +308,7 @@ class FeatureMetrics:
         self.pending: dict[str, np.ndarray] = {}
         self.gauges: list[Any] = []  # a metric that is collected leaves /metrics
         for feature in self.features:
-            labels = {"model": model, "kind": kind, "feature": feature.name}
+            labels = {**metric_labels(model), "kind": kind, "feature": feature.name}
             self.counters[feature.name] = [
                 observations.Metric(labels={**labels, "bin": b}) for b in feature.bins
             ]

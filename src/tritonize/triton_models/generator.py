@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import tokenizers
 
-from .common import RequestError, model_parameters, rejection, version_dir
+from .common import RequestError, metric_labels, model_parameters, rejection, version_dir
 from .decoding import DecoderRuntime, DecoderSession, OnnxDecoderRuntime
 from .generation import (
     MAX_STOP_WORDS,
@@ -347,7 +347,7 @@ class _GeneratorMetrics:
 
     def __init__(self, model: str) -> None:
         family = pb_utils.MetricFamily
-        labels = {"model": model}
+        labels = metric_labels(model)
         seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
         declared = [
             (

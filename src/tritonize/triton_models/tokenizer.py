@@ -40,6 +40,7 @@ from .common import (
     TRUNCATED,
     RequestError,
     error_responses,
+    metric_labels,
     model_parameters,
     rejection,
     version_dir,
@@ -274,7 +275,7 @@ class _TokenizerMetrics:
                 kind=family.COUNTER,
             ),
         }
-        labels = {"model": model}
+        labels = metric_labels(model)
         self.duration = self.families["duration"].Metric(
             labels=labels, buckets=[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
         )
