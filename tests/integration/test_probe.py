@@ -140,7 +140,9 @@ def test_the_agreement_alert_fires_for_the_broken_build_only(
             prober.terminate()
         outputs = [prober.communicate(timeout=10)[0] for prober in probers]
     assert all(p.returncode in (0, -15) for p in probers), outputs  # ended by us, not a crash
-    good_alerts = [a for a in seen if a.get("model") == GOOD]
+    # Only agreement counts here: on a loaded machine a round may outlast 3 intervals of 2 s,
+    # and the prober's stall alert going pending then is that alert doing its work.
+    good_alerts = [a for a in seen if a.get("model") == GOOD and a["alertname"] == ALERT]
     assert not good_alerts, f"the good build alerted: {good_alerts}\n{outputs[0]}"
     assert "agreement 1.000" in outputs[0] and "agreement 1.000" not in outputs[1]
 
