@@ -485,6 +485,32 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return probe(settings, say=_timestamped, once=args.once)
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from tritonize.diagnose import Options, diagnose
+
+    options = Options(
+        url=args.url,
+        out=args.out,
+        metrics_url=args.metrics_url,
+        prometheus=args.prometheus,
+        log_file=args.log_file,
+        repository=args.repository,
+        api_key=args.api_key or None,
+        sample_s=args.sample,
+        pending_limit=args.pending_limit,
+        log_lines=args.log_lines,
+        verify_requests=args.verify_requests,
+        timeout_s=args.timeout,
+    )
+    try:
+        result = diagnose(options)
+    except TritonizeError as exc:  # 1 means "problems found": a script must tell the two apart
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return result.exit_code
+
+
 def port(text: str) -> int:
     """A TCP port, 1..65535."""
     if not text.isdigit() or not 0 < int(text) < 65536:
@@ -545,6 +571,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_verify(commands)
     _add_probe(commands)
     _add_drift(commands)
+    _add_diagnose(commands)
     for command in commands.choices.values():
         _show_defaults(command)
     return parser
@@ -890,6 +917,61 @@ def _add_probe(commands: Any) -> None:
         "--once", action="store_true",
         help="one round, no metrics: exit 1 unless every record agrees",
     )  # fmt: skip
+
+
+def _add_diagnose(commands: Any) -> None:
+    diag = _command(
+        commands, "diagnose", cmd_diagnose,
+        "gather what to look at when a deployment misbehaves into one folder and name each "
+        "problem with its runbook section (exit 1: problems found, 2: server unreachable)",
+    )  # fmt: skip
+    diag.add_argument(
+        "--url", default=os.environ.get("TRITONIZE_URL", "127.0.0.1:8000"),
+        help="Triton's HTTP HOST:PORT (env TRITONIZE_URL)",
+    )  # fmt: skip
+    diag.add_argument(
+        "--metrics-url", default=os.environ.get("TRITONIZE_METRICS_URL"),
+        help="Triton's metrics endpoint (default: the running server's metrics port when it runs "
+        "here, else port 8002 on --url's host; env TRITONIZE_METRICS_URL)",
+    )  # fmt: skip
+    diag.add_argument(
+        "--prometheus", default=os.environ.get("TRITONIZE_PROMETHEUS_URL"),
+        help="Prometheus scraping Triton, to list its firing alerts (env TRITONIZE_PROMETHEUS_URL)",
+    )  # fmt: skip
+    diag.add_argument(
+        "--log-file", type=Path,
+        help="the server log (default: where the running server writes, else serve's default)",
+    )  # fmt: skip
+    diag.add_argument(
+        "--repository", type=Path,
+        help="the model repository on disk (default: the running server's --model-repository)",
+    )  # fmt: skip
+    _add_api_key(diag, "admin key: the repository index (why a model is unavailable), statistics")
+    diag.add_argument("--out", type=Path, default=Path("diag"), help="folder for the findings")
+    more = diag.add_argument_group("thresholds and limits")
+    more.add_argument(
+        "--sample", type=positive_seconds, default=2.0,
+        help="seconds between the two metrics scrapes (failures counted in between)",
+    )  # fmt: skip
+    more.add_argument(
+        "--pending-limit", type=_at_least(1), default=8,
+        help="pending requests that saturate a model without a max_queue_size",
+    )  # fmt: skip
+    more.add_argument("--log-lines", type=_at_least(1), default=200, help="log lines kept")
+    more.add_argument(
+        "--verify-requests", type=_at_least(0), default=16,
+        help="smoke requests of the verify run per model with a golden file (0: no verify)",
+    )  # fmt: skip
+    more.add_argument("--timeout", type=positive_seconds, default=10.0, help="per request (s)")
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= {least}")
+        return int(text)
+
+    return parse
 
 
 def _jsonable(value: np.ndarray) -> Any:
