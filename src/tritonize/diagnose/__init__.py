@@ -2,6 +2,7 @@
 misbehaves, and a summary naming each problem with its section of docs/runbook.md."""
 
 from tritonize.diagnose.problems import KINDS, RUNBOOK, Gap, Problem
-from tritonize.diagnose.run import Diagnosis, Options, diagnose
+from tritonize.diagnose.report import Diagnosis, Options
+from tritonize.diagnose.run import diagnose
 
 __all__ = ["KINDS", "RUNBOOK", "Diagnosis", "Gap", "Options", "Problem", "diagnose"]

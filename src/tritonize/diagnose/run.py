@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from tritonize.diagnose import host, processes, triton
 from tritonize.diagnose import repository as disk
 from tritonize.diagnose.folder import Folder
 from tritonize.diagnose.problems import Gap, Problem, alert_anchor
+from tritonize.diagnose.report import Diagnosis, Options
 from tritonize.diagnose.triton import Refused, TritonHttp, Unreachable
 from tritonize.errors import TritonizeError
 from tritonize.monitor.figures import PENDING, Reading
@@ -30,57 +30,6 @@ SERVER_PARTS = ("models", "readiness", "configs", "metrics", "statistics", "stub
                 "verify")  # fmt: skip
 LOCAL_PARTS = ("manifests", "log", "shm", "host", "alerts")
 _DEAD_STUB = re.compile(r"Stub process '(?P<instance>[^']+?)_\d+_\d+' is not healthy")
-
-
-@dataclass(frozen=True)
-class Options:
-    """What to look at; everything but `url` and `out` is optional."""
-
-    url: str
-    out: Path
-    metrics_url: str | None = None
-    prometheus: str | None = None
-    log_file: Path | None = None
-    repository: Path | None = None
-    api_key: str | None = None
-    sample_s: float = 2.0  # between the two metrics scrapes
-    pending_limit: int = 8  # pending requests that count as saturated without a max_queue_size
-    log_lines: int = 200
-    verify_requests: int = 16  # smoke requests of each verify; 0 skips verify
-    timeout_s: float = 10.0
-
-
-@dataclass
-class Diagnosis:
-    folder: Folder
-    reachable: bool = True
-    problems: list[Problem] = field(default_factory=list)
-    gaps: list[Gap] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        """0 nothing wrong, 1 problems found, 2 the server could not be reached at all."""
-        return 2 if not self.reachable else 1 if self.problems else 0
-
-    @property
-    def kinds(self) -> set[str]:
-        return {problem.kind for problem in self.problems}
-
-    def add(self, problem: Problem) -> None:
-        if all((p.kind, p.subject) != (problem.kind, problem.subject) for p in self.problems):
-            self.problems.append(problem)
-
-    def summary(self) -> str:
-        lines = [f"findings in {self.folder.path}/ ({len(self.folder.files) + 2} files)"]
-        if self.problems:
-            lines.append(f"{len(self.problems)} problem(s):")
-            lines += [problem.describe() for problem in self.problems]
-        else:
-            lines.append("no problem found")
-        if self.gaps:
-            lines.append("not gathered:")
-            lines += [f"  {gap.part}: {gap.reason}" for gap in self.gaps]
-        return "\n".join(lines)
 
 
 def diagnose(options: Options) -> Diagnosis:
