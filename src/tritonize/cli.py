@@ -22,6 +22,14 @@ import numpy as np
 from tritonize import __version__
 from tritonize.errors import ExportError, SpecError, TritonizeError
 from tritonize.spec import BuildSpec, Task
+from tritonize.triton_models.sampling import (
+    DEFAULT_MAX_BYTES,
+    DIR_VARIABLE,
+    MAX_BYTES_VARIABLE,
+    RATE_VARIABLE,
+    Sampling,
+    SamplingError,
+)
 
 if TYPE_CHECKING:
     from tritonize.server import ServerConfig
@@ -163,6 +171,13 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
                 "--api-key (or TRITONIZE_API_KEY) is empty: give a key, or none for a random one"
             )
         options["api_key"] = args.api_key
+    if args.sample_rate:
+        try:
+            sampling = Sampling(args.sample_rate, Path(args.sample_dir),
+                                int(args.sample_max_mb * 2**20))  # fmt: skip
+        except SamplingError as exc:
+            raise SpecError(f"request sampling: {exc}") from None
+        options["sampling"] = sampling
     return ServerConfig(
         repository=Path(args.repository),
         host=args.host,
@@ -204,6 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             + (f"  OpenAI API {gateway.url}/v1"
                + (" (key: `Authorization: Bearer`)" if openai_key else "") + "\n"
                if gateway else "")
+            + _sampling_note(config.sampling)
             + f"  admin API key (header `tritonize-key`): {config.api_key}\n"
             "Ctrl-C stops it.",
             flush=True,
@@ -217,6 +233,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if prometheus is not None:
             prometheus.stop()
         server.stop()
+
+
+def _sampling_note(sampling: Sampling | None) -> str:
+    if sampling is None:
+        return ""
+    return (
+        f"  sampling   {sampling.rate:.2%} of requests into {sampling.directory.resolve()}/ "
+        f"(at most {sampling.max_bytes / 2**20:g} MB per model and process)\n"
+        "             these files hold users' text: keep, share and delete them as such\n"
+    )
 
 
 def _start_gateway(config: ServerConfig, port: int, api_key: str | None) -> Any:
@@ -699,6 +725,7 @@ def _add_serve(commands: Any) -> None:
         help="also serve the OpenAI-compatible API (`tritonize gateway`) on this port",
     )
     _add_openai_key(serve, "--openai-api-key")
+    _add_sampling(serve)
     serve.add_argument(
         "--tritonserver",
         default=os.environ.get("TRITONIZE_TRITONSERVER"),
@@ -712,6 +739,30 @@ def _add_serve(commands: Any) -> None:
         metavar="ARG",
         help="one more tritonserver argument (repeatable; write it as --triton-arg=--flag=value), "
         "e.g. --triton-arg=--backend-config=tensorrt,version-compatible=true",
+    )
+
+
+def _add_sampling(serve: argparse.ArgumentParser) -> None:
+    """Opt-in request sampling, off unless a rate is given (flags or their variables)."""
+    env = os.environ.get
+    serve.add_argument(
+        "--sample-rate",
+        type=float,
+        default=float(env(RATE_VARIABLE) or 0),
+        help="keep this share of requests' texts for the next training round, e.g. 0.01 "
+        f"(default: off; env {RATE_VARIABLE}). The files hold users' text",
+    )
+    serve.add_argument(
+        "--sample-dir",
+        default=env(DIR_VARIABLE, "samples"),
+        help=f"where sampled requests go, as JSON lines (default ./samples; env {DIR_VARIABLE})",
+    )
+    serve.add_argument(
+        "--sample-max-mb",
+        type=float,
+        default=int(env(MAX_BYTES_VARIABLE) or DEFAULT_MAX_BYTES) / 2**20,
+        help="cap of each model's sample files, per server process; the oldest rotate out "
+        f"(default 100; env {MAX_BYTES_VARIABLE}, in bytes)",
     )
 
 

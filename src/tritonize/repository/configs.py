@@ -98,9 +98,10 @@ def tokenizer_config(
 
 
 def _profile_parameters(spec: BuildSpec) -> dict[str, object]:
-    """Where a Python step finds its ensemble's reference profile (live feature metrics):
-    `<repository>/<ensemble>/<its own version>/profile.json`."""
-    return {"ensemble": spec.name} if encoder_build(spec).profiled else {}
+    """The public model a step serves: the name its samples carry, and where it finds the
+    reference profile of its live features (`<repository>/<ensemble>/<version>/profile.json`,
+    absent for tasks without one)."""
+    return {"ensemble": spec.name}
 
 
 def engine_config(

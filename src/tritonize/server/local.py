@@ -31,6 +31,7 @@ from tritonize.server.private import (
     remove_orphan_copies,
     remove_tree,
 )
+from tritonize.triton_models.sampling import SAMPLING_VARIABLES, Sampling
 
 __all__ = ["API_KEY_HEADER", "RESTRICTED_APIS", "LocalServer", "ServerConfig"]
 
@@ -58,6 +59,7 @@ class ServerConfig:
     exit_timeout_s: int = 10
     extra_args: tuple[str, ...] = ()
     tritonserver: Path | None = None  # a binary of one's own, e.g. the official container's
+    sampling: Sampling | None = None  # opt-in: requests' texts kept for the next training round
 
     @property
     def http_url(self) -> str:
@@ -168,13 +170,18 @@ class LocalServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=self._launch.environment,
+                env=self._environment(self._launch.environment),
                 preexec_fn=die_with_parent,
                 # Its own session: a terminal's Ctrl-C reaches `serve`, which drains it first.
                 start_new_session=True,
             )
         finally:
             os.close(log)
+
+    def _environment(self, inherited: dict[str, str]) -> dict[str, str]:
+        """The server's environment: request sampling as configured here, and only so."""
+        env = {k: v for k, v in inherited.items() if k not in SAMPLING_VARIABLES}
+        return env | (self.config.sampling.environment() if self.config.sampling else {})
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout_s`; then remove this run's leftovers."""

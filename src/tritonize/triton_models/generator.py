@@ -34,6 +34,7 @@ from .generation import (
     check_stop_words,
     check_token_id,
 )
+from .sampling import RequestSampler
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -169,6 +170,7 @@ class TritonPythonModel:
         session = DecoderSession(runtime)
         self.scheduler = Scheduler(session, int(params["max_active"]), self.context_window)
         self.metrics = _GeneratorMetrics(self.name)
+        self.sampler = RequestSampler.for_model(self.name)
         self.running = True
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -199,6 +201,8 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.running = False
         self.thread.join(timeout=10)
+        if self.sampler is not None:
+            self.sampler.close()
 
     def _sequence(self, request: Any) -> Sequence:
         check_fields(_parameter_names(request))
@@ -211,6 +215,8 @@ class TritonPythonModel:
                 check_token_id(name, int(values[name]), self.vocab_size)
         check_stop_words(values.get("stop_words", []))  # before the prompt's tokenization
         prompt = self.prompts.encode(prompt_text)
+        if self.sampler is not None:
+            self.sampler.offer({"text_input": [prompt_text]})
         end_ids = self.end_ids | ({values["end_id"]} if "end_id" in values else set())
         values = {**REQUEST_DEFAULTS, **values}
         params = GenerationParams(

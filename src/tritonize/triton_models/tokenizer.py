@@ -53,6 +53,7 @@ from .prefix_encoding import (
     encode_within,
     side_tokenizer,
 )
+from .sampling import RequestSampler
 
 try:
     import triton_python_backend_utils as pb_utils
@@ -197,6 +198,7 @@ class TritonPythonModel:
         self.outputs = (INPUT_IDS, ATTENTION_MASK, TRUNCATED, *extras)
         self.metrics = _TokenizerMetrics(self.name)
         self.features = feature_metrics(pb_utils, args, INPUT)
+        self.sampler = RequestSampler.for_model(params.get("ensemble", self.name))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         try:
@@ -224,15 +226,21 @@ class TritonPythonModel:
     def finalize(self) -> None:
         if self.features is not None:
             self.features.flush()
+        if self.sampler is not None:
+            self.sampler.close()
 
     def _texts(self, request: Any) -> Texts:
         """The request's texts, or its pairs when the task takes two inputs."""
-        columns = [
-            self.tokenizer.decode_texts(pb_utils.get_input_tensor_by_name(request, name).as_numpy(),
-                                        name)
+        columns = {
+            name: self.tokenizer.decode_texts(
+                pb_utils.get_input_tensor_by_name(request, name).as_numpy(), name
+            )
             for name in self.inputs
-        ]  # fmt: skip
-        return columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
+        }
+        if self.sampler is not None:
+            self.sampler.offer(columns)
+        texts = list(columns.values())
+        return texts[0] if len(texts) == 1 else list(zip(*texts, strict=True))
 
     def _respond(self, batch: EncodedBatch) -> Any:
         if batch.tokenless:
