@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 from typing import Any
 
 import numpy as np
 import pytest
+from tritonclient.grpc import InferResult, service_pb2
 
 from tritonize.gateway.errors import ApiError
 from tritonize.gateway.metrics import route_label
 from tritonize.gateway.params import parse_embedding, parse_generation
-from tritonize.gateway.shapes import embeddings, finish_reason
+from tritonize.gateway.shapes import ChunkWriter, chunk, embeddings, event, finish_reason
 from tritonize.gateway.triton import (
     EMBEDDINGS,
     GENERATION,
+    delta_of,
     generator_error,
     model_info,
     triton_error,
@@ -160,3 +163,58 @@ def test_route_labels_are_bounded() -> None:
     assert route_label("/v1/completions") == "/v1/completions"
     assert route_label("/v1/models/tiny-llama") == "/v1/models/{model}"
     assert route_label("/anything/else") == "other"
+
+
+@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize(
+    ("text", "reason", "first"),
+    [("Hello", None, True), (' "quoted"\nnew line\t', None, False), ("今天 🚀", "stop", False),
+     ("", "length", False), ("\\ back \u2028", None, True)],
+)  # fmt: skip
+def test_chunk_writer_equals_the_whole_chunk_encoded(
+    chat: bool, text: str, reason: str | None, first: bool
+) -> None:
+    writer = ChunkWriter(chat, "cmpl-1", 'model "x"')
+    written = writer.text(3, text, reason, first=first)
+    assert written.endswith(b"\n\n") and written.startswith(b"data: {")
+    whole = chunk(chat, "cmpl-1", 'model "x"', 3, text, reason, first=first)
+    whole["created"] = json.loads(written[6:])["created"]  # the writer's: one per stream
+    assert json.loads(written[6:]) == whole
+    assert written == event(whole)  # the same bytes, too
+
+
+def test_a_streams_chunks_share_one_created_time_with_its_usage_chunk() -> None:
+    writer = ChunkWriter(True, "chatcmpl-1", "m")
+    counts = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    text, last = (
+        json.loads(raw[6:]) for raw in (writer.text(0, "hi", "stop"), writer.usage(counts))
+    )
+    assert last == dict(chunk(True, "chatcmpl-1", "m", None, None, counts=counts),
+                        created=text["created"])  # fmt: skip
+    assert last["choices"] == [] and last["usage"] == counts
+
+
+def generation_response(text: str, input_tokens: int, output_tokens: int) -> InferResult:
+    """A response as the generator sends it: outputs as raw little-endian bytes."""
+    response = service_pb2.ModelInferResponse()
+    encoded = text.encode()
+    values = [
+        ("text_output", "BYTES", struct.pack("<I", len(encoded)) + encoded),
+        ("num_input_tokens", "INT32", np.array([[input_tokens]], np.int32).tobytes()),
+        ("num_output_tokens", "INT32", np.array([[output_tokens]], np.int32).tobytes()),
+    ]
+    for name, datatype, raw in values:
+        output = response.outputs.add(name=name, datatype=datatype)
+        output.shape.extend([1, 1])
+        response.raw_output_contents.append(raw)
+    return InferResult(response)
+
+
+@pytest.mark.parametrize("text", ["plain", "", "日本語 🚀", "x" * 300])
+def test_a_delta_is_read_from_raw_outputs_as_tritonclient_reads_them(text: str) -> None:
+    result = generation_response(text, 7, 300)
+    delta = delta_of(result, final=True)
+    assert delta.text == result.as_numpy("text_output").reshape(-1)[0].decode() == text
+    assert delta.input_tokens == int(result.as_numpy("num_input_tokens").reshape(-1)[0]) == 7
+    assert delta.output_tokens == int(result.as_numpy("num_output_tokens").reshape(-1)[0]) == 300
+    assert delta.final

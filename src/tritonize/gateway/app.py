@@ -181,6 +181,14 @@ class _Generation:
             except ApiError as error:
                 await queue.put((index, None, error))
 
+        if self.parsed.n == 1:  # one stream: nothing to merge, no queue or task per token
+            stream = self.backend.generate(self.info.name, fields)
+            try:
+                async for only in stream:
+                    yield 0, only
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+            return
         tasks = [asyncio.create_task(pump(i)) for i in range(self.parsed.n)]
         try:
             remaining = len(tasks)
@@ -228,7 +236,9 @@ class _Generation:
     ) -> AsyncIterator[bytes]:
         """Server-sent events in OpenAI's chunk format, then `data: [DONE]`. An error after
         the first chunk (the status is sent by then) comes as an event holding `error`."""
-        model, started, last = self.info.name, set(), {}
+        started: set[int] = set()
+        last: dict[int, Delta] = {}
+        writer = shapes.ChunkWriter(self.chat, self.ident, self.info.name)
         try:
             item: tuple[int, Delta] | None = first
             while item is not None:
@@ -236,10 +246,7 @@ class _Generation:
                 last[index] = delta
                 reason = self._reason(delta) if delta.final else None
                 if delta.text or reason or index not in started:
-                    yield shapes.event(shapes.chunk(
-                        self.chat, self.ident, model, index, delta.text, reason,
-                        first=index not in started,
-                    ))  # fmt: skip
+                    yield writer.text(index, delta.text, reason, first=index not in started)
                     started.add(index)
                 item = await anext(rest, None)
         except ApiError as error:
@@ -250,8 +257,7 @@ class _Generation:
             await rest.aclose()
         if self.parsed.include_usage:
             counts = shapes.usage(last[0].input_tokens, sum(d.output_tokens for d in last.values()))
-            yield shapes.event(shapes.chunk(self.chat, self.ident, model, None, None,
-                                            counts=counts))  # fmt: skip
+            yield writer.usage(counts)
         yield shapes.event("[DONE]")
 
 

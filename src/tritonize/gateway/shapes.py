@@ -80,6 +80,37 @@ def chunk(
     }
 
 
+class ChunkWriter:
+    """The chunks of one stream as server-sent events, equal to `event(chunk(...))` with one
+    `created` for the whole stream (as OpenAI sends it).
+
+    A stream's chunks share their id, object, created and model: those are encoded once, and
+    each token only costs encoding its text, not a whole object."""
+
+    def __init__(self, chat: bool, ident: str, model: str) -> None:
+        self.chat = chat
+        self._empty = chunk(chat, ident, model, None, None)
+        shared = {k: v for k, v in self._empty.items() if k not in ("choices", "usage")}
+        # chunk() puts "choices" and "usage" last: the head is the object up to them.
+        head = json.dumps(shared, ensure_ascii=False).removesuffix("}")
+        self._head = f'data: {head}, "choices": ['.encode()
+
+    def text(self, index: int, text: str, reason: str | None, first: bool = False) -> bytes:
+        content = json.dumps(text, ensure_ascii=False)
+        finish = "null" if reason is None else json.dumps(reason)
+        if self.chat:
+            role = '"role": "assistant", ' if first else ""
+            body = f'"delta": {{{role}"content": {content}}}'
+        else:
+            body = f'"text": {content}'
+        choice = f'{{"index": {index}, {body}, "finish_reason": {finish}, "logprobs": null}}'
+        return self._head + choice.encode() + b'], "usage": null}\n\n'
+
+    def usage(self, counts: dict[str, int]) -> bytes:
+        """The last chunk, with usage and no choices (`stream_options.include_usage`)."""
+        return event(dict(self._empty, usage=counts))
+
+
 def event(data: dict[str, Any] | str) -> bytes:
     """One server-sent event."""
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)

@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aio
+from tritonclient.grpc import InferResult
 from tritonclient.utils import InferenceServerException
 
 from tritonize.api_key import API_KEY_HEADER
@@ -153,12 +154,7 @@ class TritonBackend:
                 response = result.get_response()
                 final = response.parameters["triton_final_response"].bool_param
                 if response.outputs:
-                    yield Delta(
-                        text=result.as_numpy("text_output").reshape(-1)[0].decode(),
-                        input_tokens=int(result.as_numpy("num_input_tokens").reshape(-1)[0]),
-                        output_tokens=int(result.as_numpy("num_output_tokens").reshape(-1)[0]),
-                        final=final,
-                    )
+                    yield delta_of(result, final)
                 finished = final
         finally:
             if not finished:
@@ -166,7 +162,8 @@ class TritonBackend:
 
     async def _next(self, stream: Any, model: str) -> tuple[Any, Any]:
         try:
-            pair = await asyncio.wait_for(anext(stream), self.response_timeout_s)
+            async with asyncio.timeout(self.response_timeout_s):  # a timer, not a task, per call
+                pair = await anext(stream)
         except StopAsyncIteration:
             raise ApiError(
                 502, f"model `{model}` ended its stream without a final response"
@@ -184,6 +181,29 @@ class TritonBackend:
         self, exc: InferenceServerException, model: str | None, param: str | None = None
     ) -> ApiError:
         return triton_error(self.url, exc.status() or "", exc.message() or "", model, param)
+
+
+def delta_of(result: InferResult, final: bool) -> Delta:
+    """A generation response's text and counts, read from its raw output bytes: each output
+    holds one element (BYTES: a 4-byte little-endian length, then the UTF-8 text; the counts:
+    one little-endian integer), which costs less than three `as_numpy` per token."""
+    response = result.get_response()
+    raw = response.raw_output_contents
+    if len(raw) != len(response.outputs):  # sent as typed contents: the general reader
+        return Delta(
+            text=result.as_numpy("text_output").reshape(-1)[0].decode(),
+            input_tokens=int(result.as_numpy("num_input_tokens").reshape(-1)[0]),
+            output_tokens=int(result.as_numpy("num_output_tokens").reshape(-1)[0]),
+            final=final,
+        )
+    values = {output.name: value for output, value in zip(response.outputs, raw, strict=True)}
+    text = values["text_output"]
+    return Delta(
+        text=text[4 : 4 + int.from_bytes(text[:4], "little")].decode(),
+        input_tokens=int.from_bytes(values["num_input_tokens"], "little", signed=True),
+        output_tokens=int.from_bytes(values["num_output_tokens"], "little", signed=True),
+        final=final,
+    )
 
 
 def triton_error(
