@@ -235,10 +235,14 @@ class _Generation:
         self, first: tuple[int, Delta], rest: AsyncGenerator[tuple[int, Delta]]
     ) -> AsyncIterator[bytes]:
         """Server-sent events in OpenAI's chunk format, then `data: [DONE]`. An error after
-        the first chunk (the status is sent by then) comes as an event holding `error`."""
+        the first chunk (the status is sent by then) comes as an event holding `error`.
+
+        The last text chunk, the usage chunk and `[DONE]` follow one another at once: they go
+        out as one write (each write costs a pass through the HTTP stack and a system call)."""
         started: set[int] = set()
         last: dict[int, Delta] = {}
         writer = shapes.ChunkWriter(self.chat, self.ident, self.info.name)
+        tail = b""
         try:
             item: tuple[int, Delta] | None = first
             while item is not None:
@@ -246,8 +250,12 @@ class _Generation:
                 last[index] = delta
                 reason = self._reason(delta) if delta.final else None
                 if delta.text or reason or index not in started:
-                    yield writer.text(index, delta.text, reason, first=index not in started)
+                    chunk = writer.text(index, delta.text, reason, first=index not in started)
                     started.add(index)
+                    if delta.final and sum(d.final for d in last.values()) == self.parsed.n:
+                        tail = chunk  # every choice has ended: nothing comes in between
+                    else:
+                        yield chunk
                 item = await anext(rest, None)
         except ApiError as error:
             yield shapes.event(self.named(error).body())
@@ -257,8 +265,8 @@ class _Generation:
             await rest.aclose()
         if self.parsed.include_usage:
             counts = shapes.usage(last[0].input_tokens, sum(d.output_tokens for d in last.values()))
-            yield writer.usage(counts)
-        yield shapes.event("[DONE]")
+            tail += writer.usage(counts)
+        yield tail + shapes.event("[DONE]")
 
 
 def _chat_prompt(info: ModelInfo, parsed: GenerationRequest) -> str:
