@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,10 +17,11 @@ import tokenizers
 from helpers import hf_greedy
 from tritonize.client import TritonizeClient
 from tritonize.errors import InferenceError
-from tritonize.monitor.scrape import model_value
+from tritonize.monitor.scrape import model_value, read
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer
 from tritonize.spec import BuildSpec
+from tritonize.triton_models.features import OUTPUT_TOKENS, PROMPT_TOKENS, STOP_REASON
 
 from .conftest import server_config
 
@@ -29,6 +31,8 @@ PROMPTS = [
     "Emoji 🚀",
 ]  # fmt: skip
 CONTEXT = 64
+OBSERVATIONS = "tritonize_feature_observations_total"
+BINS = {f.name: f.bins for f in (PROMPT_TOKENS, OUTPUT_TOKENS, STOP_REASON)}
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +146,41 @@ def test_generation_metrics(generation_server: LocalServer) -> None:
     assert model_value(url, "tritonize_time_to_first_token_seconds_count", "tiny-llama") >= 1
     assert model_value(url, "tritonize_inter_token_latency_seconds_count", "tiny-llama") >= 1
     assert model_value(url, "tritonize_active_sequences", "tiny-llama") == 0
+
+
+def test_generation_features_count_prompts_outputs_and_stop_reasons(
+    generation_server: LocalServer,
+) -> None:
+    """The generator exports the features its build profiled: prompt tokens, output tokens,
+    why each sequence stopped; beside them the reference's shares."""
+    url = generation_server.config.metrics_url
+
+    def counts() -> dict[tuple[str, str], float]:
+        reading = read(url)
+        return {(feature, b): reading.total(OBSERVATIONS, "tiny-llama", feature=feature, bin=b)
+                for feature, bins in BINS.items() for b in bins}  # fmt: skip
+
+    # Hand over what earlier tests counted (a step flushes when a request finds a second gone).
+    time.sleep(1.2)
+    generate(generation_server, "http", "tiny-llama", PROMPTS[0], max_tokens=3)
+    before = counts()
+    for prompt in PROMPTS:
+        generate(generation_server, "http", "tiny-llama", prompt, max_tokens=3)
+    time.sleep(1.2)  # counts reach Triton at most once a second, with the next request
+    generate(generation_server, "grpc", "tiny-llama", PROMPTS[0], max_tokens=3)
+    moved = {key: value - before[key] for key, value in counts().items()}
+
+    def total(feature: str) -> float:
+        return sum(value for (name, _), value in moved.items() if name == feature)
+
+    assert total("prompt_tokens") >= len(PROMPTS)
+    assert total("stop_reason") >= len(PROMPTS)
+    # max_tokens=3: up to three tokens each, ended by max_tokens or an end id.
+    assert moved["stop_reason", "max_tokens"] + moved["stop_reason", "end"] == total("stop_reason")
+    assert moved["output_tokens", "<=1"] + moved["output_tokens", "<=4"] == total("output_tokens")
+    reference = read(url).total("tritonize_feature_reference_share", "tiny-llama",
+                                feature="stop_reason")  # fmt: skip
+    assert reference == pytest.approx(1.0, abs=1e-5)
 
 
 def test_a_cancelled_stream_frees_its_slot(generation_server: LocalServer) -> None:

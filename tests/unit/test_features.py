@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,19 @@ import yaml
 from tritonize.errors import SpecError
 from tritonize.monitor.drift import recording_rules
 from tritonize.monitor.profile import builtin_reference_texts, read_reference_texts
+from tritonize.repository.writer import build_repository
+from tritonize.spec import BuildSpec
 from tritonize.triton_models.features import (
     INPUT_FEATURES,
+    OUTPUT_TOKENS,
     PROFILE,
+    PROMPT_TOKENS,
     SCRIPTS,
+    STOP_REASONS,
     Profile,
     numeric,
     script_of,
+    shares,
 )
 
 MONITORING = Path(__file__).parents[2] / "monitoring"
@@ -145,6 +152,54 @@ def test_a_classifier_build_profiles_the_reference_as_transformers_labels_it(
     for step in ("sentiment_tokenizer", "sentiment_postprocess"):
         config = (classifier_repository / step / "config.pbtxt").read_text()
         assert re.search(r'key: "ensemble"\s+value \{\s+string_value: "sentiment"', config)
+
+
+def test_a_generator_build_profiles_prompts_and_what_generate_makes_of_them(
+    tiny_decoder: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Prompt tokens over every reference text; output tokens and stop reasons of Hugging
+    Face's greedy `generate` on the first GENERATION_PROFILE_PROMPTS at the default max_tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint = tiny_decoder("llama-decoder")
+    spec = BuildSpec(name="gen", task="generation", model=checkpoint, output=tmp_path,
+                     max_seq_len=64, max_batch_size=2)  # fmt: skip
+    build_repository(spec)
+    profile = Profile.read(tmp_path / "gen" / "1" / PROFILE)
+    assert profile is not None
+    assert [f.name for f in profile.features] == [
+        "prompt_tokens", "script", "symbols", "output_tokens", "stop_reason"
+    ]  # fmt: skip
+    config = (tmp_path / "gen" / "config.pbtxt").read_text()
+    assert re.search(r'key: "ensemble"\s+value \{\s+string_value: "gen"', config)
+
+    texts = builtin_reference_texts()
+    hf = AutoTokenizer.from_pretrained(str(checkpoint))
+    lengths = [len(hf(text)["input_ids"]) for text in texts]
+    assert profile.shares["prompt_tokens"] == pytest.approx(
+        shares(PROMPT_TOKENS.count(np.array(lengths))), abs=1e-6
+    )
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+    eos = model.generation_config.eos_token_id
+    ends = set(eos) if isinstance(eos, list) else {eos}
+    outputs, reasons = [], []
+    for text in [t for t, n in zip(texts, lengths, strict=True) if n < 64][:32]:
+        ids = hf(text, return_tensors="pt")["input_ids"]
+        allowed = min(16, 64 - ids.shape[1])
+        with torch.inference_mode():
+            new = model.generate(ids, do_sample=False, max_new_tokens=allowed,
+                                 pad_token_id=min(ends))[0, ids.shape[1] :].tolist()  # fmt: skip
+        made = new[: next((i for i, t in enumerate(new) if t in ends), len(new))]
+        outputs.append(len(made))
+        reasons.append(
+            "end" if len(made) < allowed else "max_tokens" if allowed == 16 else "window"
+        )
+    assert profile.shares["output_tokens"] == pytest.approx(
+        shares(OUTPUT_TOKENS.count(np.array(outputs))), abs=1e-6
+    )
+    expected = [reasons.count(r) / len(reasons) for r in STOP_REASONS]
+    assert profile.shares["stop_reason"] == pytest.approx(expected, abs=1e-6)
 
 
 def _normalised(text: str) -> str:

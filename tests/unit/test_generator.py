@@ -148,3 +148,37 @@ def test_sequences_whose_prefill_fails_are_active_so_they_get_an_answer(
         scheduler.step(idle_wait_s=0)
     assert scheduler.abort() == sequences  # the adapter answers each of them with the error
     assert not scheduler.active and not scheduler.session.joining
+
+
+def test_each_final_event_says_why_its_sequence_ended(decoder: tuple[Path, Path]) -> None:
+    """The reasons the live `stop_reason` feature counts: an end id, a stop word, max_tokens,
+    the context window."""
+    checkpoint, onnx_path = decoder
+    tokenizer = tokenizers.Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+    prompt = tokenizer.encode(PROMPTS[3]).ids
+    free = Sequence(prompt, GenerationParams(max_tokens=6), tokenizer)
+    scheduler = Scheduler(DecoderSession(OnnxDecoderRuntime(onnx_path)), 4, context_window=128)
+    first = next(e for e in _events(scheduler, free) if e.final)
+    greedy = free.generated
+    cases = {
+        "max_tokens": Sequence(prompt, GenerationParams(max_tokens=3), tokenizer),
+        "end": Sequence(prompt, GenerationParams(max_tokens=6, end_ids=frozenset(greedy[2:3])),
+                        tokenizer),
+        "stop_word": Sequence(prompt, GenerationParams(
+            max_tokens=6, stop_words=(tokenizer.decode(greedy[:3])[-2:],)), tokenizer),
+    }  # fmt: skip
+    assert first.reason == "max_tokens"
+    for reason, sequence in cases.items():
+        finals = [e for e in _events(scheduler, sequence) if e.final]
+        assert [e.reason for e in finals] == [reason], (reason, sequence.generated)
+    windowed = Scheduler(DecoderSession(OnnxDecoderRuntime(onnx_path)), 4, len(prompt) + 2)
+    long = Sequence(prompt, GenerationParams(max_tokens=50), tokenizer)
+    assert [e.reason for e in _events(windowed, long) if e.final] == ["window"]
+
+
+def _events(scheduler: Scheduler, sequence: Sequence) -> list:
+    scheduler.submit(sequence)
+    events = []
+    while not sequence.finished:
+        events += scheduler.step(idle_wait_s=0)
+    return events

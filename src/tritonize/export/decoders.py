@@ -10,9 +10,10 @@ Adding a family is one entry in DECODERS: how it names its layer, head and size 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from torch import nn
 from tritonize.errors import ExportError, SpecError, ValidationError
 from tritonize.progress import note, step
 from tritonize.triton_models.decoding import past_names, present_names
+
+if TYPE_CHECKING:
+    from tritonize.triton_models.features import Profile
 
 INPUTS = ("input_ids", "attention_mask", "position_ids")
 ATOL = 1e-4
@@ -252,11 +256,13 @@ class ExportedDecoder:
     golden: list[dict[str, Any]]  # PyTorch's greedy continuations of GOLDEN_PROMPTS
     # {"template", "bos_token", "eos_token", ...} for tritonize.chat; None: no chat template
     chat_template: dict[str, str | None] | None = None
+    profile: Profile | None = None  # the reference traffic's features, for drift
 
 
 def export_generation(spec: Any, workdir: Path) -> ExportedDecoder:
     """Load `spec.model`, export it with its KV cache to `workdir/model.onnx`, validate it."""
     from tritonize.export.onnx_export import load_tokenizer
+    from tritonize.monitor.profile import build_generation_profile
 
     with step(f"Loading {spec.model_dir}"):
         wrapper, config = load_decoder(spec.model_dir, spec.trust_remote_code)
@@ -276,10 +282,12 @@ def export_generation(spec: Any, workdir: Path) -> ExportedDecoder:
         diffs = validate_decoder(wrapper, config, path)
     with step("Recording PyTorch's greedy continuations for `tritonize verify`"):
         golden = greedy_continuations(wrapper.model, tokenizer, end_ids, spec.max_seq_len)
+    profile = build_generation_profile(spec, wrapper.model, tokenizer, end_ids)
     layers, kv_heads, head_dim = decoder_for(config).cache_shape(config)
     return ExportedDecoder(
-        path, tokenizer, end_ids, layers, kv_heads, head_dim, diffs, golden, chat_template
-    )
+        path, tokenizer, end_ids, layers, kv_heads, head_dim, diffs, golden, chat_template,
+        profile,
+    )  # fmt: skip
 
 
 def read_chat_template(model_dir: Path, trust_remote_code: bool) -> dict[str, str | None] | None:
@@ -323,14 +331,15 @@ def _check_rendering(hf: Any, template: dict[str, str | None]) -> None:
 
 
 def greedy_continuations(
-    model: Any, tokenizer: Any, end_ids: list[int], context_window: int
-) -> list[dict[str, Any]]:
-    """Hugging Face `generate(do_sample=False)` on GOLDEN_PROMPTS, as the generator serves it:
-    the text after the prompt, up to an end id, `max_tokens` or the context window."""
+    model: Any, tokenizer: Any, end_ids: list[int], context_window: int,
+    prompts: Sequence[str] = GOLDEN_PROMPTS, new_tokens: int = GOLDEN_NEW_TOKENS,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Hugging Face `generate(do_sample=False)` on `prompts`, as the generator serves it: the
+    text after the prompt, up to an end id, `new_tokens` or the context window."""
     records = []
-    for prompt in GOLDEN_PROMPTS:
+    for prompt in prompts:
         ids = tokenizer.encode(prompt).ids
-        max_tokens = min(GOLDEN_NEW_TOKENS, context_window - len(ids))
+        max_tokens = min(new_tokens, context_window - len(ids))
         if max_tokens < 1:
             continue  # the prompt fills the window
         tensor = torch.tensor([ids])

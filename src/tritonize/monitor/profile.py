@@ -7,14 +7,23 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tritonize.errors import SpecError
 from tritonize.progress import step
 from tritonize.tasks.build import PredictionProfile
-from tritonize.triton_models.features import INPUT_FEATURES, PROFILE, Profile, shares
+from tritonize.triton_models.features import (
+    INPUT_FEATURES,
+    OUTPUT_FEATURES,
+    PROFILE,
+    PROMPT_FEATURES,
+    Profile,
+    output_counts,
+    prompt_counts,
+    shares,
+)
 
 if TYPE_CHECKING:
     from tritonize.spec import BuildSpec
@@ -134,6 +143,44 @@ def build_profile(spec: BuildSpec, reference: Reference, build: EncoderBuild) ->
         source=source,
         centroid=predictions.centroid,
     )
+
+
+# Prompts a build generates for (greedily, at the generator's default max_tokens) to profile
+# output lengths and stop reasons: each costs a whole generation in PyTorch.
+GENERATION_PROFILE_PROMPTS = 32
+
+
+def build_generation_profile(
+    spec: BuildSpec, model: Any, tokenizer: Any, end_ids: list[int]
+) -> Profile:
+    """The reference profile of a generator: prompt features over every reference text,
+    output tokens and stop reasons from Hugging Face `generate` on the first
+    GENERATION_PROFILE_PROMPTS of them."""
+    from tritonize.export.decoders import greedy_continuations
+    from tritonize.triton_models.generation import REQUEST_DEFAULTS
+
+    texts, source = read_reference_texts(spec.reference_texts)
+    window, max_tokens = spec.max_seq_len, REQUEST_DEFAULTS["max_tokens"]
+    assert isinstance(max_tokens, int)
+    with step(f"Profiling {len(texts)} reference prompts ({source})"):
+        lengths = [len(tokenizer.encode(text).ids) for text in texts]
+        counts = prompt_counts(texts, lengths)
+        prompts = [t for t, n in zip(texts, lengths, strict=True) if n < window]
+        generated = greedy_continuations(
+            model, tokenizer, end_ids, window, prompts[:GENERATION_PROFILE_PROMPTS], max_tokens
+        )
+        reasons = [_stop_reason(g, max_tokens) for g in generated]
+        counts |= output_counts([len(g["tokens"]) for g in generated], reasons)
+    features = (*PROMPT_FEATURES, *OUTPUT_FEATURES)
+    return Profile(features, {f.name: shares(counts[f.name]) for f in features}, len(texts), source)
+
+
+def _stop_reason(continuation: dict[str, Any], max_tokens: int) -> str:
+    """Why `generate` stopped, as the generator names it: all the tokens it was allowed (the
+    request's, or fewer where the window was full), or an end id before that."""
+    if len(continuation["tokens"]) < continuation["max_tokens"]:
+        return "end"
+    return "max_tokens" if continuation["max_tokens"] == max_tokens else "window"
 
 
 def write_profile(directory: Path, profile: Profile) -> Path:

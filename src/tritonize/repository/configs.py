@@ -275,6 +275,7 @@ def generator_config(
         "max_tokens_limit": usable_window(spec.max_seq_len),
         "max_active": spec.max_batch_size,  # sequences decoded together
         "end_ids": json.dumps(end_ids),
+        **_profile_parameters(spec),  # its own name: the profile is beside it
     }
     if chat_template is not None:  # JSON in ASCII (\uXXXX escapes): the config stays plain text
         parameters["chat_template"] = json.dumps(chat_template, sort_keys=True)

@@ -134,6 +134,8 @@ def write_generator(
     engine_file = directory / ENGINE_FILES[spec.target]
     shutil.copy2(engine.path, engine_file)
     files = [engine_file, directory / "tokenizer.json"]
+    if decoder.profile is not None:  # read by the generator, which exports live features
+        write_profile(directory, decoder.profile)
     write_manifest(directory, spec, decoder.max_abs_diff, files, engine.manifest)
     write_golden(repository / spec.name, generation_golden_record(spec, config, decoder.golden))
     return [spec.name]

@@ -5,7 +5,8 @@ is a distance between two histograms of the same bins.
 Input features come from the tokenizer step: tokens per text, truncation, the share of
 unknown tokens, the Unicode scripts of the letters, the share of symbols (code and markup are
 full of them). Prediction features come from the step that sees the answer: a classifier's
-label and top-1 confidence, an embedding's cosine to the reference centroid.
+label and top-1 confidence, an embedding's cosine to the reference centroid. A generator has
+both in one step: its prompts' tokens and characters, its outputs' tokens and stop reasons.
 
 The serving side counts into numpy arrays and hands them to Triton's metrics at most once a
 second: one call per changed bin then, instead of one per bin per request. What a quiet
@@ -15,8 +16,9 @@ model counted last is handed over with its next request, or when it unloads.
 from __future__ import annotations
 
 import json
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,16 @@ class Feature:
     measure: str = PSI
     threshold: float = PSI_THRESHOLD
     edges: tuple[float, ...] = ()
+    _edges: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Once, not per request: searchsorted would turn the tuple into an array on every call.
+        object.__setattr__(self, "_edges", np.asarray(self.edges, dtype=np.float64))
 
     def count(self, values: np.ndarray) -> np.ndarray:
         """Observations per bin: numeric values by edge, categorical values by bin index."""
         values = np.asarray(values).reshape(-1)
-        index = np.searchsorted(self.edges, values, side="left") if self.edges else values
+        index = self._edges.searchsorted(values, side="left") if self.edges else values
         return np.bincount(index.astype(np.int64), minlength=len(self.bins))
 
     def to_json(self) -> dict[str, Any]:
@@ -112,21 +119,15 @@ _SYMBOL[[ord(c) for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"]] = True
 # Features look at a bounded prefix of each text, as the tokenizer does.
 FEATURE_CHARS = 4096
 
+SCRIPT = categorical("script", INPUT, SCRIPTS)
+SYMBOLS = numeric("symbols", INPUT, (0.02, 0.05, 0.1, 0.2, 0.35))
 INPUT_FEATURES = (
     numeric("tokens", INPUT, (4, 8, 12, 16, 24, 32, 48, 64, 128, 256)),
     categorical("truncated", INPUT, ("no", "yes"), threshold=0.1),
     numeric("unknown_tokens", INPUT, (0, 0.05, 0.2), measure=TVD, threshold=0.1),
-    categorical("script", INPUT, SCRIPTS),
-    numeric("symbols", INPUT, (0.02, 0.05, 0.1, 0.2, 0.35)),
+    SCRIPT,
+    SYMBOLS,
 )
-
-
-def code_points(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(every text's code points, concatenated; the index of the text each one is from)."""
-    texts = [text[:FEATURE_CHARS] for text in texts]
-    points = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-    owner = np.repeat(np.arange(len(texts)), [len(text) for text in texts])
-    return points, owner
 
 
 def script_of(points: np.ndarray) -> np.ndarray:
@@ -150,17 +151,54 @@ def _is_space_or_punctuation(points: np.ndarray) -> np.ndarray:
     )
 
 
+# What a character counts as, in one number: its script's index in SCRIPTS, or one of three
+# kinds of non-letter. The serving steps count every request, so the Basic Multilingual Plane
+# is looked up in a table: a few numpy calls per request instead of a few dozen.
+_SYMBOL_CLASS, _BLANK = _NONE + 1, _NONE + 2  # ASCII punctuation; spaces and controls (<= 32)
+_CLASSES = _NONE + 3
+_BMP = 0x10000
+
+
+def _classes_by_range(points: np.ndarray) -> np.ndarray:
+    classes = script_of(points)
+    classes = np.where(_SYMBOL[np.minimum(points, 127)] & (points < 128), _SYMBOL_CLASS, classes)
+    return np.where(points <= 32, _BLANK, classes)
+
+
+_CLASS_OF_BMP = _classes_by_range(np.arange(_BMP)).astype(np.uint8)
+
+
+def _classes(points: np.ndarray) -> np.ndarray:
+    """Each code point's class; by range only for the rare ones beyond the BMP."""
+    if not points.size or points.max() < _BMP:
+        return _CLASS_OF_BMP[points]
+    classes = _CLASS_OF_BMP[np.minimum(points, _BMP - 1)]
+    beyond = points >= _BMP
+    classes[beyond] = _classes_by_range(points[beyond].astype(np.int64))
+    return classes
+
+
+def character_counts(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(letters per script over all texts; symbols per text; visible characters per text),
+    in each text's first FEATURE_CHARS characters."""
+    texts = [text[:FEATURE_CHARS] for text in texts]
+    classes = _classes(np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32))
+    if len(texts) == 1:
+        per_text = np.bincount(classes, minlength=_CLASSES)[None]
+    else:  # one bincount for all texts: text i's characters land at i * _CLASSES + class
+        owner = np.repeat(np.arange(0, len(texts) * _CLASSES, _CLASSES), [len(t) for t in texts])
+        per_text = np.bincount(owner + classes, minlength=len(texts) * _CLASSES)
+        per_text = per_text.reshape(len(texts), _CLASSES)
+    scripts = per_text[:, :_NONE].sum(axis=0)
+    return scripts, per_text[:, _SYMBOL_CLASS], per_text[:, :_BLANK].sum(axis=1)
+
+
 def input_counts(
     texts: list[str], tokens: np.ndarray, truncated: np.ndarray, unknown: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Counts per bin of every input feature for one batch of texts; `tokens`, `truncated`
     and `unknown` (unknown tokens) are per text."""
     tokens = np.asarray(tokens, dtype=np.float64).reshape(-1)
-    points, owner = code_points(texts)
-    scripts = script_of(points)
-    symbols = np.bincount(owner, weights=_SYMBOL[np.minimum(points, 127)] & (points < 128),
-                          minlength=len(texts))  # fmt: skip
-    visible = np.bincount(owner, weights=points > 32, minlength=len(texts))
     by_name = {feature.name: feature for feature in INPUT_FEATURES}
     return {
         "tokens": by_name["tokens"].count(tokens),
@@ -168,8 +206,37 @@ def input_counts(
         "unknown_tokens": by_name["unknown_tokens"].count(
             np.asarray(unknown, dtype=np.float64).reshape(-1) / np.maximum(tokens, 1)
         ),
-        "script": np.bincount(scripts[scripts < _NONE], minlength=len(SCRIPTS)),
-        "symbols": by_name["symbols"].count(symbols / np.maximum(visible, 1)),
+        **text_counts(texts),
+    }
+
+
+def text_counts(texts: list[str]) -> dict[str, np.ndarray]:
+    """The features of the characters alone: scripts, and the share of symbols."""
+    scripts, symbols, visible = character_counts(texts)
+    return {
+        SCRIPT.name: scripts,
+        SYMBOLS.name: SYMBOLS.count(symbols / np.maximum(visible, 1)),
+    }
+
+
+# A generator's prompts (it refuses, never truncates, a prompt over its window), and what it
+# made of them: how many tokens, and why it stopped.
+PROMPT_TOKENS = numeric("prompt_tokens", INPUT, (8, 16, 32, 64, 128, 256, 512, 1024, 2048))
+PROMPT_FEATURES = (PROMPT_TOKENS, SCRIPT, SYMBOLS)
+STOP_REASONS = ("end", "stop_word", "max_tokens", "window")  # an end id, ..., the context full
+OUTPUT_TOKENS = numeric("output_tokens", PREDICTION, (1, 4, 8, 16, 32, 64, 128, 256, 512))
+STOP_REASON = categorical("stop_reason", PREDICTION, STOP_REASONS)
+OUTPUT_FEATURES = (OUTPUT_TOKENS, STOP_REASON)
+
+
+def prompt_counts(texts: list[str], tokens: list[int]) -> dict[str, np.ndarray]:
+    return {PROMPT_TOKENS.name: PROMPT_TOKENS.count(np.asarray(tokens)), **text_counts(texts)}
+
+
+def output_counts(tokens: list[int], reasons: list[str]) -> dict[str, np.ndarray]:
+    return {
+        OUTPUT_TOKENS.name: OUTPUT_TOKENS.count(np.asarray(tokens)),
+        STOP_REASON.name: STOP_REASON.count(np.array([STOP_REASONS.index(r) for r in reasons])),
     }
 
 
@@ -218,8 +285,8 @@ class Profile:
     source: str
     centroid: tuple[float, ...] = ()
 
-    def of_kind(self, kind: str) -> tuple[Feature, ...]:
-        return tuple(feature for feature in self.features if feature.kind == kind)
+    def of_kind(self, *kinds: str) -> tuple[Feature, ...]:
+        return tuple(feature for feature in self.features if feature.kind in kinds)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -256,17 +323,17 @@ def shares(counts: np.ndarray) -> list[float]:
 # ---------------------------------------------------------------------------- the serving side
 
 
-def feature_metrics(pb_utils: Any, args: dict[str, str], kind: str) -> FeatureMetrics | None:
-    """A step's live features of `kind`, where its ensemble's build wrote a profile (the
+def feature_metrics(pb_utils: Any, args: dict[str, str], *kinds: str) -> FeatureMetrics | None:
+    """A step's live features of `kinds`, where its ensemble's build wrote a profile (the
     ensemble is named by the step's `ensemble` parameter; its version is the step's)."""
     ensemble = model_parameters(args).get("ensemble")
     if not ensemble:
         return None
     path = Path(args["model_repository"]).parent / ensemble / args["model_version"] / PROFILE
     profile = Profile.read(path)
-    if profile is None or not profile.of_kind(kind):
+    if profile is None or not profile.of_kind(*kinds):
         return None
-    return FeatureMetrics(pb_utils, ensemble, profile, kind)
+    return FeatureMetrics(pb_utils, ensemble, profile, kinds)
 
 
 def embedding_counts(embeddings: np.ndarray, centroid: np.ndarray) -> dict[str, np.ndarray]:
@@ -281,9 +348,10 @@ class FeatureMetrics:
 
     FLUSH_EVERY_S = 1.0
 
-    def __init__(self, pb_utils: Any, model: str, profile: Profile, kind: str) -> None:
+    def __init__(self, pb_utils: Any, model: str, profile: Profile, kinds: tuple[str, ...]) -> None:
         family = pb_utils.MetricFamily
-        self.features = profile.of_kind(kind)
+        self.features = profile.of_kind(*kinds)
+        self.lock = threading.Lock()  # a generator counts prompts and outputs in two threads
         self.centroid = np.asarray(profile.centroid, dtype=np.float64)
         # Families must outlive their metrics, so both are kept on the instance.
         self.families = (
@@ -308,7 +376,7 @@ class FeatureMetrics:
         self.pending: dict[str, np.ndarray] = {}
         self.gauges: list[Any] = []  # a metric that is collected leaves /metrics
         for feature in self.features:
-            labels = {**metric_labels(model), "kind": kind, "feature": feature.name}
+            labels = {**metric_labels(model), "kind": feature.kind, "feature": feature.name}
             self.counters[feature.name] = [
                 observations.Metric(labels={**labels, "bin": b}) for b in feature.bins
             ]
@@ -321,13 +389,18 @@ class FeatureMetrics:
         self.flushed_at = time.monotonic()
 
     def add(self, counts: dict[str, np.ndarray]) -> None:
-        for name, pending in self.pending.items():
-            if name in counts:
-                pending += counts[name]
+        with self.lock:
+            for name, pending in self.pending.items():
+                if name in counts:
+                    pending += counts[name]
         if time.monotonic() - self.flushed_at >= self.FLUSH_EVERY_S:
             self.flush()
 
     def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
         for name, pending in self.pending.items():
             for b in np.flatnonzero(pending):
                 self.counters[name][b].increment(int(pending[b]))

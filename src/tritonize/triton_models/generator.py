@@ -21,6 +21,7 @@ import tokenizers
 
 from .common import RequestError, metric_labels, model_parameters, rejection, version_dir
 from .decoding import DecoderRuntime, DecoderSession, OnnxDecoderRuntime
+from .features import INPUT, PREDICTION, feature_metrics, output_counts, prompt_counts
 from .generation import (
     MAX_STOP_WORDS,
     REQUEST_DEFAULTS,
@@ -73,6 +74,7 @@ class Event:
     final: bool
     first_token_s: float | None = None  # time to first token, on the first event
     inter_token_s: float | None = None
+    reason: str | None = None  # why it finished (features.STOP_REASONS), on the final event
 
 
 class Scheduler:
@@ -128,25 +130,25 @@ class Scheduler:
         gap = None if sequence.last_token_at is None else now - sequence.last_token_at
         sequence.last_token_at = now
         if token in sequence.params.end_ids:
-            return self._finish(sequence, "", first, gap)
+            return self._finish(sequence, "", first, gap, "end")
         sequence.generated.append(token)
         text, stopped = sequence.stop.feed(sequence.detokenizer.push(token))
         if stopped:
-            return self._finish(sequence, text, first, gap, flush=False)
-        full = len(sequence.prompt) + len(sequence.generated) >= self.context_window
-        if len(sequence.generated) >= sequence.params.max_tokens or full:
-            return self._finish(sequence, text, first, gap)
+            return self._finish(sequence, text, first, gap, "stop_word")
+        if len(sequence.generated) >= sequence.params.max_tokens:
+            return self._finish(sequence, text, first, gap, "max_tokens")
+        if len(sequence.prompt) + len(sequence.generated) >= self.context_window:
+            return self._finish(sequence, text, first, gap, "window")
         return Event(sequence, text, False, first, gap)
 
     def _finish(
-        self, sequence: Sequence, text: str, first: float | None, gap: float | None,
-        flush: bool = True,
-    ) -> Event:  # fmt: skip
-        if flush:
+        self, sequence: Sequence, text: str, first: float | None, gap: float | None, reason: str
+    ) -> Event:
+        if reason != "stop_word":  # text held back as a possible stop word's start is due
             text += sequence.stop.feed(sequence.detokenizer.flush())[0] + sequence.stop.flush()
         sequence.finished = True
         self.session.release(sequence)
-        return Event(sequence, text, True, first, gap)
+        return Event(sequence, text, True, first, gap, reason)
 
 
 # -- the Triton adapter -------------------------------------------------------------------------
@@ -171,6 +173,7 @@ class TritonPythonModel:
         self.scheduler = Scheduler(session, int(params["max_active"]), self.context_window)
         self.metrics = _GeneratorMetrics(self.name)
         self.sampler = RequestSampler.for_model(self.name)
+        self.features = feature_metrics(pb_utils, args, INPUT, PREDICTION)
         self.running = True
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -203,6 +206,8 @@ class TritonPythonModel:
         self.thread.join(timeout=10)
         if self.sampler is not None:
             self.sampler.close()
+        if self.features is not None:
+            self.features.flush()
 
     def _sequence(self, request: Any) -> Sequence:
         check_fields(_parameter_names(request))
@@ -217,6 +222,8 @@ class TritonPythonModel:
         prompt = self.prompts.encode(prompt_text)
         if self.sampler is not None:
             self.sampler.offer({"text_input": [prompt_text]})
+        if self.features is not None:
+            self.features.add(prompt_counts([prompt_text], [len(prompt)]))
         end_ids = self.end_ids | ({values["end_id"]} if "end_id" in values else set())
         values = {**REQUEST_DEFAULTS, **values}
         params = GenerationParams(
@@ -253,6 +260,8 @@ class TritonPythonModel:
     def _emit(self, event: Event) -> None:
         sequence, sender = event.sequence, event.sequence.owner
         self.metrics.observe(event)
+        if event.reason and self.features is not None:
+            self.features.add(output_counts([len(sequence.generated)], [event.reason]))
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if event.final else 0
         if sequence.params.stream:
             text = event.text
