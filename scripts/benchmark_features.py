@@ -8,7 +8,9 @@ Serves all of them on one local tritonserver and sends the same texts (the built
 set) at both builds of a model over gRPC from N concurrent clients. Rounds alternate in the
 order ON OFF OFF ON ON OFF ... so that drift and noise hit both; a warm-up round of each is not
 counted. Prints requests/s, texts/s, latency p50/p95 for each build, the throughput cost of the
-features overall and per pair of neighbouring rounds (median, min, max).
+features overall and per pair of neighbouring rounds (median, min, max), and the CPU time per
+request of tritonserver and of each step's backend stub (each build has stubs of its own), which
+says where the features' time goes with less noise than throughput on a busy machine.
 
     .venv/bin/python scripts/benchmark_features.py [--clients 16] [--rounds 8] \
         [--round-seconds 10] [--tasks embedding classification]
