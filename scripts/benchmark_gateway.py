@@ -7,7 +7,9 @@ the same prompts at N concurrent streams two ways: through the gateway (/v1/comp
 `stream: true` with `include_usage`, over HTTP) and straight to Triton over gRPC (one
 `stream_infer` per request, as the gateway itself calls it). Rounds alternate in the order
 G D D G G D ... so that drift and noise hit both; a warm-up round of each is not counted.
-Prints output tokens/s and time to first token (p50, p95) for each way, and their ratio.
+Prints output tokens/s and time to first token (p50, p95) for each way, their ratio overall and
+per pair of rounds (the spread shows the noise of a shared machine), and the CPU time that the
+gateway process spent per output token it relayed.
 
     .venv/bin/python scripts/benchmark_gateway.py [--streams 16] [--rounds 4] [--checkpoint DIR]
 """
@@ -18,6 +20,7 @@ import argparse
 import asyncio
 import json
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aio
 
@@ -56,6 +60,7 @@ class Figures:
     tokens: int = 0
     seconds: float = 0.0
     ttft: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)  # each round's tokens/s
 
     @property
     def rate(self) -> float:
@@ -69,6 +74,7 @@ class Figures:
         self.tokens += other.tokens
         self.seconds += other.seconds
         self.ttft += other.ttft
+        self.rates.append(other.rate)
 
 
 def free_ports(count: int) -> list[int]:
@@ -159,7 +165,10 @@ async def round_of(stream: Stream, streams: int, seconds: float) -> Figures:
     return figures
 
 
-async def compare(args: argparse.Namespace, grpc_url: str, gateway_url: str) -> dict[str, Figures]:
+async def compare(
+    args: argparse.Namespace, grpc_url: str, gateway_url: str, gateway: psutil.Process
+) -> tuple[dict[str, Figures], float]:
+    """Each way's figures, and the gateway's CPU seconds over the counted rounds."""
     client = aio.InferenceServerClient(grpc_url)
     connector = aiohttp.TCPConnector(limit=args.streams)
     timeout = aiohttp.ClientTimeout(total=300)
@@ -172,6 +181,7 @@ async def compare(args: argparse.Namespace, grpc_url: str, gateway_url: str) -> 
             warm = await round_of(stream, args.streams, args.warmup_seconds)
             print(f"warm-up  {name:8} {warm.rate:8.0f} tokens/s (not counted)", flush=True)
         totals = {name: Figures() for name in ways}
+        cpu_before = gateway.cpu_times()
         for index in range(args.rounds):
             order = ("gateway", "direct") if index % 2 == 0 else ("direct", "gateway")
             for name in order:
@@ -182,8 +192,10 @@ async def compare(args: argparse.Namespace, grpc_url: str, gateway_url: str) -> 
                     f"{len(figures.ttft)} streams, TTFT p50 {figures.percentile(0.5):.1f} ms",
                     flush=True,
                 )
+        cpu_after = gateway.cpu_times()
     await client.close()
-    return totals
+    cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    return totals, cpu
 
 
 def wait_for_gateway(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
@@ -198,7 +210,7 @@ def wait_for_gateway(url: str, process: subprocess.Popen[bytes], timeout_s: floa
             time.sleep(0.2)
 
 
-def report(totals: dict[str, Figures], args: argparse.Namespace) -> None:
+def report(totals: dict[str, Figures], gateway_cpu_s: float, args: argparse.Namespace) -> None:
     gateway, direct = totals["gateway"], totals["direct"]
     print(f"\n{args.streams} concurrent streams, max_tokens {args.max_tokens}, "
           f"{args.rounds} rounds of {args.round_seconds:g} s per way\n")  # fmt: skip
@@ -211,6 +223,11 @@ def report(totals: dict[str, Figures], args: argparse.Namespace) -> None:
     print(f"\ngateway / direct tokens/s: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% lost); "
           f"TTFT p50 +{gateway.percentile(0.5) - direct.percentile(0.5):.1f} ms, "
           f"p95 +{gateway.percentile(0.95) - direct.percentile(0.95):.1f} ms")  # fmt: skip
+    pairs = sorted(g / d for g, d in zip(gateway.rates, direct.rates, strict=True) if d)
+    print("per pair of rounds: " + ", ".join(f"{ratio:.3f}" for ratio in pairs)
+          + f" (median {statistics.median(pairs):.3f})")  # fmt: skip
+    print(f"gateway CPU: {gateway_cpu_s:.2f} s for {gateway.tokens} tokens, "
+          f"{gateway_cpu_s / gateway.tokens * 1e6:.0f} us per output token")  # fmt: skip
 
 
 def main() -> None:
@@ -239,11 +256,12 @@ def main() -> None:
             gateway = subprocess.Popen(command, stdout=subprocess.DEVNULL)
             try:
                 wait_for_gateway(gateway_url, gateway)
-                totals = asyncio.run(compare(args, config.grpc_url, gateway_url))
+                process = psutil.Process(gateway.pid)
+                totals, cpu = asyncio.run(compare(args, config.grpc_url, gateway_url, process))
             finally:
                 gateway.terminate()
                 gateway.wait(timeout=30)
-    report(totals, args)
+    report(totals, cpu, args)
 
 
 if __name__ == "__main__":
