@@ -491,6 +491,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
         names = ", ".join(f"{f.kind} {f.feature}" for f in report.moved)
         print(f"`{report.model}` drifted: {names}", file=sys.stderr)
         return 1
+    if not report.observed:
+        print(f"error: too little traffic of `{report.model}` in the last {report.window} to "
+              "tell: try a longer --window", file=sys.stderr)  # fmt: skip
+        return 2
     return 0
 
 

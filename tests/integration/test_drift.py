@@ -152,6 +152,16 @@ def test_reference_like_traffic_raises_no_alert(live: tuple) -> None:
     assert traffic.failures == []
 
 
+def test_drift_cannot_tell_from_a_window_too_short(live: tuple) -> None:
+    _, prometheus, _ = live
+    result = subprocess.run(
+        [*CLI, "drift", EMBEDDER, "--prometheus", prometheus.url, "--window", "1s"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "too little traffic of `minilm` in the last 1s" in result.stderr
+
+
 def _independent_drift(profile: Profile, counts: dict[str, np.ndarray]) -> dict[str, float]:
     """PSI or TVD of raw counts against the profile, as the textbook writes them."""
     drift = {}

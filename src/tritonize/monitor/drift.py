@@ -127,6 +127,11 @@ class DriftReport:
     def moved(self) -> list[FeatureDrift]:
         return [f for f in self.features if f.moved]
 
+    @property
+    def observed(self) -> bool:
+        """Whether any feature saw enough traffic in the window to be judged."""
+        return any(f.observations >= MIN_OBSERVATIONS for f in self.features)
+
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "moved": [f.feature for f in self.moved]}, indent=1)
 
@@ -135,7 +140,9 @@ def drift_report(prometheus_url: str, model: str, window: str = "30m") -> DriftR
     """Every feature of `model` over the last `window`, from the Prometheus at
     `prometheus_url`."""
     source = PrometheusSource(prometheus_url)
-    thresholds = source.query(f'tritonize_feature_drift_threshold{{model="{model}"}}')
+    exported = f'tritonize_feature_drift_threshold{{model="{model}"}}'
+    # One per feature, however many stub processes export it.
+    thresholds = source.query(f"max by (model, kind, feature, measure) ({exported})")
     if not thresholds:
         raise TritonizeError(
             f"Prometheus at {prometheus_url} has no feature metrics of model `{model}`: is it "
