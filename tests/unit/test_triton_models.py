@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tokenizers
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
@@ -262,6 +262,7 @@ def test_pairs_match_transformers_longest_first(minilm_dir: Path) -> None:
     st.sampled_from(["word ", "naïve ", "天", "x" * 150]),
     st.sampled_from([31, 32]),  # odd and even budgets of pair tokens
 )
+@example(186, 180, "naïve ", 32)  # one side cut, the other exactly as long as the cut one
 def test_a_pair_tokenized_by_prefixes_equals_the_whole_pair(
     minilm_dir: Path, left: int, right: int, unit: str, window: int
 ) -> None:

@@ -70,12 +70,13 @@ def encode_pairs_within(
 
     Longest-first truncation keeps at most `budget + 1` tokens of a side (`budget`: the window
     less the pair's special tokens) and depends on the other side's length only through which
-    side is longer. So a side longer than `budget + 1` tokens is cut after `budget + 2` of them
-    (by `sides`, a copy of `tokenizer` truncating there): it stays longer than any side that was
-    not cut, and keeps every token truncation keeps. Where both sides are cut and the budget is
-    odd, which one is longer decides who gets the odd token: their tokens are counted (not
-    paired: truncating two long texts as a pair enumerates every pair of their pieces), and the
-    shorter one, or the first of two equal ones, is cut one token earlier.
+    side is longer. So a side longer than `budget + 2` tokens is cut after `budget + 2` of them
+    (by `sides`, a copy of `tokenizer` truncating there) and keeps every token truncation keeps;
+    where the other side is not cut, it is cut after `budget + 1` tokens, so that the cut side
+    stays the longer one. Where both sides are cut and the budget is odd, which one is longer
+    decides who gets the odd token: their tokens are counted (not paired: truncating two long
+    texts as a pair enumerates every pair of their pieces), and the shorter one, or the first
+    of two equal ones, is cut one token earlier.
     """
     budget = window - tokenizer.num_special_tokens_to_add(is_pair=True)
     side_window = sides.truncation["max_length"] if sides.truncation else window
@@ -86,6 +87,8 @@ def encode_pairs_within(
         if first.overflowing and second.overflowing and budget % 2:
             a_longer = _count_tokens(tokenizer, a) > _count_tokens(tokenizer, b)
             keep[1 if a_longer else 0] = budget + 1
+        elif first.overflowing != second.overflowing:  # one of `budget + 2` would tie with it
+            keep[1 if first.overflowing else 0] = budget + 1
         cut.append((_cut_after(a, first, keep[0]), _cut_after(b, second, keep[1])))
     return tokenizer.encode_batch(cut)
 
@@ -106,12 +109,11 @@ def _count_tokens(tokenizer: tokenizers.Tokenizer, text: str) -> int:
 
 
 def _cut_after(text: str, encoding: tokenizers.Encoding, tokens: int) -> str:
-    """`text` up to the end of its `tokens`-th token, or whole when it fits its window."""
-    if not encoding.overflowing:
-        return text
+    """`text` up to the end of its `tokens`-th token, or whole when it has no more."""
     ends = [end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask,
                                              strict=True) if not special]  # fmt: skip
-    return text[: ends[tokens - 1]] if len(ends) >= tokens else text
+    more = len(ends) > tokens or (bool(encoding.overflowing) and len(ends) == tokens)
+    return text[: ends[tokens - 1]] if more else text
 
 
 def min_prefix_chars(tokenizer: tokenizers.Tokenizer) -> int:
