@@ -81,7 +81,7 @@ def test_input_counts_match_transformers_tokenizer(minilm_dir: Path) -> None:
     texts = [*builtin_reference_texts(40), "Привет, мир! " * 20, "def f(x): return {x: [1, 2]}"]
     step = TextTokenizer.from_file(minilm_dir / "tokenizer.json", max_seq_len=32, pad_id=0)
     (batch,) = step.encode([texts])
-    counts = step.feature_counts(texts, batch)
+    counts = step.feature_counts([(texts, batch)])
 
     reference = AutoTokenizer.from_pretrained(str(minilm_dir))
     full = [len(ids) for ids in reference(texts)["input_ids"]]
@@ -106,7 +106,7 @@ def test_unknown_tokens_are_counted_per_text(minilm_dir: Path) -> None:
     step = TextTokenizer.from_file(minilm_dir / "tokenizer.json", max_seq_len=64, pad_id=0)
     texts = ["plain english words", "\U00013000\U00013001\U00013002 \U00013003"]  # hieroglyphs
     (batch,) = step.encode([texts])
-    unknown = step.feature_counts(texts, batch)["unknown_tokens"]
+    unknown = step.feature_counts([(texts, batch)])["unknown_tokens"]
     assert unknown[0] == 1 and unknown[-1] == 1  # none; then every word unknown (> 0.2)
 
 

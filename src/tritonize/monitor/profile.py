@@ -125,7 +125,7 @@ def build_profile(spec: BuildSpec, reference: Reference, build: EncoderBuild) ->
         for start in range(0, len(texts), _BATCH):
             chunk = texts[start : start + _BATCH]
             (batch,) = tokenizer.encode([chunk])
-            for name, value in tokenizer.feature_counts(chunk, batch).items():
+            for name, value in tokenizer.feature_counts([(chunk, batch)]).items():
                 counts[name] += value
             if build.profiles_predictions:
                 outputs.append(reference.run_graph(batch.tensors(reference.graph_inputs)))

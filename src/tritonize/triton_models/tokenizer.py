@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,12 +140,21 @@ class TextTokenizer:
             start += len(texts)
         return batches
 
-    def feature_counts(self, texts: Texts, batch: EncodedBatch) -> dict[str, np.ndarray]:
-        """The input features of one request's texts (a pair counts as its two texts)."""
-        tokens = batch.attention_mask.sum(axis=1)
-        unknown = ((batch.input_ids == self.unknown_id) & (batch.attention_mask == 1)).sum(axis=1)
-        joined = [text if isinstance(text, str) else " ".join(text) for text in texts]
-        return input_counts(joined, tokens, batch.truncated, unknown)
+    def feature_counts(
+        self, requests: Sequence[tuple[Texts, EncodedBatch]]
+    ) -> dict[str, np.ndarray]:
+        """The input features of requests' texts, counted in one pass (a pair counts as its
+        two texts joined)."""
+        batches = [batch for _, batch in requests]
+        masks = [batch.attention_mask for batch in batches]
+        tokens = np.concatenate([mask.sum(axis=1) for mask in masks])
+        unknown = np.concatenate([
+            ((batch.input_ids == self.unknown_id) & (mask == 1)).sum(axis=1)
+            for batch, mask in zip(batches, masks, strict=True)
+        ])  # fmt: skip
+        truncated = np.concatenate([batch.truncated.reshape(-1) for batch in batches])
+        joined = [t if isinstance(t, str) else " ".join(t) for texts, _ in requests for t in texts]
+        return input_counts(joined, tokens, truncated, unknown)
 
     def _pad(self, encodings: list[tokenizers.Encoding]) -> EncodedBatch:
         width = max(len(enc.ids) for enc in encodings)
@@ -216,10 +226,13 @@ class TritonPythonModel:
                 valid[i] = self._texts(request)
             except RequestError as exc:
                 responses[i] = rejection(pb_utils, exc)
+        counted = []
         for i, batch in zip(valid, self.tokenizer.encode(list(valid.values())), strict=True):
             responses[i] = self._respond(batch)
-            if self.features is not None and not batch.tokenless:
-                self.features.add(self.tokenizer.feature_counts(valid[i], batch))
+            if not batch.tokenless:  # refused: not traffic the model saw
+                counted.append((valid[i], batch))
+        if self.features is not None and counted:
+            self.features.add(self.tokenizer.feature_counts(counted))
         self.metrics.observe(time.perf_counter() - start)
         return responses
 
