@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,16 @@ def free_ports(count: int) -> list[int]:
 
 
 @cache
+def wait_for(condition: Callable[[], Any], timeout_s: float, step_s: float = 0.5) -> Any:
+    """`condition()`'s first truthy value within `timeout_s`, polled every `step_s`; else None."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(step_s)
+    return None
+
+
 def train_tokenizer(style: str) -> Any:
     """A small tokenizer trained on fixtures/corpus.txt.
 

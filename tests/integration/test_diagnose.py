@@ -13,14 +13,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from helpers import free_ports
+from helpers import free_ports, wait_for
 from tritonize.client import TritonizeClient
 from tritonize.errors import ServerError
 from tritonize.monitor.prometheus import LocalPrometheus, PrometheusSource
@@ -109,15 +109,6 @@ def problems_of(summary: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 def ours(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Problems but regions that other servers on this host left behind."""
     return [p for p in summary["problems"] if p["kind"] != "shm-leaked"]
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, step_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(step_s)
-    return None
 
 
 def test_a_healthy_server_has_no_problem_and_everything_is_gathered(

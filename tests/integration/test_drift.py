@@ -14,13 +14,13 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import free_ports
+from helpers import free_ports, wait_for
 from tritonize.client import TritonizeClient
 from tritonize.monitor.profile import builtin_reference_texts
 from tritonize.monitor.prometheus import LocalPrometheus, PrometheusSource
@@ -128,15 +128,6 @@ def drift_alerts(prometheus: LocalPrometheus) -> list[dict]:
     return [r["metric"] for r in PrometheusSource(prometheus.url).query(query)]
 
 
-def wait_for(condition: Callable[[], object], timeout_s: float, step_s: float = 2.0) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(step_s)
-    return None
-
-
 def test_reference_like_traffic_raises_no_alert(live: tuple) -> None:
     _, prometheus, traffic = live
     deadline = time.monotonic() + 100  # enough for the rules' `for` and their minimum count
@@ -215,12 +206,12 @@ def test_another_language_fires_the_input_drift_alert_within_five_minutes(live: 
             and feature in (None, a["feature"])
         ]  # fmt: skip
 
-    first = wait_for(firing, timeout_s=300)
+    first = wait_for(firing, timeout_s=300, step_s=2)
     assert first, "no TritonizeInputDrift within 5 minutes of the shift"
     print(f"Cyrillic: TritonizeInputDrift fired {time.monotonic() - shifted_at:.0f} s after")
     # Features cross their thresholds at different moments; the script must be among them.
     remaining = 300 - (time.monotonic() - shifted_at)
-    assert wait_for(lambda: firing("script"), timeout_s=max(remaining, 0)), firing()
+    assert wait_for(lambda: firing("script"), max(remaining, 0), step_s=2), firing()
     print(f"... and on the script {time.monotonic() - shifted_at:.0f} s after the shift")
     code, report = drift_cli(prometheus, EMBEDDER, "30s")
     assert code == 1 and "script" in report["moved"], report
