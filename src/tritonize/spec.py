@@ -16,6 +16,8 @@ from typing import Any
 from tritonize.errors import SpecError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_BUILD_SUFFIX = re.compile(r"\.v\d+$")  # build N of NAME is NAME.vN
+_REGISTRY_VERSION = re.compile(r"^models:/[^/@]+/[1-9][0-9]*$")
 
 
 class Task(StrEnum):
@@ -84,11 +86,19 @@ class BuildSpec:
     # The traffic the model is meant for, one text per line: its profile is what drift is
     # measured against. Default: a built-in varied set of English texts.
     reference_texts: Path | None = None
+    # The registered model version `model` was downloaded from, `models:/NAME/VERSION` (the
+    # number an alias pointed at when built: aliases move). Recorded in the manifest.
+    registry: str | None = None
 
     def __post_init__(self) -> None:
         _coerce_enums(self)
-        if not _NAME.match(self.name):
-            _fail("name", self.name, "1-64 characters of letters, digits, '_', '.', '-'")
+        if not _NAME.match(self.name) or _BUILD_SUFFIX.search(self.name):
+            _fail(
+                "name",
+                self.name,
+                "1-64 characters of letters, digits, '_', '.', '-', not ending in '.v' and a "
+                "number (a build's models are named so)",
+            )
         _check_range("max_batch_size", self.max_batch_size, 1, 4096)
         _check_range("max_seq_len", self.max_seq_len, 4, 32768)
         _check_range("max_queue_delay_us", self.max_queue_delay_us, 0, 10_000_000)
@@ -124,6 +134,8 @@ class BuildSpec:
             _fail("model", str(self.model), "a local Hugging Face checkpoint directory")
         if self.reference_texts is not None and not Path(self.reference_texts).is_file():
             _fail("reference_texts", str(self.reference_texts), "a text file, one text per line")
+        if self.registry is not None:
+            _check_registry(self.registry, self.model)
 
     @property
     def model_dir(self) -> Path:
@@ -220,6 +232,13 @@ def _check_int8(task: Task, target: Target) -> None:
             f"fp32 for task `{task.value}` (int8 is built for tasks "
             f"{' and '.join(f'`{t}`' for t in INT8_TASKS)})",
         )  # fmt: skip
+
+
+def _check_registry(registry: object, model: Path | None) -> None:
+    if not isinstance(registry, str) or not _REGISTRY_VERSION.match(registry):
+        _fail("registry", registry, "`models:/NAME/VERSION` (a version number, not an alias)")
+    if model is None:
+        _fail("model", None, f"the checkpoint directory downloaded from `{registry}`")
 
 
 def _check_range(name: str, value: object, low: int, high: int) -> None:

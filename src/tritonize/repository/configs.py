@@ -86,7 +86,7 @@ def tokenizer_config(
     parameters.update(build.tokenizer_parameters(spec))
     parameters.update(_profile_parameters(spec))
     return _python_model(
-        StepNames(spec.name).tokenizer,
+        StepNames(spec.name, spec.version).tokenizer,
         spec,
         inputs=inputs,
         outputs=outputs,
@@ -98,10 +98,10 @@ def tokenizer_config(
 
 
 def _profile_parameters(spec: BuildSpec) -> dict[str, object]:
-    """The public model a step serves: the name its samples carry, and where it finds the
-    reference profile of its live features (`<repository>/<ensemble>/<version>/profile.json`,
-    absent for tasks without one)."""
-    return {"ensemble": spec.name}
+    """The entry of the build a step belongs to (`NAME.vN`): the public model its samples and
+    metrics name (NAME, version N), and where it finds the reference profile of its live
+    features (`<repository>/NAME.vN/N/profile.json`, absent for tasks without one)."""
+    return {"ensemble": StepNames(spec.name, spec.version).entry}
 
 
 def engine_config(
@@ -118,7 +118,7 @@ def engine_config(
         # Each request arrives padded to its own longest text and the engine step pads across
         # the requests it batches, so the batcher may merge requests of any length.
         config = _python_model(
-            StepNames(spec.name).engine,
+            StepNames(spec.name, spec.version).engine,
             spec,
             inputs=[dataclasses.replace(t, ragged=True) for t in inputs],
             outputs=[output],
@@ -150,7 +150,7 @@ def _platform_model(
 ) -> ModelConfig:
     """A TensorRT or ONNX Runtime backend model, warmed up at the profile's opt and max shapes."""
     config = ModelConfig(
-        name=StepNames(spec.name).engine,
+        name=StepNames(spec.name, spec.version).engine,
         platform=platform,
         max_batch_size=spec.max_batch_size,
         input=[t.as_input() for t in inputs],
@@ -190,7 +190,7 @@ def postprocess_config(spec: BuildSpec, labels: list[str]) -> ModelConfig | None
     if postprocess is None:
         return None
     return _python_model(
-        StepNames(spec.name).postprocess,
+        StepNames(spec.name, spec.version).postprocess,
         spec,
         inputs=[_config_tensor(t) for t in postprocess.inputs],
         outputs=[_config_tensor(t) for t in postprocess.outputs],
@@ -209,11 +209,11 @@ def ensemble_config(
     graph_inputs: tuple[str, ...] = (names.INPUT_IDS, names.ATTENTION_MASK),
 ) -> ModelConfig:
     """The texts -> tokenizer -> engine [-> postprocess] -> public outputs."""
-    steps = StepNames(spec.name)
+    steps = StepNames(spec.name, spec.version)
     build = encoder_build(spec)
     inputs = public_inputs(spec)
     config = ModelConfig(
-        name=spec.name,
+        name=steps.entry,
         platform="ensemble",
         max_batch_size=max_batch_size(spec),
         input=[t.as_input() for t in inputs],
@@ -239,7 +239,11 @@ def ensemble_config(
         )
     for model, input_map, output_map in pipeline:
         config.ensemble_scheduling.step.add(
-            model_name=model, model_version=-1, input_map=input_map, output_map=output_map
+            # Pinned: a build's ensemble runs its own steps, never "the latest".
+            model_name=model,
+            model_version=spec.version,
+            input_map=input_map,
+            output_map=output_map,
         )
     return config
 
@@ -280,7 +284,7 @@ def generator_config(
     if chat_template is not None:  # JSON in ASCII (\uXXXX escapes): the config stays plain text
         parameters["chat_template"] = json.dumps(chat_template, sort_keys=True)
     config = ModelConfig(
-        name=spec.name,
+        name=StepNames(spec.name, spec.version).entry,
         backend="python",
         max_batch_size=spec.max_batch_size,
         input=[t.as_input() for t, _ in GENERATION_INPUTS],

@@ -24,6 +24,7 @@ from tritonize.export.decoders import ExportedDecoder, export_generation
 from tritonize.monitor.profile import write_profile
 from tritonize.progress import note, step
 from tritonize.repository import configs
+from tritonize.repository.builds import HISTORY, point, serving
 from tritonize.repository.checker import check_repository
 from tritonize.repository.configs import ModelConfig
 from tritonize.repository.golden import generation_golden_record, golden_record, write_golden
@@ -95,8 +96,23 @@ def _stage(spec: BuildSpec, staging: Path) -> tuple[list[str], dict[str, float]]
     models, diffs = recipe(spec, staging, stage)
     for model in models:
         seal(stage / model / str(spec.version), owner=spec.name)
+    if _points_here(spec):
+        if (kept := spec.output / spec.name / HISTORY).exists():  # an overwrite keeps it
+            (stage / spec.name).mkdir()
+            shutil.copy2(kept, stage / spec.name / HISTORY)
+        point(stage, spec.name, spec.version)
+        models.append(spec.name)
     check_repository(stage, recover=False)
     return models, diffs
+
+
+def _points_here(spec: BuildSpec) -> bool:
+    """Whether the public model is (re)pointed at this build: where there is none yet, or it
+    serves the version being overwritten. Otherwise the build waits beside it for a rollout."""
+    if not (spec.output / spec.name).exists():
+        return True
+    current = serving(spec.output, spec.name)
+    return current is not None and current.version == spec.version
 
 
 def _stage_ensemble(
@@ -127,7 +143,7 @@ _RECIPES = {Layout.ENSEMBLE: _stage_ensemble, Layout.GENERATOR: _stage_generator
 def write_generator(
     spec: BuildSpec, decoder: ExportedDecoder, engine: EngineArtifact, repository: Path
 ) -> list[str]:
-    """One decoupled model named `spec.name`: tokenizer, decoding loop and decoder together."""
+    """One decoupled model, the build's entry: tokenizer, decoding loop and decoder together."""
     config = configs.generator_config(spec, decoder.end_ids, decoder.chat_template)
     directory = _write_python_model(repository, config, spec.version, "generator")
     decoder.tokenizer.save(str(directory / "tokenizer.json"))
@@ -137,8 +153,8 @@ def write_generator(
     if decoder.profile is not None:  # read by the generator, which exports live features
         write_profile(directory, decoder.profile)
     write_manifest(directory, spec, decoder.max_abs_diff, files, engine.manifest)
-    write_golden(repository / spec.name, generation_golden_record(spec, config, decoder.golden))
-    return [spec.name]
+    write_golden(repository / config.name, generation_golden_record(spec, config, decoder.golden))
+    return [config.name]
 
 
 def write_models(
@@ -177,10 +193,10 @@ def write_models(
         spec, output, exported.output_dim, exported.labels, graph_inputs
     )
     _write_config(repository, ensemble)
-    write_golden(repository / spec.name, golden_record(spec, exported, ensemble))
-    (repository / spec.name / str(spec.version)).mkdir(parents=True, exist_ok=True)
+    write_golden(repository / ensemble.name, golden_record(spec, exported, ensemble))
+    (repository / ensemble.name / str(spec.version)).mkdir(parents=True, exist_ok=True)
     if exported.profile is not None:  # read by the steps, which export live features
-        write_profile(repository / spec.name / str(spec.version), exported.profile)
+        write_profile(repository / ensemble.name / str(spec.version), exported.profile)
     return [ensemble.name, *written]
 
 

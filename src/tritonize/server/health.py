@@ -77,8 +77,7 @@ def _ask(client: Any, model: str) -> None:
 
 
 def _step_names_of(ensemble: str) -> tuple[str, ...]:
-    names = StepNames(ensemble)
-    return names.tokenizer, names.engine, names.postprocess
+    return StepNames.of_entry(ensemble).steps
 
 
 def _step_names(config: dict[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ from types import TracebackType
 from tritonize.api_key import API_KEY_HEADER
 from tritonize.errors import ServerError
 from tritonize.processes import die_with_parent, stop_process
+from tritonize.repository.builds import startup_models
 from tritonize.repository.checker import check_repository, serves_a_plan
 from tritonize.repository.configs import ModelConfig
 from tritonize.server import leftovers
@@ -98,9 +99,11 @@ class ServerConfig:
             "--strict-readiness=true",
             # Latency summaries (p50..p99 over a sliding minute) give server-side percentiles.
             "--metrics-config=summary_latencies=true",
-            # Explicit control so that load/unload work, behind the key below.
+            # Explicit control so that load/unload work, behind the key below. The public
+            # models load (an ensemble brings its steps); builds that do not serve wait on
+            # disk until a rollout loads them.
             "--model-control-mode=explicit",
-            "--load-model=*",
+            *(f"--load-model={m}" for m in startup_models(self.repository)),
             f"--http-restricted-api={restricted}",
             f"--grpc-restricted-protocol={restricted}",
             f"--exit-timeout-secs={self.exit_timeout_s}",

@@ -29,23 +29,54 @@ if TYPE_CHECKING:
     from tritonize.spec import BuildSpec
 
 
+# `NAME.vN`: build N of NAME. (Names end otherwise: the spec refuses one ending so. A mark
+# that clients' URL quoting keeps as it is: tritonclient's HTTP client sends `@` as `%40`,
+# which Triton does not decode.)
+BUILD_MARK = ".v"
+
+
 @dataclass(frozen=True)
 class StepNames:
-    """Names of an ensemble and its step models: the ensemble's name prefixes the steps."""
+    """Names of one build's models. Build N of NAME lives under names of its own: its entry
+    `NAME.vN` (the ensemble, or the generator) and steps `NAME_tokenizer.vN`, ..., each holding
+    version N only, so that no two builds ever share a model (nor its config). NAME itself is
+    the public model: it points at the serving build (`repository/builds.py`). Without a
+    version: the names of a repository written before builds had names of their own."""
 
-    ensemble: str
+    name: str
+    version: int | None = None
+
+    @classmethod
+    def of_entry(cls, model: str) -> StepNames:
+        """The names of the build whose entry is `model` (`NAME.vN`, or a plain NAME)."""
+        name, mark, version = model.rpartition(BUILD_MARK)
+        if mark and version.isdigit():
+            return cls(name, int(version))
+        return cls(model)
+
+    def _named(self, role: str) -> str:
+        base = f"{self.name}_{role}" if role else self.name
+        return base if self.version is None else f"{base}{BUILD_MARK}{self.version}"
+
+    @property
+    def entry(self) -> str:
+        return self._named("")
 
     @property
     def tokenizer(self) -> str:
-        return f"{self.ensemble}_tokenizer"
+        return self._named("tokenizer")
 
     @property
     def engine(self) -> str:
-        return f"{self.ensemble}_engine"
+        return self._named("engine")
 
     @property
     def postprocess(self) -> str:
-        return f"{self.ensemble}_postprocess"
+        return self._named("postprocess")
+
+    @property
+    def steps(self) -> tuple[str, str, str]:
+        return self.tokenizer, self.engine, self.postprocess
 
 
 class Layout(StrEnum):
@@ -190,9 +221,9 @@ class EncoderBuild(TaskBuild):
         """The golden inputs and PyTorch's outputs for them, as `golden_problems` reads them."""
 
     def planned_models(self, spec: BuildSpec) -> list[str]:
-        steps = StepNames(spec.name)
+        steps = StepNames(spec.name, spec.version)
         extra = [steps.postprocess] if self.postprocess([], spec) else []
-        return [steps.ensemble, steps.tokenizer, steps.engine, *extra]
+        return [steps.entry, steps.tokenizer, steps.engine, *extra]
 
 
 # The tokenizer step's optional outputs, by name.

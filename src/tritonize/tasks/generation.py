@@ -8,7 +8,7 @@ import numpy as np
 
 from tritonize.errors import TritonizeError
 from tritonize.tasks.base import PublicTensor, TaskContract, register
-from tritonize.tasks.build import Layout, TaskBuild
+from tritonize.tasks.build import Layout, StepNames, TaskBuild
 from tritonize.triton_models.generation import REQUEST_SCHEMA
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ class GenerationBuild(TaskBuild):
     engine_served_by_backend = False  # the generator runs its decoder plan itself
 
     def planned_models(self, spec: BuildSpec) -> list[str]:
-        return [spec.name]
+        return [StepNames(spec.name, spec.version).entry]
 
 
 @register

@@ -1,0 +1,1 @@
+"""Iterating a model: its builds, rollout, rollback."""

@@ -1,0 +1,117 @@
+"""How closely a candidate build answers like the serving one.
+
+Two figures: on the serving build's golden records (the candidate judged against what the
+serving build was built to answer, by the task's own golden check and tolerances), and on a
+sample of texts (both builds asked the same, their responses compared output by output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tritonize.client import TritonizeClient
+from tritonize.errors import TritonizeError
+from tritonize.tasks import task_named
+from tritonize.tasks.base import Outcome, golden_records
+
+MIN_COSINE = 0.99  # float outputs of one input agree when their rows point the same way
+SAMPLE_NEW_TOKENS = 16  # a generation sample's continuation, greedy
+
+
+@dataclass(frozen=True)
+class Agreement:
+    what: str
+    agreed: int
+    compared: int
+    failed: int = 0  # requests that failed on either build
+    example: str = ""  # one disagreement, in words
+
+    @property
+    def share(self) -> float:
+        return self.agreed / self.compared if self.compared else 0.0
+
+    def describe(self) -> str:
+        text = f"{self.what}: {self.agreed}/{self.compared} agree ({self.share:.1%})"
+        if self.failed:
+            text += f", {self.failed} failed"
+        return text + (f"; e.g. {self.example}" if self.example else "")
+
+
+def golden_agreement(
+    client: TritonizeClient, candidate: str, serving_golden: dict[str, Any]
+) -> Agreement:
+    """The candidate judged record by record against the serving build's golden file."""
+    task = task_named(serving_golden["task"])
+    agreed = failed = 0
+    example = ""
+    records = golden_records(serving_golden)
+    for record in records:
+        judged = task.judge_record(client, candidate, record)
+        agreed += judged.outcome is Outcome.AGREE
+        failed += judged.outcome is Outcome.FAILED
+        if judged.outcome is not Outcome.AGREE and not example:
+            example = judged.detail
+    return Agreement("golden records of the serving build", agreed, len(records), failed, example)
+
+
+def sample_agreement(
+    client: TritonizeClient, serving: str, candidate: str, task_name: str, texts: Sequence[str]
+) -> Agreement:
+    """Both builds asked each text; a text agrees when every output does (texts, labels and
+    flags equal; numbers within a cosine of `MIN_COSINE` per row)."""
+    task = task_named(task_name)
+    generates = "text_input" in {t.name for t in task.inputs}
+    agreed = failed = 0
+    example = ""
+    for text in texts:
+        try:
+            a, b = (_answer(client, model, task, text, generates) for model in (serving, candidate))
+        except TritonizeError:
+            failed += 1
+            continue
+        problem = _disagreement(a, b)
+        agreed += problem is None
+        if problem and not example:
+            example = f"{text[:40]!r}: {problem}"
+    return Agreement("sample texts", agreed, len(texts), failed, example)
+
+
+def _answer(
+    client: TritonizeClient, model: str, task: Any, text: str, generates: bool
+) -> dict[str, np.ndarray]:
+    if generates:
+        whole = "".join(client.generate(model, text, max_tokens=SAMPLE_NEW_TOKENS))
+        return {"text_output": np.array([whole], dtype=object)}
+    return client.infer_inputs(model, task.request([text]))
+
+
+def _disagreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> str | None:
+    for name in sorted(a.keys() & b.keys()):
+        x, y = np.asarray(a[name]), np.asarray(b[name])
+        if x.shape != y.shape:
+            return f"`{name}` shapes {list(x.shape)} vs {list(y.shape)}"
+        if x.dtype.kind == "f":
+            rows_x, rows_y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+            cosine = _min_cosine(rows_x.astype(np.float64), rows_y.astype(np.float64))
+            if cosine < MIN_COSINE:
+                return f"`{name}` cosine {cosine:.4f}"
+        elif not np.array_equal(x, y):
+            return f"`{name}` {_short(x)} vs {_short(y)}"
+    return None
+
+
+def _min_cosine(x: np.ndarray, y: np.ndarray) -> float:
+    norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    dots = np.sum(x * y, axis=1)
+    # Two zero rows agree; one zero row does not.
+    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.all(x == y, axis=1))
+    return float(cosines.min()) if cosines.size else 1.0
+
+
+def _short(values: np.ndarray) -> str:
+    flat = [v.decode() if isinstance(v, bytes) else v for v in values.reshape(-1)[:3].tolist()]
+    return repr(flat)
