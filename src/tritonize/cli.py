@@ -45,6 +45,10 @@ EPILOG = """examples:
   tritonize loadtest minilm --scenario steady --users 16 --duration 2m --slo loadtests/slo.yaml
   tritonize verify --model minilm --golden model_repository/minilm/golden.json
   tritonize probe --model minilm --golden model_repository/minilm/golden.json --interval 60s
+  tritonize build --task embedding --name minilm --model-version 2
+  tritonize versions minilm --url 127.0.0.1:8000
+  tritonize rollout minilm --to 2 --url 127.0.0.1:8000
+  tritonize rollback minilm --url 127.0.0.1:8000
 """
 
 
@@ -541,6 +545,70 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def cmd_versions(args: argparse.Namespace) -> int:
+    from tritonize.rollout.versions import HEADER, as_dict, list_builds
+
+    builds = list_builds(args.repository, args.model, args.url, args.api_key)
+    if args.json:
+        print(json.dumps(as_dict(args.repository, args.model, builds), indent=2))
+        return 0
+    print(HEADER)
+    for build in builds:
+        print(build.row())
+    return 0
+
+
+def _lifecycle_server(args: argparse.Namespace) -> Any:
+    from tritonize.rollout.lifecycle import Server
+
+    if not args.api_key:
+        raise TritonizeError(
+            "loading and unloading builds needs the server's admin key: --api-key or "
+            "TRITONIZE_API_KEY (serve prints it)"
+        )
+    return Server(args.repository, args.url, args.api_key, args.metrics_url)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from tritonize.rollout.agreement import sample_texts
+    from tritonize.rollout.lifecycle import Gates, keep_builds, rollout
+
+    server = _lifecycle_server(args)
+    sample = sample_texts(args.sample, args.sample_size)
+    gates = Gates(
+        verify=not args.skip_verify,
+        golden=args.golden,
+        sample=tuple(sample),
+        min_agreement=args.min_agreement,
+    )
+    outcome = rollout(server, args.model, args.to, gates)
+    print(
+        f"`{args.model}` serves build {outcome.serving} (was {outcome.previous}); "
+        f"rollout took {outcome.seconds:.1f} s"
+    )
+    _keep(keep_builds, server, args)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from tritonize.rollout.lifecycle import keep_builds, rollback
+
+    server = _lifecycle_server(args)
+    outcome = rollback(server, args.model)
+    print(
+        f"`{args.model}` serves build {outcome.serving} again (was {outcome.previous}); "
+        f"rollback took {outcome.seconds:.1f} s"
+    )
+    _keep(keep_builds, server, args)
+    return 0
+
+
+def _keep(keep_builds: Callable[..., list[int]], server: Any, args: argparse.Namespace) -> None:
+    if args.keep is not None:
+        removed = keep_builds(server, args.model, args.keep)
+        print(f"removed builds {', '.join(map(str, removed))}" if removed else "no build removed")
+
+
 def port(text: str) -> int:
     """A TCP port, 1..65535."""
     if not text.isdigit() or not 0 < int(text) < 65536:
@@ -602,6 +670,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_probe(commands)
     _add_drift(commands)
     _add_diagnose(commands)
+    _add_lifecycle(commands)
     for command in commands.choices.values():
         _show_defaults(command)
     return parser
@@ -953,6 +1022,69 @@ def _promql_duration(text: str) -> str:
     if not re.fullmatch(r"[1-9][0-9]*(s|m|h|d)", text):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a duration such as 90s, 30m, 6h, 1d")
     return text
+
+
+def _add_lifecycle(commands: Any) -> None:
+    """versions, rollout, rollback: a model's builds and which one serves."""
+    versions = _command(
+        commands, "versions", cmd_versions,
+        "a model's builds: on disk, loaded, which one serves, memory and manifest summary",
+    )  # fmt: skip
+    rollout = _command(
+        commands, "rollout", cmd_rollout,
+        "load a build beside the serving one, gate it, then move the model to it (exit 0: it "
+        "serves; 1: it does not, and the serving build serves as before)",
+    )  # fmt: skip
+    rollback = _command(
+        commands, "rollback", cmd_rollback,
+        "move the model back to the build that served before",
+    )  # fmt: skip
+    for parser in (versions, rollout, rollback):
+        parser.add_argument("model", help="the public model's name")
+        parser.add_argument(
+            "--repository", type=Path, default=Path("model_repository"),
+            help="the repository the server serves (default: model_repository)",
+        )  # fmt: skip
+        _add_api_key(parser, "the server's admin key (serve prints it)")
+    versions.add_argument("--url", help="Triton's HTTP HOST:PORT: add states and memory")
+    versions.add_argument("--json", action="store_true")
+    for parser in (rollout, rollback):
+        parser.add_argument(
+            "--url", default=os.environ.get("TRITONIZE_URL", "127.0.0.1:8000"),
+            help="Triton's HTTP HOST:PORT (env TRITONIZE_URL)",
+        )  # fmt: skip
+        parser.add_argument("--metrics-url", **_METRICS_URL)
+        parser.add_argument(
+            "--keep", type=int, metavar="N",
+            help="then delete all but the N newest builds (the serving and previous stay)",
+        )  # fmt: skip
+    rollout.add_argument("--to", type=int, required=True, metavar="N", help="the build to serve")
+    rollout.add_argument(
+        "--golden", type=Path,
+        help="golden file the candidate must pass (default: the build's own golden.json)",
+    )  # fmt: skip
+    rollout.add_argument(
+        "--sample", type=Path,
+        help="texts both builds answer to compare them, one per line (default: built-in)",
+    )  # fmt: skip
+    rollout.add_argument("--sample-size", type=int, default=32, help="texts of --sample used")
+    rollout.add_argument(
+        "--min-agreement", type=_share,
+        help="refuse a candidate agreeing with the serving build on less than this share (0..1)",
+    )  # fmt: skip
+    rollout.add_argument(
+        "--skip-verify", action="store_true", help="no verify gate (agreement is still shown)"
+    )
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a share between 0 and 1, e.g. 0.95")
+    return value
 
 
 def _add_probe(commands: Any) -> None:

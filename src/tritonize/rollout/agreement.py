@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,9 @@ from tritonize.errors import TritonizeError
 from tritonize.tasks import task_named
 from tritonize.tasks.base import Outcome, golden_records
 
+# The load tests' varied texts (read here as a file: importing the Locust users patches the
+# process with gevent).
+DEFAULT_SAMPLE = Path(__file__).parents[1] / "loadtest" / "texts.txt"
 MIN_COSINE = 0.99  # float outputs of one input agree when their rows point the same way
 SAMPLE_NEW_TOKENS = 16  # a generation sample's continuation, greedy
 
@@ -39,6 +43,19 @@ class Agreement:
         if self.failed:
             text += f", {self.failed} failed"
         return text + (f"; e.g. {self.example}" if self.example else "")
+
+
+def sample_texts(path: Path | None, size: int) -> tuple[str, ...]:
+    """The first `size` texts of `path` (one per line; default: the built-in set)."""
+    source = path or DEFAULT_SAMPLE
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TritonizeError(f"--sample {source}: cannot read it as text ({exc})") from None
+    texts = tuple(line for line in lines if line.strip())[:size]
+    if not texts:
+        raise TritonizeError(f"--sample {source}: no texts (one per line expected)")
+    return texts
 
 
 def golden_agreement(

@@ -28,6 +28,7 @@ from tritonize.repository.builds import (
     build_versions,
     point,
     previous,
+    remove_build,
     serving,
     unlink_other_versions,
 )
@@ -65,6 +66,7 @@ class Gates:
     """What a candidate must pass before traffic moves to it."""
 
     verify: bool = True
+    golden: Path | None = None  # judged against the candidate; default: its own golden.json
     sample: tuple[str, ...] = ()  # texts both builds answer, compared
     min_agreement: float | None = None  # share of golden records and sample texts, 0..1
 
@@ -85,7 +87,7 @@ def rollout(server: Server, name: str, version: int, gates: Gates) -> Outcome:
     if version == current.version:
         raise RolloutError(f"`{name}` already serves build {version}")
     _refuse_unfit(server.repository, name, current.version, version)
-    admin = server.admin()
+    admin = _admin(server, StepNames(name, version))
     candidate = StepNames(name, version)
     with step(f"Loading build {version} of `{name}` beside build {current.version}"):
         _load(admin, candidate)
@@ -108,11 +110,39 @@ def rollback(server: Server, name: str) -> Outcome:
             "one that served and is still on disk"
         )
     started = time.perf_counter()
-    admin = server.admin()
+    admin = _admin(server, StepNames(name, target))
     with step(f"Loading build {target} of `{name}` beside build {current.version}"):
         _load(admin, StepNames(name, target))
     _move(server, admin, name, current.version, target)
     return Outcome(name, target, current.version, time.perf_counter() - started)
+
+
+def _admin(server: Server, build: StepNames) -> RepositoryAdmin:
+    """The server's keyed repository API, once it has answered and shown that it serves this
+    repository (its index lists the build)."""
+    admin = server.admin()
+    try:
+        states = admin.states()
+    except ServerError as exc:
+        raise RolloutError(f"cannot act on the server: {exc}") from None
+    if build.entry not in states:
+        raise RolloutError(
+            f"the server at {server.http_url} does not list `{build.entry}`: does it serve "
+            f"`{server.repository}`?"
+        )
+    return admin
+
+
+def keep_builds(server: Server, name: str, keep: int) -> list[int]:
+    """Delete all but the `keep` newest builds of NAME from disk; the serving build and the
+    one a rollback would return to stay. Returns the versions removed."""
+    current = _serving(server.repository, name)
+    spared = {current.version, previous(server.repository, name)}
+    versions = build_versions(server.repository, name)
+    doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v not in spared]
+    for version in doomed:
+        remove_build(server.repository, name, version)
+    return doomed
 
 
 def _serving(repository: Path, name: str) -> Pointer:
@@ -162,7 +192,7 @@ def _gate(
     entry = StepNames(name, version).entry
     if gates.verify:
         with step(f"Gate: verify `{entry}`"):
-            golden = server.repository / entry / GOLDEN
+            golden = gates.golden or server.repository / entry / GOLDEN
             deployment = Deployment(server.http_url, entry, golden, metrics_url=server.metrics_url)
             checks = verify(deployment)
             for check in checks:
