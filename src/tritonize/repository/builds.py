@@ -120,6 +120,49 @@ def point(repository: Path, name: str, version: int) -> Pointer:
     return Pointer(name, version)
 
 
+def version_problems(repository: Path, configs: dict[str, ModelConfig]) -> list[str]:
+    """What could serve a request from two builds at once, or a pointer at no build: an
+    ensemble step on "the latest" of several versions, a pin on a version not on disk, a
+    public model whose config is not its build's."""
+    problems = []
+    for name, config in configs.items():
+        for step in config.ensemble_scheduling.step:
+            versions = _version_dirs(repository / step.model_name)
+            where = f"ensemble `{name}` step `{step.model_name}`"
+            if step.model_version == -1 and len(versions) > 1:
+                problems.append(
+                    f"{where} runs the latest of versions {versions}: one request could meet "
+                    "steps of two builds; pin model_version (builds of this tritonize do)"
+                )
+            elif step.model_version != -1 and step.model_version not in versions:
+                problems.append(f"{where} pins version {step.model_version}, which is not on disk")
+        pointer = serving(repository, name)
+        if pointer is not None and (problem := _pointer_problem(repository, config, pointer)):
+            problems.append(problem)
+    return problems
+
+
+def _pointer_problem(repository: Path, config: ModelConfig, pointer: Pointer) -> str | None:
+    entry = StepNames(pointer.name, pointer.version).entry
+    try:
+        expected = pointer_config(entry_config(repository, pointer.name, pointer.version),
+                                  pointer.name, pointer.version)  # fmt: skip
+    except RepositoryError:
+        return f"`{pointer.name}` points at build {pointer.version}, which is not on disk ({entry})"
+    if expected != config:
+        return (
+            f"`{pointer.name}/config.pbtxt` is not build {pointer.version}'s config (`{entry}`): "
+            f"edited by hand? `tritonize rollout {pointer.name} --to {pointer.version}` rewrites it"
+        )
+    if not (repository / pointer.name / str(pointer.version)).is_dir():
+        return f"`{pointer.name}/{pointer.version}` is missing: the link to `{entry}`"
+    return None
+
+
+def _version_dirs(model: Path) -> list[int]:
+    return sorted(int(p.name) for p in model.glob("*") if p.name.isdigit() and p.is_dir())
+
+
 def history(repository: Path, name: str) -> list[dict[str, Any]]:
     """The builds NAME served, oldest first: `{"version": N, "since": ISO time}`."""
     try:

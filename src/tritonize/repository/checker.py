@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonize.engine.compat import EngineRuntime, plan_problems
 from tritonize.errors import RepositoryError
 from tritonize.progress import note
+from tritonize.repository.builds import version_problems
 from tritonize.repository.configs import ModelConfig, from_text
 from tritonize.repository.install import recover as recover_interrupted_builds
 from tritonize.repository.manifest import integrity_problems, read_manifest
@@ -93,6 +94,7 @@ def check_repository(
             problems += check_ensemble(name, config, configs)
         if runtime is not None and serves_a_plan(config):
             problems += _check_plans(Path(repository) / name, runtime)
+    problems += version_problems(Path(repository), configs)
     if problems:
         raise RepositoryError(problems)
     return configs
