@@ -45,3 +45,7 @@ class InferenceError(TritonizeError):
 
 class RepositoryConflictError(TritonizeError):
     """A build would replace models another ensemble owns, or a version that may be serving."""
+
+
+class RegistryError(TritonizeError):
+    """A model registry (MLflow) URI, model, version or alias is wrong, or its server is down."""
