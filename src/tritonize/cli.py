@@ -110,13 +110,32 @@ def cmd_build(args: argparse.Namespace) -> int:
         key: value for key, value in vars(args).items() if key in _SPEC_FLAGS and value is not None
     }
     _require_name(flags, args.config)
+    resolved = _resolve_registry_model(flags)
     spec = BuildSpec.from_toml(args.config, flags) if args.config else BuildSpec.from_mapping(flags)
+    started = time.perf_counter()
     try:
         result = build_repository(spec)
     except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused the checkpoint
         raise ExportError(_unsafe_pickle(spec.model_dir, exc)) from exc
     print(f"built {', '.join(result.models)} in {result.repository}")
+    if args.mlflow or os.environ.get("MLFLOW_TRACKING_URI"):
+        from tritonize.registry import log_build
+
+        run = log_build(spec, result, {"build": time.perf_counter() - started}, resolved)
+        print(f"logged MLflow run {run}")
     return 0
+
+
+def _resolve_registry_model(flags: dict[str, Any]) -> Any:
+    """`--model models:/NAME/VERSION` or `models:/NAME@ALIAS`: the registered version's
+    checkpoint, fetched through MLflow, becomes the spec's model; None for a local one."""
+    from tritonize.registry import is_model_uri, resolve_model
+
+    if not is_model_uri(flags.get("model")):
+        return None
+    resolved = resolve_model(flags["model"])
+    flags["model"], flags["registry"] = str(resolved.checkpoint), resolved.uri
+    return resolved
 
 
 def _require_name(flags: dict[str, Any], config: Path | None) -> None:
@@ -587,7 +606,26 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         f"rollout took {outcome.seconds:.1f} s"
     )
     _keep(keep_builds, server, args)
+    if args.set_alias:
+        _move_alias(args.repository, args.model, outcome.serving, args.set_alias)
     return 0
+
+
+def _move_alias(repository: Path, name: str, version: int, alias: str) -> None:
+    """Point the registry alias at the registered version the serving build came from."""
+    from tritonize.registry import ModelUri, set_alias
+    from tritonize.rollout.versions import registry_source
+
+    source = registry_source(repository, name, version)
+    if source is None:
+        raise TritonizeError(
+            f"--set-alias {alias}: build {version} of `{name}` was not built from the MLflow "
+            "registry (build --model models:/NAME/VERSION records it); the rollout itself stands"
+        )
+    registered = ModelUri.parse(source)
+    assert registered.version is not None
+    set_alias(registered.name, alias, registered.version)
+    print(f"registry alias `{registered.name}@{alias}` -> version {registered.version}")
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -698,8 +736,14 @@ def _add_build(commands: Any) -> None:
     build.add_argument("--config", type=Path, help="TOML build spec; flags given here override it")
     what = build.add_argument_group("what to build")
     what.add_argument(
-        "--model", help="local Hugging Face checkpoint dir (default: bundled all-MiniLM-L6-v2)"
+        "--model",
+        help="local Hugging Face checkpoint dir, or a registered version: models:/NAME/VERSION "
+        "or models:/NAME@ALIAS (MLflow; default: bundled all-MiniLM-L6-v2)",
     )
+    what.add_argument(
+        "--mlflow", action="store_true",
+        help="log the build as an MLflow run (default: when MLFLOW_TRACKING_URI is set)",
+    )  # fmt: skip
     what.add_argument("--task", choices=[task.value for task in Task])
     what.add_argument("--name", help="ensemble name; its step models are prefixed with it")
     what.add_argument("--target", choices=["local", "onnxruntime", "tensorrt"])
@@ -1075,6 +1119,10 @@ def _add_lifecycle(commands: Any) -> None:
     rollout.add_argument(
         "--skip-verify", action="store_true", help="no verify gate (agreement is still shown)"
     )
+    rollout.add_argument(
+        "--set-alias", metavar="ALIAS",
+        help="once it serves, point this MLflow alias at the registered version it was built from",
+    )  # fmt: skip
 
 
 def _share(text: str) -> float:

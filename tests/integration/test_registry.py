@@ -240,3 +240,24 @@ def test_without_a_tracking_uri_the_local_store_is_used(
     assert (resolved.checkpoint / "config.json").is_file()
     assert (tmp_path / "mlflow.db").is_file()
     assert (tmp_path / "mlruns").is_dir()  # the store's artifacts, beside it
+
+
+def test_the_build_command_builds_from_the_registry_and_logs_a_run(
+    registry: str, tmp_path: Path
+) -> None:
+    """`tritonize build --model models:/NAME/1` as a user runs it, MLFLOW_TRACKING_URI set."""
+    import mlflow
+
+    output = tmp_path / "repository"
+    done = subprocess.run(
+        [sys.executable, "-m", "tritonize.cli", "build", "--model", f"models:/{MODEL}/1",
+         "--task", "classification", "--name", "sentiment", "--output", str(output),
+         "--max-batch-size", "8", "--max-seq-len", "64"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    manifest = read_manifest(output / "sentiment_engine.v1" / "1")
+    assert manifest["spec"]["registry"] == f"models:/{MODEL}/1"
+    run_id = done.stdout.split("logged MLflow run ")[1].split()[0]
+    run = mlflow.MlflowClient(registry, registry_uri=registry).get_run(run_id)
+    assert run.data.tags["registry"] == f"models:/{MODEL}/1"

@@ -99,6 +99,13 @@ def _build(
     )
 
 
+def registry_source(repository: Path, name: str, version: int) -> str | None:
+    """The registered model version (`models:/NAME/N`) build `version` was built from."""
+    names = StepNames(name, version)
+    spec = _manifest(repository, [names.entry, *names.steps], version).get("spec", {})
+    return spec.get("registry") or None
+
+
 def _manifest(repository: Path, models: list[str], version: int) -> dict[str, Any]:
     """The fullest manifest of the build (the engine's holds the spec and figures)."""
     found: dict[str, Any] = {}
