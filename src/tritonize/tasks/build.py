@@ -17,11 +17,13 @@ from tritonize.tasks.tensors import PublicTensor
 from tritonize.tasks.tolerances import GateTolerance
 from tritonize.triton_models.common import (
     ATTENTION_MASK,
+    BUILD_MARK,
     INPUT_IDS,
     OFFSETS,
     SPECIAL_TOKENS_MASK,
     TOKEN_TYPE_IDS,
     TRUNCATED,
+    build_of,
 )
 from tritonize.triton_models.features import Feature
 
@@ -29,10 +31,9 @@ if TYPE_CHECKING:
     from tritonize.spec import BuildSpec
 
 
-# `NAME.vN`: build N of NAME. (Names end otherwise: the spec refuses one ending so. A mark
-# that clients' URL quoting keeps as it is: tritonclient's HTTP client sends `@` as `%40`,
-# which Triton does not decode.)
-BUILD_MARK = ".v"
+# BUILD_MARK: `NAME.vN` is build N of NAME. (Names end otherwise: the spec refuses one ending
+# so. A mark that clients' URL quoting keeps as it is: tritonclient's HTTP client sends `@` as
+# `%40`, which Triton does not decode.)
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,8 @@ class StepNames:
     @classmethod
     def of_entry(cls, model: str) -> StepNames:
         """The names of the build whose entry is `model` (`NAME.vN`, or a plain NAME)."""
-        name, mark, version = model.rpartition(BUILD_MARK)
-        if mark and version.isdigit():
-            return cls(name, int(version))
-        return cls(model)
+        name, version = build_of(model)
+        return cls(name, int(version) if version else None)
 
     def _named(self, role: str) -> str:
         base = f"{self.name}_{role}" if role else self.name

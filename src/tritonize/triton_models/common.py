@@ -45,12 +45,25 @@ def version_dir(args: dict[str, str]) -> Path:
     return Path(args["model_repository"]) / args["model_version"]
 
 
+# `NAME.vN`: build N of NAME (tasks.build.StepNames names a build's models so).
+BUILD_MARK = ".v"
+
+
+def build_of(model: str) -> tuple[str, str | None]:
+    """(NAME, "N") of a build's model `NAME.vN`; (model, None) for any other name."""
+    name, mark, version = model.rpartition(BUILD_MARK)
+    return (name, version) if mark and version.isdigit() else (model, None)
+
+
 def metric_labels(model: str) -> dict[str, str]:
-    """The labels of a step's custom metrics. `pid` gives each stub process series of its own:
-    Triton starts a reloaded model's new instances before the old ones end, and when two
-    instances share a series, the first to end removes it while the other still writes to it
-    (tritonserver dies of a corrupted heap). Queries sum over `pid`."""
-    return {"model": model, "pid": str(os.getpid())}
+    """The labels of a step's custom metrics: the model's name without its build, and the
+    build as `version` (dashboards and rules follow a name across builds). `pid` gives each
+    stub process series of its own: Triton starts a reloaded model's new instances before the
+    old ones end, and when two instances share a series, the first to end removes it while
+    the other still writes to it (tritonserver dies of a corrupted heap). Queries sum over
+    `pid`."""
+    name, version = build_of(model)
+    return {"model": name, **({"version": version} if version else {}), "pid": str(os.getpid())}
 
 
 def error_responses(pb_utils: Any, count: int, message: str) -> list[Any]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
+from .common import build_of
+
 RATE_VARIABLE = "TRITONIZE_SAMPLE_RATE"
 DIR_VARIABLE = "TRITONIZE_SAMPLE_DIR"
 MAX_BYTES_VARIABLE = "TRITONIZE_SAMPLE_MAX_BYTES"
@@ -105,7 +107,8 @@ class RequestSampler:
         """Keep one request's `inputs` (tensor name -> its texts) with the sampling rate."""
         if self.random.random() >= self.rate:
             return False
-        record = {"time": time.time(), "model": self.model, "inputs": dict(inputs)}
+        name, version = build_of(self.model)
+        record = {"time": time.time(), "model": name, "version": version, "inputs": dict(inputs)}
         line = json.dumps(record, ensure_ascii=False)
         self.handler.emit(logging.makeLogRecord({"msg": line, "args": None}))
         return True
