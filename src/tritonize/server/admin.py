@@ -13,6 +13,7 @@ from tritonize.api_key import API_KEY_HEADER
 from tritonize.errors import ServerError
 
 READY = "READY"
+_LIVELINESS = {"UNAVAILABLE": 1, "UNLOADING": 2, "LOADING": 3, "READY": 4}
 # States in which a model still holds (or is about to hold) its stubs and requests.
 BUSY = frozenset({"READY", "LOADING", "UNLOADING"})
 
@@ -26,8 +27,14 @@ class RepositoryAdmin:
         self.timeout_s = timeout_s
 
     def states(self) -> dict[str, str]:
-        """Each model's state: READY, LOADING, UNLOADING or UNAVAILABLE."""
-        return {entry["name"]: entry.get("state", "") for entry in self._post("index")}
+        """Each model's state: READY, LOADING, UNLOADING or UNAVAILABLE; of a model listed once
+        per version (one serving, an old one unloaded), the liveliest."""
+        found: dict[str, str] = {}
+        for entry in self._post("index"):
+            name, state = entry["name"], entry.get("state", "")
+            if _LIVELINESS.get(state, 0) >= _LIVELINESS.get(found.get(name, ""), 0):
+                found[name] = state
+        return found
 
     def load(self, model: str) -> None:
         self._post(f"models/{model}/load")

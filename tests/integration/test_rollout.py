@@ -1,0 +1,169 @@
+"""Iterating a model under load: rollout, rollback and refused candidates, as a user runs them
+(the real CLI against the real tritonserver), while real Locust users (HTTP and gRPC) call the
+public model all along. Nothing may fail, and each response names the build that made it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from integration.conftest import server_config
+from tritonize.loadtest.runner import LoadTest, LoadTestResult, run_load_test
+from tritonize.repository.builds import serving
+from tritonize.repository.writer import build_repository
+from tritonize.server import LocalServer
+from tritonize.server.admin import RepositoryAdmin
+from tritonize.spec import BuildSpec
+
+NAME = "sentiment"
+LOAD_SECONDS = 150.0
+USERS_PER_PROTOCOL = 8  # 16 in all
+
+
+def perturbed_checkpoint(source: Path, dest: Path) -> Path:
+    """`source` with its classifier head shaken: a build of it answers otherwise."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(source)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.classifier.parameters():
+            parameter.add_(torch.randn_like(parameter) * 2.0)
+    model.save_pretrained(dest)
+    for tokenizer_file in source.glob("*.json"):
+        if tokenizer_file.name != "config.json":
+            shutil.copy2(tokenizer_file, dest / tokenizer_file.name)
+    for name in ("vocab.txt",):
+        if (source / name).exists():
+            shutil.copy2(source / name, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path) -> Path:
+    """Build 1 serves; 2 is a good candidate (the same checkpoint), 3 answers otherwise
+    (perturbed weights), 4 cannot load (its tokenizer's config is broken)."""
+    repository = tmp_path_factory.mktemp("rollout") / "repository"
+    perturbed = perturbed_checkpoint(classifier_dir, tmp_path_factory.mktemp("perturbed"))
+    for version, checkpoint in ((1, classifier_dir), (2, classifier_dir), (3, perturbed),
+                                (4, classifier_dir)):  # fmt: skip
+        build_repository(
+            BuildSpec(name=NAME, task="classification", model=checkpoint, output=repository,
+                      max_batch_size=8, max_seq_len=64, version=version)
+        )  # fmt: skip
+    config = repository / f"{NAME}_tokenizer.v4" / "config.pbtxt"
+    config.write_text(config.read_text().replace('string_value: "64"', 'string_value: "many"'))
+    return repository
+
+
+@pytest.fixture(scope="module")
+def server(builds: Path) -> Iterator[LocalServer]:
+    with LocalServer(server_config(builds)) as running:
+        yield running
+
+
+@dataclass
+class Step:
+    command: list[str]
+    returncode: int
+    output: str
+    seconds: float
+
+
+def lifecycle(server: LocalServer, *arguments: str) -> Step:
+    """One `tritonize versions|rollout|rollback` run as a user runs it."""
+    config = server.config
+    command = [sys.executable, "-m", "tritonize.cli", *arguments, "--repository",
+               str(config.repository), "--api-key", config.api_key]  # fmt: skip
+    if arguments[0] != "versions":
+        command += ["--metrics-url", config.metrics_url]
+    command += ["--url", config.http_url]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return Step(
+        arguments, done.returncode, done.stdout + done.stderr, time.perf_counter() - started
+    )
+
+
+def under_load(server: LocalServer, out: Path, work: Callable[[], None]) -> list[LoadTestResult]:
+    """Run `work` while Locust users call the public model over HTTP and gRPC."""
+    config = server.config
+    results: list[LoadTestResult] = []
+
+    def load(protocol: str) -> None:
+        url = config.http_url if protocol == "http" else config.grpc_url
+        test = LoadTest(model=NAME, url=url, protocol=protocol, users=USERS_PER_PROTOCOL,
+                        seconds=LOAD_SECONDS, metrics_url=config.metrics_url,
+                        out=out / protocol)  # fmt: skip
+        results.append(run_load_test(test))
+
+    threads = [threading.Thread(target=load, args=(p,)) for p in ("http", "grpc")]
+    for thread in threads:
+        thread.start()
+    time.sleep(10)  # users ramped up
+    work()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_rollout_rollback_and_refused_candidates_lose_no_request(
+    server: LocalServer, builds: Path, tmp_path: Path
+) -> None:
+    steps: dict[str, Step] = {}
+    finished_at: list[float] = []
+    public_golden = builds / NAME / "golden.json"
+
+    def work() -> None:
+        started = time.monotonic()
+        steps["rollout"] = lifecycle(server, "rollout", NAME, "--to", "2", "--sample-size", "8")
+        steps["versions"] = lifecycle(server, "versions", NAME, "--json")
+        steps["rollback"] = lifecycle(server, "rollback", NAME)
+        steps["answers otherwise"] = lifecycle(
+            server, "rollout", NAME, "--to", "3", "--golden", str(public_golden)
+        )
+        steps["cannot load"] = lifecycle(server, "rollout", NAME, "--to", "4")
+        finished_at.append(time.monotonic() - started)
+
+    results = under_load(server, tmp_path / "load", work)
+
+    report = {name: (s.returncode, s.output[-1500:]) for name, s in steps.items()}
+    assert steps["rollout"].returncode == 0, report
+    assert "serves build 2 (was 1)" in steps["rollout"].output
+    assert "golden records of the serving build: " in steps["rollout"].output
+    versions = json.loads(steps["versions"].output[steps["versions"].output.index("{") :])
+    assert versions["serving"] == 2
+    loaded = {b["version"]: b for b in versions["builds"]}
+    assert loaded[2]["state"] == "READY" and loaded[2]["memory_mib"] > 0
+    assert loaded[1]["state"] == "not loaded" and loaded[3]["state"] == "not loaded"
+    assert steps["rollback"].returncode == 0, report
+    assert "serves build 1 again (was 2)" in steps["rollback"].output
+    # A candidate that answers otherwise fails the serving build's golden check.
+    assert steps["answers otherwise"].returncode == 1, report
+    assert "build 3 failed its gate: golden outputs" in steps["answers otherwise"].output
+    # One that cannot load is named so.
+    assert steps["cannot load"].returncode == 1, report
+    assert "build 4 of `sentiment` did not load" in steps["cannot load"].output
+    assert finished_at and finished_at[0] < LOAD_SECONDS - 15, "the steps outlasted the load"
+
+    # The serving build serves, untouched; the refused candidates are not loaded.
+    assert serving(builds, NAME).version == 1  # type: ignore[union-attr]
+    states = RepositoryAdmin(server.config.http_url, server.config.api_key).states()
+    assert states[NAME] == "READY"
+    for version in (2, 3, 4):
+        for model in (f"{NAME}.v{version}", f"{NAME}_tokenizer.v{version}"):
+            assert states.get(model) != "READY", (model, states)
+
+    for result in results:
+        assert result.client.requests > 500
+        assert result.client.failures == 0, result.failures()
