@@ -167,3 +167,59 @@ def test_rollout_rollback_and_refused_candidates_lose_no_request(
     for result in results:
         assert result.client.requests > 500
         assert result.client.failures == 0, result.failures()
+
+
+GENERATOR = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def generator_builds(
+    tmp_path_factory: pytest.TempPathFactory, tiny_decoder: Callable[[str], Path]
+) -> Path:
+    """Two builds of the tiny generator; the public generator points at build 1."""
+    repository = tmp_path_factory.mktemp("generator-rollout") / "repository"
+    for version in (1, 2):
+        build_repository(
+            BuildSpec(name=GENERATOR, task="generation", model=tiny_decoder("llama-decoder"),
+                      output=repository, max_seq_len=64, max_batch_size=8, version=version)
+        )  # fmt: skip
+    return repository
+
+
+def test_a_generator_moves_between_builds_while_streams_run(
+    generator_builds: Path, tmp_path: Path
+) -> None:
+    """The public generator is the generator itself (a client's cancellation reaches it): a
+    rollout reloads it on the other build; streams in flight finish on the one they began."""
+    steps: dict[str, Step] = {}
+    with LocalServer(server_config(generator_builds)) as server:
+        config = server.config
+
+        def work() -> None:
+            steps["rollout"] = lifecycle(server, "rollout", GENERATOR, "--to", "2",
+                                         "--sample-size", "4")  # fmt: skip
+            steps["rollback"] = lifecycle(server, "rollback", GENERATOR)
+
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("Once upon a time\nTriton serves\n")
+        results: list[LoadTestResult] = []
+        test = LoadTest(model=GENERATOR, url=config.http_url, protocol="sse", users=8,
+                        seconds=90.0, max_tokens=16, metrics_url=config.metrics_url,
+                        out=tmp_path / "load", texts_file=prompts)  # fmt: skip
+        thread = threading.Thread(target=lambda: results.append(run_load_test(test)))
+        thread.start()
+        time.sleep(8)
+        work()
+        thread.join()
+        states = RepositoryAdmin(config.http_url, config.api_key).states()
+
+    report = {name: (s.returncode, s.output[-1500:]) for name, s in steps.items()}
+    assert steps["rollout"].returncode == 0, report
+    assert "golden records of the serving build: 3/3 agree" in steps["rollout"].output
+    assert steps["rollback"].returncode == 0, report
+    assert serving(generator_builds, GENERATOR).version == 1  # type: ignore[union-attr]
+    assert states[GENERATOR] == "READY"
+    assert states.get(f"{GENERATOR}.v2") != "READY"  # the candidate's gate copy went
+    (result,) = results
+    assert result.client.requests > 50
+    assert result.client.failures == 0, result.failures()
