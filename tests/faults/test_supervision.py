@@ -164,7 +164,7 @@ def test_unsupervised_dead_stub_fails_every_request_while_ready_says_200(
                           log_file=tmp_path / "server.log")  # fmt: skip
     with LocalServer(config) as server:
         assert health(config.http_url, "--api-key", KEY).returncode == 0
-        os.kill(stub_of(server.shm_prefix, "minilm_tokenizer"), signal.SIGKILL)
+        os.kill(stub_of(server.shm_prefix, "minilm_tokenizer.v1"), signal.SIGKILL)
         time.sleep(1.0)
         for _ in range(3):
             with pytest.raises(InferenceError, match="not healthy"):
@@ -180,7 +180,11 @@ def test_unsupervised_dead_stub_fails_every_request_while_ready_says_200(
 
 @pytest.mark.parametrize(
     ("stub_model", "call"),
-    [("minilm_tokenizer", embed_once), ("minilm_engine", embed_once), (GENERATOR, generate_once)],
+    [
+        ("minilm_tokenizer.v1", embed_once),
+        ("minilm_engine.v1", embed_once),
+        (GENERATOR, generate_once),
+    ],
 )
 def test_a_dead_stub_is_back_within_10_s(
     serve: Serve, stub_model: str, call: Callable[[str], None]

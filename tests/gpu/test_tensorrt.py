@@ -26,7 +26,7 @@ def test_minilm_plan_passes_its_gate_and_loads(precision: str, tmp_path: Path) -
     )  # fmt: skip
     result = build_repository(spec)  # raises if the accuracy gate fails
 
-    version = result.repository / "minilm_engine" / "1"
+    version = result.repository / "minilm_engine.v1" / "1"
     manifest = read_manifest(version)
     runtime = EngineRuntime.detect()
     assert manifest["tensorrt"]["version"] == runtime.tensorrt_version

@@ -37,7 +37,7 @@ def test_task_plan_passes_its_gate_and_matches_pytorch(
         output=tmp_path / "repo", max_batch_size=8, max_seq_len=64,
     )  # fmt: skip
     result = build_repository(spec)  # raises if the task's gate fails
-    engine = result.repository / "m_engine" / "1"
+    engine = result.repository / "m_engine.v1" / "1"
     manifest = read_manifest(engine)
     assert manifest["accuracy_gate"], manifest
     assert max(manifest["accuracy_gate"].values()) <= (1e-3 if precision == "fp32" else 1e-2)

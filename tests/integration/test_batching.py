@@ -31,7 +31,7 @@ WORDS = [
 
 def engine_counts(server: LocalServer) -> tuple[float, float]:
     reading = read(server.config.metrics_url)
-    engine = f"{EMBEDDER}_engine"
+    engine = f"{EMBEDDER}_engine.v1"
     return reading.total("nv_inference_count", engine), reading.total(
         "nv_inference_exec_count", engine
     )

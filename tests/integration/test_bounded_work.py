@@ -129,7 +129,7 @@ def stub_rss_mib(server: LocalServer, model: str) -> float:
 
 # -- long texts: a bounded prefix is tokenized --------------------------------------------------
 
-TOKENIZER = f"{EMBEDDER}_tokenizer"
+TOKENIZER = f"{EMBEDDER}_tokenizer.v1"
 
 
 def test_megabyte_texts_do_not_hold_up_a_one_sentence_client(server: LocalServer) -> None:

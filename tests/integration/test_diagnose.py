@@ -122,8 +122,8 @@ def test_a_healthy_server_has_no_problem_and_everything_is_gathered(
     assert summary["gaps"] == [], printed
     models = json.loads((tmp_path / "models.json").read_text())
     assert {m: s["state"] for m, s in models.items()} == dict.fromkeys(
-        [SENTIMENT, f"{SENTIMENT}_engine", f"{SENTIMENT}_postprocess", f"{SENTIMENT}_tokenizer",
-         SLOW, VICTIM, f"{VICTIM}_engine", f"{VICTIM}_postprocess", f"{VICTIM}_tokenizer"],
+        [SENTIMENT, f"{SENTIMENT}_engine.v1", f"{SENTIMENT}_postprocess.v1", f"{SENTIMENT}_tokenizer.v1",
+         SLOW, VICTIM, f"{VICTIM}_engine.v1", f"{VICTIM}_postprocess.v1", f"{VICTIM}_tokenizer.v1"],
         "READY",
     )  # fmt: skip
     assert json.loads((tmp_path / "config-differences.json").read_text())[SLOW] == []
@@ -132,9 +132,9 @@ def test_a_healthy_server_has_no_problem_and_everything_is_gathered(
     assert all(check["passed"] for checks in verified.values() for check in checks), verified
     manifests = json.loads((tmp_path / "manifests.json").read_text())
     assert manifests["runtime_source"].startswith("the stubs' site-packages")
-    assert manifests["versions"][f"{SENTIMENT}_engine/1"]["mismatches"] == []
+    assert manifests["versions"][f"{SENTIMENT}_engine.v1/1"]["mismatches"] == []
     stubs = json.loads((tmp_path / "stubs.json").read_text())
-    assert {s["model"] for s in stubs} >= {SLOW, f"{VICTIM}_postprocess"}
+    assert {s["model"] for s in stubs} >= {SLOW, f"{VICTIM}_postprocess.v1"}
     assert "model_stats" in json.loads((tmp_path / "statistics.json").read_text())
     assert "nv_inference_count" in (tmp_path / "metrics-after.txt").read_text()
     assert "Started HTTPService" in (tmp_path / "server-log-tail.txt").read_text()
@@ -182,7 +182,7 @@ def test_a_model_that_fails_to_load_is_named_with_its_reason(
 def test_a_killed_stub_is_named_though_triton_says_ready(
     server: LocalServer, tmp_path: Path
 ) -> None:
-    step = f"{VICTIM}_postprocess"
+    step = f"{VICTIM}_postprocess.v1"
     (stub,) = [s for s in find_stubs(server.shm_prefix) if s.model == step]
     os.kill(stub.pid, signal.SIGKILL)
     admin = RepositoryAdmin(server.config.http_url, server.config.api_key)
@@ -267,22 +267,22 @@ def test_the_repository_on_disk_drifting_from_the_served_one_is_named(
 ) -> None:
     copy = tmp_path / "edited"
     shutil.copytree(diag_repository, copy)
-    engine = copy / f"{SENTIMENT}_engine"
+    engine = copy / f"{SENTIMENT}_engine.v1"
     config = from_text((engine / "config.pbtxt").read_text())
     config.dynamic_batching.max_queue_delay_microseconds += 500
     (engine / "config.pbtxt").write_text(to_text(config))
     manifest = json.loads((engine / "1" / "manifest.json").read_text())
     manifest["versions"]["onnxruntime"] = "1.0.0"
     (engine / "1" / "manifest.json").write_text(json.dumps(manifest))
-    with (copy / f"{SENTIMENT}_tokenizer" / "1" / "tokenizer.json").open("a") as handle:
+    with (copy / f"{SENTIMENT}_tokenizer.v1" / "1" / "tokenizer.json").open("a") as handle:
         handle.write(" ")
     code, summary, printed = run_diagnose(server, tmp_path / "out", "--repository", str(copy))
     assert code == 1
     (mismatch,) = problems_of(summary, "config-mismatch")
-    assert mismatch["subject"] == f"{SENTIMENT}_engine"
+    assert mismatch["subject"] == f"{SENTIMENT}_engine.v1"
     assert "dynamic_batching.max_queue_delay_microseconds" in mismatch["detail"], printed
     (version,) = problems_of(summary, "version-mismatch")
-    assert version["subject"] == f"{SENTIMENT}_engine/1"
+    assert version["subject"] == f"{SENTIMENT}_engine.v1/1"
     assert "onnxruntime 1.0.0 at build" in version["detail"]
     (changed,) = problems_of(summary, "model-files-changed")
     assert "tokenizer.json" in changed["detail"]

@@ -75,7 +75,7 @@ def test_a_prompt_without_anything_visible_is_refused(server: LocalServer) -> No
 
 # -- the step models are public doors -----------------------------------------------------------
 
-ENGINE = f"{EMBEDDER}_engine"
+ENGINE = f"{EMBEDDER}_engine.v1"
 
 
 @pytest.mark.parametrize(
@@ -120,7 +120,7 @@ def test_the_postprocess_step_refuses_logits_that_are_not_finite(
         logits = grpcclient.InferInput("logits", [1, 3], "FP32")
         logits.set_data_from_numpy(np.array([[0.0, bad, 1.0]], dtype=np.float32))
         with pytest.raises(InferenceServerException) as caught:
-            client.infer(f"{CLASSIFIER}_postprocess", [logits])
+            client.infer(f"{CLASSIFIER}_postprocess.v1", [logits])
     finally:
         client.close()
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"

@@ -20,14 +20,16 @@ def test_build_then_check(
         main(["build", "--config", str(spec), "--output", str(output), "--max-batch-size", "4"])
         == 0
     )
-    assert "built sentiment, sentiment_tokenizer, sentiment_engine" in capsys.readouterr().out
+    assert (
+        "built sentiment.v1, sentiment_tokenizer.v1, sentiment_engine.v1" in capsys.readouterr().out
+    )
     assert main(["check", str(output)]) == 0
-    assert "ok  sentiment_engine" in capsys.readouterr().out
+    assert "ok  sentiment_engine.v1" in capsys.readouterr().out
 
-    config = output / "sentiment_engine" / "config.pbtxt"
+    config = output / "sentiment_engine.v1" / "config.pbtxt"
     config.write_text(config.read_text().replace("max_batch_size: 4", "max_batch_size: 2"))
     assert main(["check", str(output)]) == 1
-    assert "step 2 (`sentiment_engine`): max_batch_size 2" in capsys.readouterr().err
+    assert "step 2 (`sentiment_engine.v1`): max_batch_size 2" in capsys.readouterr().err
 
 
 def test_invalid_flag_value_is_named(capsys: pytest.CaptureFixture) -> None:

@@ -277,6 +277,6 @@ def test_git_keeps_only_the_examples_of_a_build_into_model_repository(default_bu
                if p.is_file()]  # fmt: skip
     examples = {path for path in written if path.endswith("/config.pbtxt")}
     leftovers = [".model_repository.staging-1x2y/journal.json", "model_repository/.triton.log"]
-    assert len(examples) == 3 and len(written) > 10
+    assert len(examples) == 4 and len(written) > 10
     assert ignored(written + leftovers) == set(written + leftovers) - examples
     assert not ignored(["model_repository/README.md"])

@@ -176,22 +176,22 @@ def onnxruntime_repository(tmp_path_factory: pytest.TempPathFactory, classifier_
 
 def test_onnxruntime_target_writes_a_backend_model(onnxruntime_repository: Path) -> None:
     configs = check_repository(onnxruntime_repository)
-    engine = configs["sentiment_engine"]
+    engine = configs["sentiment_engine.v1"]
     assert engine.platform == "onnxruntime_onnx" and not engine.backend
-    assert (onnxruntime_repository / "sentiment_engine" / "1" / "model.onnx").exists()
-    assert not (onnxruntime_repository / "sentiment_engine" / "1" / "model.py").exists()
+    assert (onnxruntime_repository / "sentiment_engine.v1" / "1" / "model.onnx").exists()
+    assert not (onnxruntime_repository / "sentiment_engine.v1" / "1" / "model.py").exists()
     (accelerator,) = engine.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
     assert [w.batch_size for w in engine.model_warmup] == [4, 8]
     assert not any(i.allow_ragged_batch for i in engine.input)  # fixed shapes: buckets instead
-    buckets = configs["sentiment_tokenizer"].parameters["pad_buckets"].string_value
+    buckets = configs["sentiment_tokenizer.v1"].parameters["pad_buckets"].string_value
     assert json.loads(buckets) == [16, 32, 64]
 
 
 def test_bundled_server_refuses_backend_models_clearly(onnxruntime_repository: Path) -> None:
     server = LocalServer(ServerConfig(onnxruntime_repository, http_port=1, grpc_port=2))
     with pytest.raises(
-        ServerError, match=r"`sentiment_engine` \(onnxruntime_onnx\).*docker compose"
+        ServerError, match=r"`sentiment_engine.v1` \(onnxruntime_onnx\).*docker compose"
     ):
         server.start()
     assert server.process is None
@@ -200,7 +200,7 @@ def test_bundled_server_refuses_backend_models_clearly(onnxruntime_repository: P
 def test_mismatched_plan_is_refused_by_check(onnxruntime_repository: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(onnxruntime_repository, repo)
-    engine = repo / "sentiment_engine"
+    engine = repo / "sentiment_engine.v1"
     config = engine / "config.pbtxt"
     config.write_text(config.read_text().replace("onnxruntime_onnx", "tensorrt_plan"))
     (engine / "1" / "model.onnx").rename(engine / "1" / "model.plan")

@@ -149,9 +149,9 @@ def test_a_classifier_build_profiles_the_reference_as_transformers_labels_it(
     expected = np.bincount(predicted, minlength=model.config.num_labels) / len(texts)
     assert profile.shares["label"] == pytest.approx(expected.tolist(), abs=1e-6)
     # Each step finds the profile through its `ensemble` parameter.
-    for step in ("sentiment_tokenizer", "sentiment_postprocess"):
+    for step in ("sentiment_tokenizer.v1", "sentiment_postprocess.v1"):
         config = (classifier_repository / step / "config.pbtxt").read_text()
-        assert re.search(r'key: "ensemble"\s+value \{\s+string_value: "sentiment"', config)
+        assert re.search(r'key: "ensemble"\s+value \{\s+string_value: "sentiment.v1"', config)
 
 
 def test_a_generator_build_profiles_prompts_and_what_generate_makes_of_them(
@@ -166,13 +166,13 @@ def test_a_generator_build_profiles_prompts_and_what_generate_makes_of_them(
     spec = BuildSpec(name="gen", task="generation", model=checkpoint, output=tmp_path,
                      max_seq_len=64, max_batch_size=2)  # fmt: skip
     build_repository(spec)
-    profile = Profile.read(tmp_path / "gen" / "1" / PROFILE)
+    profile = Profile.read(tmp_path / "gen.v1" / "1" / PROFILE)
     assert profile is not None
     assert [f.name for f in profile.features] == [
         "prompt_tokens", "script", "symbols", "output_tokens", "stop_reason"
     ]  # fmt: skip
     config = (tmp_path / "gen" / "config.pbtxt").read_text()
-    assert re.search(r'key: "ensemble"\s+value \{\s+string_value: "gen"', config)
+    assert re.search(r'key: "ensemble"\s+value \{\s+string_value: "gen.v1"', config)
 
     texts = builtin_reference_texts()
     hf = AutoTokenizer.from_pretrained(str(checkpoint))

@@ -87,11 +87,11 @@ def plan_repository(decoder: ExportedDecoder, tmp_path: Path) -> Path:
 
 
 def test_a_decoder_plan_is_served_by_the_generator_on_a_gpu(plan_repository: Path) -> None:
-    config = check_repository(plan_repository)["tiny-llama"]
+    config = check_repository(plan_repository)["tiny-llama.v1"]
     assert config.backend == "python" and config.model_transaction_policy.decoupled
     assert config.parameters["runtime"].string_value == "tensorrt"
     assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
-    version = plan_repository / "tiny-llama" / "1"
+    version = plan_repository / "tiny-llama.v1" / "1"
     assert (version / "model.plan").read_bytes() == b"plan"
     assert not (version / "model.onnx").exists()
     profile = read_manifest(version)["tensorrt"]["profile"]
@@ -106,7 +106,7 @@ def test_check_and_the_bundled_server_refuse_a_decoder_plan_clearly(
     with pytest.raises(RepositoryError, match="built with TensorRT 10.13.0.35.*has TensorRT 10.9"):
         check_repository(plan_repository, EngineRuntime("10.9.0.34", ("9.0",)))
     server = LocalServer(ServerConfig(plan_repository, http_port=1, grpc_port=2))
-    with pytest.raises(ServerError, match=r"`tiny-llama` \(a TensorRT decoder plan\)"):
+    with pytest.raises(ServerError, match=r"`tiny-llama(\.v1)?` \(a TensorRT decoder plan\)"):
         server.start()
     assert server.process is None
 

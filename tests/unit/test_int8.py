@@ -57,7 +57,7 @@ def exported_classifier(
 
 
 def _manifest(repository: Path) -> dict[str, object]:
-    return read_manifest(repository / "minilm_engine" / "1")
+    return read_manifest(repository / "minilm_engine.v1" / "1")
 
 
 def test_minilm_passes_the_gate_with_a_real_speedup(minilm_int8: Path) -> None:
@@ -69,7 +69,7 @@ def test_minilm_passes_the_gate_with_a_real_speedup(minilm_int8: Path) -> None:
     assert gate["mean_cosine"] >= 0.99 and gate["neighbour_overlap"] >= 0.9
     assert int8["speedup_vs_fp32"] > 1.0
     assert int8["mode"] in ("dynamic", "static")
-    graph = onnx.load(str(minilm_int8 / "minilm_engine" / "1" / "model.onnx"))
+    graph = onnx.load(str(minilm_int8 / "minilm_engine.v1" / "1" / "model.onnx"))
     ops = {node.op_type for node in graph.graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear"}, ops
     names = {node.name: node.op_type for node in graph.graph.node}
@@ -82,7 +82,7 @@ def test_int8_repository_serves_pytorch_embeddings(minilm_int8: Path, minilm_dir
 
     reference = SentenceTransformer(str(minilm_dir), device="cpu")
     expected = reference.encode(SERVED_TEXTS, convert_to_numpy=True, normalize_embeddings=True)
-    encoder = OnnxEncoder(minilm_int8 / "minilm_engine" / "1" / "model.onnx", "embedding", 0)
+    encoder = OnnxEncoder(minilm_int8 / "minilm_engine.v1" / "1" / "model.onnx", "embedding", 0)
     tokenizer = reference.tokenizer
     batches = []
     for text in SERVED_TEXTS:

@@ -11,6 +11,7 @@ import pytest
 
 from tritonize.errors import RepositoryConflictError, RepositoryError
 from tritonize.repository import configs
+from tritonize.repository.builds import serving
 from tritonize.repository.checker import check_repository
 from tritonize.repository.manifest import read_manifest
 from tritonize.repository.writer import build_repository
@@ -52,14 +53,15 @@ def test_built_repository_layout(classifier_repository: Path) -> None:
     names = sorted(p.name for p in classifier_repository.iterdir() if not p.name.startswith("."))
     assert names == [
         "sentiment",
-        "sentiment_engine",
-        "sentiment_postprocess",
-        "sentiment_tokenizer",
+        "sentiment.v1",
+        "sentiment_engine.v1",
+        "sentiment_postprocess.v1",
+        "sentiment_tokenizer.v1",
     ]
-    engine = classifier_repository / "sentiment_engine" / "1"
+    engine = classifier_repository / "sentiment_engine.v1" / "1"
     assert (engine / "model.onnx").exists()
     assert (engine / "triton_models" / "onnx_runner.py").exists()
-    assert (classifier_repository / "sentiment_tokenizer" / "1" / "tokenizer.json").exists()
+    assert (classifier_repository / "sentiment_tokenizer.v1" / "1" / "tokenizer.json").exists()
     manifest = read_manifest(engine)
     assert manifest["spec"]["task"] == "classification"
     assert manifest["versions"]["torch"].startswith("2.")
@@ -93,49 +95,52 @@ def _problems(repo: Path) -> list[str]:
 
 
 def test_checker_names_a_miswired_step(repo: Path) -> None:
-    _edit(repo, "sentiment", 'value: "logits"', 'value: "scores"')  # engine output renamed
-    (problem,) = _problems(repo)
+    for model in ("sentiment.v1", "sentiment"):  # the build's ensemble and its public copy
+        _edit(repo, model, 'value: "logits"', 'value: "scores"')  # engine output renamed
+    (problem,) = _problems(repo)  # the copy's wiring is the build's: named once
     assert problem == (
-        "ensemble `sentiment` step 3 (`sentiment_postprocess`) input `logits`: "
+        "ensemble `sentiment.v1` step 3 (`sentiment_postprocess.v1`) input `logits`: "
         "tensor `logits` is produced by no earlier step"
     )
 
 
 def test_checker_names_a_dtype_mismatch(repo: Path) -> None:
-    _edit(repo, "sentiment_tokenizer", "TYPE_INT64", "TYPE_INT32")
+    _edit(repo, "sentiment_tokenizer.v1", "TYPE_INT64", "TYPE_INT32")
     (problem,) = _problems(repo)
-    assert "step 2 (`sentiment_engine`) input `input_ids`" in problem
+    assert "step 2 (`sentiment_engine.v1`) input `input_ids`" in problem
     assert "TYPE_INT32 [-1], expected TYPE_INT64 [-1]" in problem
 
 
 def test_checker_names_a_dims_mismatch(repo: Path) -> None:
-    _edit(repo, "sentiment_postprocess", "dims: 3", "dims: 4")
+    _edit(repo, "sentiment_postprocess.v1", "dims: 3", "dims: 4")
     problems = _problems(repo)
-    assert any("`sentiment_postprocess`" in p and "expected TYPE_FP32 [4]" in p for p in problems)
+    assert any(
+        "`sentiment_postprocess.v1`" in p and "expected TYPE_FP32 [4]" in p for p in problems
+    )
 
 
 def test_checker_names_a_batch_size_mismatch(repo: Path) -> None:
-    _edit(repo, "sentiment_engine", "max_batch_size: 8", "max_batch_size: 4")
+    _edit(repo, "sentiment_engine.v1", "max_batch_size: 8", "max_batch_size: 4")
     (problem,) = _problems(repo)
-    assert "step 2 (`sentiment_engine`): max_batch_size 4 is below the ensemble's 8" in problem
+    assert "step 2 (`sentiment_engine.v1`): max_batch_size 4 is below the ensemble's 8" in problem
 
 
 def test_checker_names_a_missing_step_model(repo: Path) -> None:
-    shutil.rmtree(repo / "sentiment_postprocess")
+    shutil.rmtree(repo / "sentiment_postprocess.v1")
     assert any(
-        "model `sentiment_postprocess` is not in the repository" in p for p in _problems(repo)
+        "model `sentiment_postprocess.v1` is not in the repository" in p for p in _problems(repo)
     )
 
 
 def test_checker_names_a_missing_model_file(repo: Path) -> None:
-    (repo / "sentiment_engine" / "1" / "model.py").unlink()
-    assert _problems(repo) == ["model `sentiment_engine` version 1: `model.py` is missing"]
+    (repo / "sentiment_engine.v1" / "1" / "model.py").unlink()
+    assert _problems(repo) == ["model `sentiment_engine.v1` version 1: `model.py` is missing"]
 
 
 def test_checker_names_an_unparsable_config(repo: Path) -> None:
-    _edit(repo, "sentiment_tokenizer", "max_batch_size: 8", "max_batch_size: ${max_batch}")
+    _edit(repo, "sentiment_tokenizer.v1", "max_batch_size: 8", "max_batch_size: ${max_batch}")
     problems = _problems(repo)
-    assert any("model `sentiment_tokenizer`: config.pbtxt does not parse" in p for p in problems)
+    assert any("model `sentiment_tokenizer.v1`: config.pbtxt does not parse" in p for p in problems)
 
 
 def test_checker_rejects_an_empty_directory(tmp_path: Path) -> None:
@@ -144,7 +149,7 @@ def test_checker_rejects_an_empty_directory(tmp_path: Path) -> None:
 
 def test_labels_travel_as_a_parameter(classifier_repository: Path) -> None:
     config = configs.from_text(
-        (classifier_repository / "sentiment_postprocess" / "config.pbtxt").read_text()
+        (classifier_repository / "sentiment_postprocess.v1" / "config.pbtxt").read_text()
     )
     assert json.loads(config.parameters["labels"].string_value) == [
         "negative",
@@ -176,7 +181,7 @@ def test_build_refuses_models_another_ensemble_owns(repo: Path, classifier_dir: 
     before = _snapshot(repo)
     with pytest.raises(RepositoryConflictError) as info:
         build_repository(_classifier_spec(classifier_dir, repo, name="sentiment_engine"))
-    assert "`sentiment_engine` belongs to `sentiment`" in str(info.value)
+    assert "`sentiment_engine.v1` belongs to `sentiment`" in str(info.value)
     assert "--name" in str(info.value)
     assert _snapshot(repo) == before
     check_repository(repo)
@@ -187,29 +192,30 @@ def test_build_refuses_to_replace_an_existing_version(repo: Path, classifier_dir
     with pytest.raises(RepositoryConflictError) as info:
         build_repository(_classifier_spec(classifier_dir, repo))
     message = str(info.value)
-    assert "version 1 of `sentiment`" in message
+    assert "version 1 of `sentiment.v1`" in message
     assert "--overwrite" in message and "--model-version 2" in message
     assert _snapshot(repo) == before
 
 
 def test_build_adds_a_new_version_beside_the_old_one(repo: Path, classifier_dir: Path) -> None:
-    old_engine = (repo / "sentiment_engine" / "1" / "model.onnx").read_bytes()
+    old_engine = (repo / "sentiment_engine.v1" / "1" / "model.onnx").read_bytes()
     build_repository(_classifier_spec(classifier_dir, repo, version=2))
-    assert (repo / "sentiment_engine" / "1" / "model.onnx").read_bytes() == old_engine
-    assert (repo / "sentiment_engine" / "2" / "model.onnx").exists()
+    assert (repo / "sentiment_engine.v1" / "1" / "model.onnx").read_bytes() == old_engine
+    assert (repo / "sentiment_engine.v2" / "2" / "model.onnx").exists()
+    assert serving(repo, "sentiment").version == 1  # type: ignore[union-attr]
     check_repository(repo, hashes=True)
 
 
 def test_build_with_overwrite_replaces_the_version(repo: Path, classifier_dir: Path) -> None:
-    manifest = repo / "sentiment_engine" / "1" / "manifest.json"
+    manifest = repo / "sentiment_engine.v1" / "1" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"owner"', '"owner_before"'))
     build_repository(_classifier_spec(classifier_dir, repo, overwrite=True))
-    assert read_manifest(repo / "sentiment_engine" / "1")["owner"] == "sentiment"
+    assert read_manifest(repo / "sentiment_engine.v1" / "1")["owner"] == "sentiment"
     check_repository(repo, hashes=True)
 
 
 def test_every_model_version_lists_its_files(classifier_repository: Path) -> None:
-    for model in ("sentiment_tokenizer", "sentiment_engine", "sentiment_postprocess"):
+    for model in ("sentiment_tokenizer.v1", "sentiment_engine.v1", "sentiment_postprocess.v1"):
         manifest = read_manifest(classifier_repository / model / "1")
         assert manifest["owner"] == "sentiment"
         listed = manifest["contents"]
@@ -224,15 +230,15 @@ def test_every_model_version_lists_its_files(classifier_repository: Path) -> Non
 
 
 def test_checker_names_a_deleted_engine_file(repo: Path) -> None:
-    (repo / "sentiment_engine" / "1" / "model.onnx").unlink()
-    assert _problems(repo) == ["model `sentiment_engine` version 1: `model.onnx` is missing"]
+    (repo / "sentiment_engine.v1" / "1" / "model.onnx").unlink()
+    assert _problems(repo) == ["model `sentiment_engine.v1` version 1: `model.onnx` is missing"]
 
 
 def test_checker_names_an_altered_file(repo: Path) -> None:
-    path = repo / "sentiment_tokenizer" / "1" / "tokenizer.json"
+    path = repo / "sentiment_tokenizer.v1" / "1" / "tokenizer.json"
     path.write_text(path.read_text().replace('"[PAD]"', '"[PAX]"', 1))  # same size, new mtime
     assert _problems(repo) == [
-        "model `sentiment_tokenizer` version 1: `tokenizer.json` differs from the build "
+        "model `sentiment_tokenizer.v1` version 1: `tokenizer.json` differs from the build "
         "(size or sha256 changed)"
     ]
 
@@ -242,24 +248,24 @@ def test_checker_names_an_altered_file(repo: Path) -> None:
     [("{bad", "is not JSON"), ("[]", "is not a JSON object"), ('{"contents": []}', "no file list")],
 )
 def test_checker_names_an_unreadable_manifest(repo: Path, text: str, problem: str) -> None:
-    (repo / "sentiment_engine" / "1" / "manifest.json").write_text(text)
+    (repo / "sentiment_engine.v1" / "1" / "manifest.json").write_text(text)
     (found,) = _problems(repo)
     assert (
-        found.startswith("model `sentiment_engine` version 1: `manifest.json` ")
+        found.startswith("model `sentiment_engine.v1` version 1: `manifest.json` ")
         and problem in found
     )
 
 
 def test_checker_names_a_file_added_after_the_build(repo: Path) -> None:
-    (repo / "sentiment_tokenizer" / "1" / "triton_models" / "evil.py").write_text("import os\n")
+    (repo / "sentiment_tokenizer.v1" / "1" / "triton_models" / "evil.py").write_text("import os\n")
     assert _problems(repo) == [
-        "model `sentiment_tokenizer` version 1: `triton_models/evil.py` is not in the manifest "
+        "model `sentiment_tokenizer.v1` version 1: `triton_models/evil.py` is not in the manifest "
         "(added after the build)"
     ]
 
 
 def test_checker_hashes_files_whose_size_and_mtime_were_kept(repo: Path) -> None:
-    path = repo / "sentiment_engine" / "1" / "model.onnx"
+    path = repo / "sentiment_engine.v1" / "1" / "model.onnx"
     stat = path.stat()
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
@@ -269,7 +275,7 @@ def test_checker_hashes_files_whose_size_and_mtime_were_kept(repo: Path) -> None
     with pytest.raises(RepositoryError) as info:
         check_repository(repo, hashes=True)
     assert info.value.problems == [
-        "model `sentiment_engine` version 1: `model.onnx` differs from the build "
+        "model `sentiment_engine.v1` version 1: `model.onnx` differs from the build "
         "(size or sha256 changed)"
     ]
 
@@ -289,7 +295,7 @@ def test_check_removes_staging_left_inside_by_earlier_builds(repo: Path) -> None
 def test_check_command_hashes_on_request(repo: Path, capsys: pytest.CaptureFixture) -> None:
     from tritonize.cli import main
 
-    path = repo / "sentiment_postprocess" / "1" / "model.py"
+    path = repo / "sentiment_postprocess.v1" / "1" / "model.py"
     stat = path.stat()
     path.write_text(path.read_text().replace("TritonPythonModel", "TritonPythonModeL"))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))

@@ -81,10 +81,11 @@ def test_each_build_half_plans_the_models_its_configs_wire(tmp_path: Any, name: 
     spec = BuildSpec(name="m", task=Task(name), output=tmp_path)
     planned = TASKS[name].build.planned_models(spec)
     if name == "generation":
-        assert planned == ["m"]
+        assert planned == ["m.v1"]
         return
     ensemble = ensemble_config(spec, "out", 3)
-    assert planned == ["m", *(step.model_name for step in ensemble.ensemble_scheduling.step)]
+    steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
+    assert planned == [ensemble.name, *steps] == ["m.v1", *steps]
 
 
 ENCODER_TASKS = sorted(set(Task) - {Task.GENERATION})

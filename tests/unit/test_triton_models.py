@@ -140,7 +140,7 @@ def test_engine_rows_longer_than_the_window_are_refused() -> None:
 
 
 def test_the_engine_finds_its_vocabulary_in_the_graph(classifier_repository: Path) -> None:
-    graph = classifier_repository / "sentiment_engine" / "1" / "model.onnx"
+    graph = classifier_repository / "sentiment_engine.v1" / "1" / "model.onnx"
     encoder = OnnxEncoder(graph, output_name="logits", pad_id=0, threads=1)
     assert encoder.vocab_size == 30522  # tiny_configs/bert-classifier.json
 

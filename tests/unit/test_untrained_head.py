@@ -48,7 +48,7 @@ def test_asked_for_it_builds_with_the_untrained_head(minilm_dir: Path, tmp_path:
 
 def test_a_trained_classifier_builds(classifier_dir: Path, tmp_path: Path) -> None:
     result = build_repository(classification_spec(classifier_dir, tmp_path / "repo"))
-    assert "sentiment_postprocess" in result.models
+    assert "sentiment_postprocess.v1" in result.models
 
 
 def test_the_flag_reaches_the_spec() -> None:

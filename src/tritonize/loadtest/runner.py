@@ -18,6 +18,7 @@ from tritonize.loadtest.slo import ClientFigures, Gate, Slo, evaluate, load_clie
 from tritonize.monitor.figures import PENDING, ServerFigures, figures
 from tritonize.monitor.prometheus import PrometheusSource
 from tritonize.monitor.scrape import default_metrics_url, quiet_reading, read
+from tritonize.triton_models.common import build_of
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 SCENARIO_NAMES = ("smoke", "steady", "ramp", "spike", "soak")
@@ -96,10 +97,6 @@ class LoadTest:
     @property
     def metrics(self) -> str:
         return self.metrics_url or default_metrics_url(self.url)
-
-    @property
-    def engine(self) -> str:
-        return self.engine_model or f"{self.model}_engine"
 
 
 @dataclass
@@ -190,7 +187,7 @@ def run_load_test(test: LoadTest) -> LoadTestResult:
     prometheus = PrometheusSource(test.prometheus_url) if test.prometheus_url else None
     steps = ensemble_steps(test)
     models = (test.model, *steps)
-    engine = test.engine if test.engine in steps or test.engine_model else None
+    engine = test.engine_model or _engine_step(steps)
     before = quiet_reading(test.metrics, models)
     first = prometheus.reading_matching(before, models) if prometheus else None
     (test.out / FINAL_STATS).unlink(missing_ok=True)  # an earlier run's
@@ -253,6 +250,11 @@ def _check_texts_file(path: Path) -> None:
         raise SpecError(f"`--texts-file` {path}: cannot read it ({reason})") from exc
     if not any(line.strip() for line in lines):
         raise SpecError(f"`--texts-file` {path}: holds no text (one text per line)")
+
+
+def _engine_step(steps: tuple[str, ...]) -> str | None:
+    """The ensemble's engine step (`NAME_engine.vN`), whose batching the report shows."""
+    return next((s for s in steps if build_of(s)[0].endswith("_engine")), None)
 
 
 def ensemble_steps(test: LoadTest) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonize.engine.compat import EngineRuntime, plan_problems
 from tritonize.errors import RepositoryError
 from tritonize.progress import note
-from tritonize.repository.builds import version_problems
+from tritonize.repository.builds import serving, version_problems
 from tritonize.repository.configs import ModelConfig, from_text
 from tritonize.repository.install import recover as recover_interrupted_builds
 from tritonize.repository.manifest import integrity_problems, read_manifest
@@ -90,7 +90,9 @@ def check_repository(
             note(message)
     configs, problems = load_configs(Path(repository), hashes)
     for name, config in configs.items():
-        if config.platform == "ensemble":
+        # A public model that points at a build is its entry's config (version_problems
+        # says so where it is not): its wiring is checked once, as the entry's.
+        if config.platform == "ensemble" and serving(Path(repository), name) is None:
             problems += check_ensemble(name, config, configs)
         if runtime is not None and serves_a_plan(config):
             problems += _check_plans(Path(repository) / name, runtime)

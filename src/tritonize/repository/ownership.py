@@ -13,10 +13,12 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from tritonize.errors import RepositoryConflictError
+from tritonize.repository.builds import build_versions
 from tritonize.repository.configs import from_text
 from tritonize.repository.manifest import MANIFEST
 from tritonize.spec import BuildSpec
 from tritonize.tasks import task_named
+from tritonize.tasks.build import StepNames
 
 
 def planned_models(spec: BuildSpec) -> list[str]:
@@ -36,7 +38,7 @@ def refuse_conflicts(spec: BuildSpec, models: list[str]) -> None:
         )
     taken = [m for m in existing if (repository / m / str(spec.version)).exists()]
     if taken and not spec.overwrite:
-        free = _next_free_version(repository, existing)
+        free = max(build_versions(repository, spec.name), default=0) + 1
         raise RepositoryConflictError(
             f"version {spec.version} of {', '.join(f'`{m}`' for m in taken)} already exists in "
             f"`{repository}` and may be serving: pass --overwrite to replace it, or "
@@ -55,7 +57,8 @@ def owner(repository: Path, model: str) -> str | None:
         name = manifest.get("owner") or manifest.get("spec", {}).get("name")
         if isinstance(name, str):
             return name
-    return _ensemble_using(repository, model)
+    using = _ensemble_using(repository, model)
+    return StepNames.of_entry(using).name if using else None  # a build's ensemble: its name
 
 
 def _clashes(repository: Path, name: str, existing: list[str]) -> list[str]:
@@ -88,8 +91,3 @@ def _versions(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def _next_free_version(repository: Path, models: list[str]) -> int:
-    numbers = [int(v.name) for m in models for v in _versions(repository / m)]
-    return max(numbers, default=0) + 1
