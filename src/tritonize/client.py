@@ -87,6 +87,9 @@ class TritonizeClient:
         self._timeout_s = timeout_s
         self._client: Any = module.InferenceServerClient(self.url, **kwargs)
         self._metadata: dict[str, dict[str, Any]] = {}
+        # The version of the model that made the last `infer_inputs` response (Triton's
+        # `model_version`): which build answered, while a rollout moves a model.
+        self.last_model_version = ""
 
     # -- inference ---------------------------------------------------------------------------
     def infer(self, model: str, texts: Sequence[str | bytes]) -> dict[str, np.ndarray]:
@@ -116,6 +119,7 @@ class TritonizeClient:
         result = self._call(
             model, "infer", model, requests, outputs=outputs, **self._infer_timeout()
         )
+        self.last_model_version = _response_version(result.get_response())
         return {name: result.as_numpy(name) for name in self.output_names(model)}
 
     def embed(self, model: str, texts: Sequence[str | bytes]) -> np.ndarray:
@@ -338,6 +342,13 @@ class TritonizeClient:
                 f"{self.url} answered, but not Triton's HTTP API ({type(exc).__name__}): is it "
                 "the metrics port? --url takes Triton's HTTP (or, with --protocol grpc, gRPC) port"
             ) from exc
+
+
+def _response_version(response: Any) -> str:
+    """`model_version` of an HTTP (JSON) or gRPC (protobuf) inference response."""
+    if isinstance(response, dict):
+        return str(response.get("model_version", ""))
+    return str(getattr(response, "model_version", ""))
 
 
 def host_port(url: str) -> str:

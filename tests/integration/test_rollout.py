@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from integration.conftest import server_config
+from tritonize.loadtest.report import version_counts
 from tritonize.loadtest.runner import LoadTest, LoadTestResult, run_load_test
 from tritonize.repository.builds import serving
 from tritonize.repository.writer import build_repository
@@ -167,6 +168,15 @@ def test_rollout_rollback_and_refused_candidates_lose_no_request(
     for result in results:
         assert result.client.requests > 500
         assert result.client.failures == 0, result.failures()
+        # Each response names the build that made it: 1, then 2 after the rollout, then 1
+        # again after the rollback; the refused builds never answered.
+        report = result.test.out
+        counts = version_counts(report / "versions.csv")
+        assert set(counts) == {"1", "2"}, counts
+        assert sum(sum(c.values()) for c in counts.values()) == result.client.requests
+        assert max(counts["1"]) > max(counts["2"]) and min(counts["1"]) < min(counts["2"])
+        assert "## Responses by model version" in (report / "summary.md").read_text()
+        assert (report / "versions.png").exists()
 
 
 GENERATOR = "tiny-llama"

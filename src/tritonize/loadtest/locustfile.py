@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import os
+import time
+from collections import Counter
 from typing import Any
 
 import locust.stats
@@ -51,6 +53,9 @@ def _arguments(parser: Any) -> None:
     group.add_argument("--ramp-max-failure-ratio", type=float, default=0.01)
     group.add_argument("--ramp-report", default=None, help="ramp: JSON file for steps and knee")
     group.add_argument("--final-stats", default=None, help="CSV file for the final request stats")
+    group.add_argument(
+        "--versions-csv", default=None, help="CSV file: responses per second and model version"
+    )
 
 
 @events.quitting.add_listener
@@ -66,6 +71,40 @@ def _write_final_stats(environment: Environment, **_kwargs: Any) -> None:
     with open(path, "w", newline="") as handle:
         writer = locust.stats.StatsCSV(environment, locust.stats.PERCENTILES_TO_REPORT)
         writer.requests_csv(csv.writer(handle))
+
+
+# Responses per (second, model version) of this process; workers report theirs to the master.
+_versions: Counter[tuple[int, str]] = Counter()
+
+
+@events.request.add_listener
+def _count_version(context: dict[str, Any] | None = None, **_kwargs: Any) -> None:
+    version = (context or {}).get("model_version")
+    if version:
+        _versions[(int(time.time()), str(version))] += 1
+
+
+@events.report_to_master.add_listener
+def _send_versions(data: dict[str, Any], **_kwargs: Any) -> None:
+    data["model_versions"] = [[s, v, n] for (s, v), n in _versions.items()]
+    _versions.clear()
+
+
+@events.worker_report.add_listener
+def _receive_versions(data: dict[str, Any], **_kwargs: Any) -> None:
+    for second, version, count in data.get("model_versions", []):
+        _versions[(int(second), str(version))] += int(count)
+
+
+@events.quitting.add_listener
+def _write_versions(environment: Environment, **_kwargs: Any) -> None:
+    path = environment.parsed_options.versions_csv if environment.parsed_options else None
+    if not path or isinstance(environment.runner, WorkerRunner):
+        return
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["second", "version", "responses"])
+        writer.writerows([s, v, n] for (s, v), n in sorted(_versions.items()))
 
 
 _scenario = os.environ.get("TRITONIZE_SCENARIO")

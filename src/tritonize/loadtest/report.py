@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from tritonize.loadtest.runner import LoadTest, LoadTestResult
 
 THROUGHPUT_PLOT = "throughput_latency.png"
+VERSIONS_PLOT = "versions.png"
+VERSIONS_CSV = "versions.csv"  # written by the locustfile: second, version, responses
 BREAKDOWN_PLOT = "latency_breakdown.png"
 
 
@@ -20,10 +22,91 @@ def write_report(result: LoadTestResult, out: Path) -> Path:
     if history:
         plot_throughput_latency(history, out / THROUGHPUT_PLOT)
     plot_latency_breakdown(result, out / BREAKDOWN_PLOT)
-    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    versions = version_counts(out / VERSIONS_CSV)
+    if versions:
+        plot_version_shares(versions, out / VERSIONS_PLOT)
+    summary = {**result.to_dict(), "model_versions": version_table(versions)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     path = out / "summary.md"
-    path.write_text(summary_markdown(result, with_throughput_plot=bool(history)))
+    markdown = summary_markdown(result, with_throughput_plot=bool(history))
+    path.write_text(markdown + versions_markdown(versions))
     return path
+
+
+def version_counts(path: Path) -> dict[str, dict[int, int]]:
+    """Responses by model version, then by second (empty when no response named one)."""
+    counts: dict[str, dict[int, int]] = {}
+    if not path.exists():
+        return counts
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            seconds = counts.setdefault(row["version"], {})
+            second = int(row["second"])
+            seconds[second] = seconds.get(second, 0) + int(row["responses"])
+    return counts
+
+
+def version_table(counts: dict[str, dict[int, int]]) -> list[dict[str, Any]]:
+    """Per version: responses, their share, and the first and last second (from the start)."""
+    if not counts:
+        return []
+    start = min(min(seconds) for seconds in counts.values())
+    total = sum(sum(seconds.values()) for seconds in counts.values())
+    return [
+        {
+            "version": version,
+            "responses": sum(seconds.values()),
+            "share": sum(seconds.values()) / total,
+            "first_second": min(seconds) - start,
+            "last_second": max(seconds) - start,
+        }
+        for version, seconds in sorted(counts.items(), key=lambda item: min(item[1]))
+    ]
+
+
+def versions_markdown(counts: dict[str, dict[int, int]]) -> str:
+    rows = version_table(counts)
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "## Responses by model version",
+        "",
+        "| version | responses | share | first second | last second |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['version']} | {r['responses']} | {r['share']:.1%} | {r['first_second']} | "
+            f"{r['last_second']} |"
+            for r in rows
+        ],
+        "",
+        f"![share of responses by model version]({VERSIONS_PLOT})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_version_shares(counts: dict[str, dict[int, int]], path: Path) -> None:
+    """Each version's share of each second's responses, stacked: a rollout as it happened."""
+    plt = _pyplot()
+    start = min(min(seconds) for seconds in counts.values())
+    end = max(max(seconds) for seconds in counts.values())
+    seconds = list(range(start, end + 1))
+    totals = [sum(c.get(s, 0) for c in counts.values()) or 1 for s in seconds]
+    versions = sorted(counts, key=lambda v: min(counts[v]))
+    shares = [
+        [counts[v].get(s, 0) / t for s, t in zip(seconds, totals, strict=True)] for v in versions
+    ]
+    figure, axes = plt.subplots(figsize=(9, 3.5))
+    axes.stackplot([s - start for s in seconds], shares, labels=[f"version {v}" for v in versions])
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("share of responses")
+    axes.set_xlabel("seconds")
+    axes.legend(loc="upper left")
+    figure.suptitle("Which model version answered")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def _target(test: LoadTest) -> str:

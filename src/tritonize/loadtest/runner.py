@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tritonize.errors import SpecError, TritonizeError
+from tritonize.loadtest.report import VERSIONS_CSV
 from tritonize.loadtest.slo import ClientFigures, Gate, Slo, evaluate, load_client_figures
 from tritonize.monitor.figures import PENDING, ServerFigures, figures
 from tritonize.monitor.prometheus import PrometheusSource
@@ -190,7 +191,8 @@ def run_load_test(test: LoadTest) -> LoadTestResult:
     engine = test.engine_model or _engine_step(steps)
     before = quiet_reading(test.metrics, models)
     first = prometheus.reading_matching(before, models) if prometheus else None
-    (test.out / FINAL_STATS).unlink(missing_ok=True)  # an earlier run's
+    for stale in (FINAL_STATS, VERSIONS_CSV):  # an earlier run's
+        (test.out / stale).unlink(missing_ok=True)
     sampler = _PendingSampler(test.metrics, models)
     start = time.time()
     with sampler:
@@ -308,6 +310,7 @@ def _run_locust(test: LoadTest) -> int:
         "--step-seconds", str(test.step_seconds),
         "--ramp-report", str(test.out / "ramp.json"),
         "--final-stats", str(test.out / FINAL_STATS),
+        "--versions-csv", str(test.out / VERSIONS_CSV),
         "--csv", str(prefix), "--csv-full-history", "--html", f"{prefix}.html",
         "--exit-code-on-error", "0",  # failures are judged by the SLO gates
         "--stop-timeout", "10",

@@ -56,16 +56,22 @@ class _EventUser(User):
         self.texts = load_texts(options.texts_file)
 
     def _fire(
-        self, kind: str, seconds: float, size: int = 0, error: Exception | None = None
+        self,
+        kind: str,
+        seconds: float,
+        size: int = 0,
+        error: Exception | None = None,
+        version: str = "",
     ) -> None:
-        """One Locust request event of type `kind`, named after the model."""
+        """One Locust request event of type `kind`, named after the model; its context holds
+        the version of the model that answered, when known."""
         self.environment.events.request.fire(
             request_type=kind,
             name=self.model,
             response_time=seconds * 1000,
             response_length=size,
             exception=error,
-            context={},
+            context={"model_version": version} if version and error is None else {},
         )
 
 
@@ -106,6 +112,7 @@ class TritonUser(_ModelUser):
         start = time.perf_counter()
         error: Exception | None = None
         size = 0
+        self.client.last_model_version = ""
         try:
             outputs = self.client.infer_inputs(self.model, inputs)
             size = sum(v.nbytes for v in outputs.values())
@@ -115,7 +122,8 @@ class TritonUser(_ModelUser):
                 error = ResponseCheckError(problem)
         except Exception as exc:  # whatever went wrong, a failed request: never an uncounted one
             error = exc
-        self._fire(self.protocol.upper(), time.perf_counter() - start, size, error)
+        seconds = time.perf_counter() - start
+        self._fire(self.protocol.upper(), seconds, size, error, self.client.last_model_version)
 
 
 class TritonHttpUser(TritonUser):

@@ -12,7 +12,6 @@ touched; a pointer that does not load is put back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,7 +200,7 @@ def _gate(
             if failed:
                 raise RolloutError(f"build {version} failed its gate: {', '.join(failed)}")
     with step(f"Comparing build {version} with build {serving_version}"):
-        agreements = _agreements(server, name, serving_version, entry, gates.sample)
+        agreements = _agreements(server, name, entry, gates.sample)
         for agreement in agreements:
             note(agreement.describe())
     low = [a for a in agreements if gates.min_agreement and a.share < gates.min_agreement]
@@ -213,9 +212,7 @@ def _gate(
     return agreements
 
 
-def _agreements(
-    server: Server, name: str, serving_version: int, entry: str, sample: tuple[str, ...]
-) -> list[Agreement]:
+def _agreements(server: Server, name: str, entry: str, sample: tuple[str, ...]) -> list[Agreement]:
     golden = read_golden(server.repository / name / GOLDEN)
     with TritonizeClient(server.http_url, "http") as client:
         found = [golden_agreement(client, entry, golden)]
@@ -282,7 +279,10 @@ def _wait_quiet(server: Server, models: list[str]) -> None:
         return
     client = http_client.InferenceServerClient(server.http_url)
     headers = {API_KEY_HEADER: server.api_key}
-    counts: Callable[[], Any] = lambda: [_requests_seen(client, m, headers) for m in models]  # noqa: E731
+
+    def counts() -> list[int]:
+        return [_requests_seen(client, model, headers) for model in models]
+
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     last, since = counts(), time.monotonic()
     while time.monotonic() - since < QUIET_S and time.monotonic() < deadline:
