@@ -207,7 +207,7 @@ def test_a_generation_build_writes_only_its_output(
     build = start_build(command, empty_cwd)
     _, errors = build.communicate(timeout=600)
     assert build.returncode == 0, errors[-3000:]
-    assert sorted(p.name for p in output.iterdir()) == ["tiny-llama"]
+    assert sorted(p.name for p in output.iterdir()) == ["tiny-llama", "tiny-llama.v1"]
     assert leftovers(output) == []
 
 

@@ -111,8 +111,12 @@ class Investigation:
     def _models(self) -> None:
         index = self._index()
         for entry in index:
-            name = entry["name"]
-            self.states[name] = {"state": entry.get("state", ""), "reason": entry.get("reason", "")}
+            name, loaded = entry["name"], entry.get("state", "")
+            # Never loaded (a build waiting on disk for a rollout), or one version of a model
+            # whose other version serves: neither is a problem of its own.
+            if not loaded or self.states.get(name, {}).get("state") == "READY":
+                continue
+            self.states[name] = {"state": loaded, "reason": entry.get("reason", "")}
             self.states[name]["ready"] = str(triton.is_model_ready(self.http, name))
         self.result.folder.write_json("models.json", self.states)
         for name, state in sorted(self.states.items()):

@@ -31,9 +31,16 @@ def public_models(http_url: str, api_key: str) -> list[str]:
     """Every model in the repository index that is not an ensemble's step (needs the key)."""
     from tritonize.client import TritonizeClient
 
-    names = sorted(RepositoryAdmin(http_url, api_key).states())
+    states = RepositoryAdmin(http_url, api_key).states()
+    # A build's own entry (NAME.vN) answers through NAME; one not loaded waits on disk for a
+    # rollout and is no failure.
+    names = sorted(
+        name
+        for name, state in states.items()
+        if StepNames.of_entry(name).version is None or state == "READY"
+    )
     # A step is named after its ensemble: known so even while the ensemble is not loaded.
-    steps = {step for name in names for step in _step_names_of(name)} & set(names)
+    steps = {step for name in states for step in _step_names_of(name)} & set(states)
     with TritonizeClient(http_url, "http") as client:
         for name in names:
             try:
