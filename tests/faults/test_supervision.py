@@ -30,12 +30,14 @@ from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
 from tritonize.server.leftovers import find_stubs, shm_regions
 from tritonize.spec import BuildSpec
+from tritonize.tasks.build import StepNames
 
 pytestmark = pytest.mark.integration
 
 CLI = [sys.executable, "-m", "tritonize.cli"]
 MODELS = Path(__file__).parent / "models"
 EMBEDDER, GENERATOR = "minilm", "tiny-llama"
+EMBEDDER_V1 = StepNames(EMBEDDER, 1)  # the build the public EMBEDDER serves
 KEY = "fault-test-key"
 RECOVERY_LIMIT_S = 10.0
 
@@ -164,7 +166,7 @@ def test_unsupervised_dead_stub_fails_every_request_while_ready_says_200(
                           log_file=tmp_path / "server.log")  # fmt: skip
     with LocalServer(config) as server:
         assert health(config.http_url, "--api-key", KEY).returncode == 0
-        os.kill(stub_of(server.shm_prefix, "minilm_tokenizer.v1"), signal.SIGKILL)
+        os.kill(stub_of(server.shm_prefix, EMBEDDER_V1.tokenizer), signal.SIGKILL)
         time.sleep(1.0)
         for _ in range(3):
             with pytest.raises(InferenceError, match="not healthy"):
@@ -181,8 +183,8 @@ def test_unsupervised_dead_stub_fails_every_request_while_ready_says_200(
 @pytest.mark.parametrize(
     ("stub_model", "call"),
     [
-        ("minilm_tokenizer.v1", embed_once),
-        ("minilm_engine.v1", embed_once),
+        (EMBEDDER_V1.tokenizer, embed_once),
+        (EMBEDDER_V1.engine, embed_once),
         (GENERATOR, generate_once),
     ],
 )

@@ -13,6 +13,7 @@ from tritonize.repository.checker import check_repository
 from tritonize.repository.manifest import read_manifest
 from tritonize.repository.writer import build_repository
 from tritonize.spec import BuildSpec
+from tritonize.tasks.build import StepNames
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
@@ -26,7 +27,7 @@ def test_minilm_plan_passes_its_gate_and_loads(precision: str, tmp_path: Path) -
     )  # fmt: skip
     result = build_repository(spec)  # raises if the accuracy gate fails
 
-    version = result.repository / "minilm_engine.v1" / "1"
+    version = result.repository / StepNames("minilm", 1).engine / "1"
     manifest = read_manifest(version)
     runtime = EngineRuntime.detect()
     assert manifest["tensorrt"]["version"] == runtime.tensorrt_version

@@ -15,6 +15,7 @@ import transformers
 from tritonize.repository.manifest import read_manifest
 from tritonize.repository.writer import build_repository
 from tritonize.spec import BuildSpec
+from tritonize.tasks.build import StepNames
 
 CHECKPOINTS = {
     "question-answering": ("bert-qa", "AutoModelForQuestionAnswering"),
@@ -37,7 +38,7 @@ def test_task_plan_passes_its_gate_and_matches_pytorch(
         output=tmp_path / "repo", max_batch_size=8, max_seq_len=64,
     )  # fmt: skip
     result = build_repository(spec)  # raises if the task's gate fails
-    engine = result.repository / "m_engine.v1" / "1"
+    engine = result.repository / StepNames("m", 1).engine / "1"
     manifest = read_manifest(engine)
     assert manifest["accuracy_gate"], manifest
     assert max(manifest["accuracy_gate"].values()) <= (1e-3 if precision == "fp32" else 1e-2)

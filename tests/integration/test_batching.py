@@ -9,6 +9,7 @@ import numpy as np
 from tritonize.client import TritonizeClient
 from tritonize.monitor.scrape import read
 from tritonize.server import LocalServer
+from tritonize.tasks.build import StepNames
 
 from .conftest import EMBEDDER
 
@@ -31,7 +32,7 @@ WORDS = [
 
 def engine_counts(server: LocalServer) -> tuple[float, float]:
     reading = read(server.config.metrics_url)
-    engine = f"{EMBEDDER}_engine.v1"
+    engine = StepNames(EMBEDDER, 1).engine
     return reading.total("nv_inference_count", engine), reading.total(
         "nv_inference_exec_count", engine
     )

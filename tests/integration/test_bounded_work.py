@@ -25,6 +25,7 @@ import tritonclient.grpc as grpcclient
 from tritonize.client import TritonizeClient
 from tritonize.server import LocalServer
 from tritonize.server.bundled import BundledTriton
+from tritonize.tasks.build import StepNames
 
 from .abusive_client import LONG_TEXT
 from .conftest import EMBEDDER, GENERATOR
@@ -129,7 +130,7 @@ def stub_rss_mib(server: LocalServer, model: str) -> float:
 
 # -- long texts: a bounded prefix is tokenized --------------------------------------------------
 
-TOKENIZER = f"{EMBEDDER}_tokenizer.v1"
+TOKENIZER = StepNames(EMBEDDER, 1).tokenizer
 
 
 def test_megabyte_texts_do_not_hold_up_a_one_sentence_client(server: LocalServer) -> None:

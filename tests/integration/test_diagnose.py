@@ -32,11 +32,13 @@ from tritonize.server import LocalServer
 from tritonize.server.admin import RepositoryAdmin
 from tritonize.server.leftovers import SHM_DIR, find_stubs
 from tritonize.spec import BuildSpec
+from tritonize.tasks.build import StepNames
 
 from .conftest import server_config
 
 CLI = [sys.executable, "-m", "tritonize.cli", "diagnose"]
 SENTIMENT, VICTIM, SLOW = "sentiment", "victim", "slow"
+SENTIMENT_V1, VICTIM_V1 = StepNames(SENTIMENT, 1), StepNames(VICTIM, 1)  # their builds
 SLOW_QUEUE = 2  # the slow model's max_queue_size
 SLOW_CONFIG = f"""name: "{SLOW}"
 backend: "python"
@@ -122,8 +124,7 @@ def test_a_healthy_server_has_no_problem_and_everything_is_gathered(
     assert summary["gaps"] == [], printed
     models = json.loads((tmp_path / "models.json").read_text())
     served = [SENTIMENT, SLOW, VICTIM]
-    served += [f"{model}_{step}.v1" for model in (SENTIMENT, VICTIM)
-               for step in ("engine", "postprocess", "tokenizer")]  # fmt: skip
+    served += [*SENTIMENT_V1.steps, *VICTIM_V1.steps]
     states = {m: s.get("state", "") for m, s in models.items()}
     assert {m: states.get(m) for m in served} == dict.fromkeys(served, "READY")
     # The builds' own ensembles wait on disk: the public models serve them.
@@ -134,9 +135,9 @@ def test_a_healthy_server_has_no_problem_and_everything_is_gathered(
     assert all(check["passed"] for checks in verified.values() for check in checks), verified
     manifests = json.loads((tmp_path / "manifests.json").read_text())
     assert manifests["runtime_source"].startswith("the stubs' site-packages")
-    assert manifests["versions"][f"{SENTIMENT}_engine.v1/1"]["mismatches"] == []
+    assert manifests["versions"][f"{SENTIMENT_V1.engine}/1"]["mismatches"] == []
     stubs = json.loads((tmp_path / "stubs.json").read_text())
-    assert {s["model"] for s in stubs} >= {SLOW, f"{VICTIM}_postprocess.v1"}
+    assert {s["model"] for s in stubs} >= {SLOW, VICTIM_V1.postprocess}
     assert "model_stats" in json.loads((tmp_path / "statistics.json").read_text())
     assert "nv_inference_count" in (tmp_path / "metrics-after.txt").read_text()
     assert "Started HTTPService" in (tmp_path / "server-log-tail.txt").read_text()
@@ -184,7 +185,7 @@ def test_a_model_that_fails_to_load_is_named_with_its_reason(
 def test_a_killed_stub_is_named_though_triton_says_ready(
     server: LocalServer, tmp_path: Path
 ) -> None:
-    step = f"{VICTIM}_postprocess.v1"
+    step = VICTIM_V1.postprocess
     (stub,) = [s for s in find_stubs(server.shm_prefix) if s.model == step]
     os.kill(stub.pid, signal.SIGKILL)
     admin = RepositoryAdmin(server.config.http_url, server.config.api_key)
@@ -269,22 +270,22 @@ def test_the_repository_on_disk_drifting_from_the_served_one_is_named(
 ) -> None:
     copy = tmp_path / "edited"
     shutil.copytree(diag_repository, copy)
-    engine = copy / f"{SENTIMENT}_engine.v1"
+    engine = copy / SENTIMENT_V1.engine
     config = from_text((engine / "config.pbtxt").read_text())
     config.dynamic_batching.max_queue_delay_microseconds += 500
     (engine / "config.pbtxt").write_text(to_text(config))
     manifest = json.loads((engine / "1" / "manifest.json").read_text())
     manifest["versions"]["onnxruntime"] = "1.0.0"
     (engine / "1" / "manifest.json").write_text(json.dumps(manifest))
-    with (copy / f"{SENTIMENT}_tokenizer.v1" / "1" / "tokenizer.json").open("a") as handle:
+    with (copy / SENTIMENT_V1.tokenizer / "1" / "tokenizer.json").open("a") as handle:
         handle.write(" ")
     code, summary, printed = run_diagnose(server, tmp_path / "out", "--repository", str(copy))
     assert code == 1
     (mismatch,) = problems_of(summary, "config-mismatch")
-    assert mismatch["subject"] == f"{SENTIMENT}_engine.v1"
+    assert mismatch["subject"] == SENTIMENT_V1.engine
     assert "dynamic_batching.max_queue_delay_microseconds" in mismatch["detail"], printed
     (version,) = problems_of(summary, "version-mismatch")
-    assert version["subject"] == f"{SENTIMENT}_engine.v1/1"
+    assert version["subject"] == f"{SENTIMENT_V1.engine}/1"
     assert "onnxruntime 1.0.0 at build" in version["detail"]
     (changed,) = problems_of(summary, "model-files-changed")
     assert "tokenizer.json" in changed["detail"]

@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 from tritonize.client import TritonizeClient, generation_input
 from tritonize.monitor.scrape import read
 from tritonize.server import LocalServer
+from tritonize.tasks.build import StepNames
 
 from .conftest import CLASSIFIER, EMBEDDER, GENERATOR
 
@@ -75,7 +76,7 @@ def test_a_prompt_without_anything_visible_is_refused(server: LocalServer) -> No
 
 # -- the step models are public doors -----------------------------------------------------------
 
-ENGINE = f"{EMBEDDER}_engine.v1"
+ENGINE = StepNames(EMBEDDER, 1).engine
 
 
 @pytest.mark.parametrize(
@@ -120,7 +121,7 @@ def test_the_postprocess_step_refuses_logits_that_are_not_finite(
         logits = grpcclient.InferInput("logits", [1, 3], "FP32")
         logits.set_data_from_numpy(np.array([[0.0, bad, 1.0]], dtype=np.float32))
         with pytest.raises(InferenceServerException) as caught:
-            client.infer(f"{CLASSIFIER}_postprocess.v1", [logits])
+            client.infer(StepNames(CLASSIFIER, 1).postprocess, [logits])
     finally:
         client.close()
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"

@@ -23,6 +23,7 @@ from tritonize.registry.tracking import metric_name
 from tritonize.repository.manifest import read_manifest
 from tritonize.repository.writer import build_repository
 from tritonize.spec import BuildSpec
+from tritonize.tasks.build import StepNames
 
 # MLflow 3 reports usage by default: never from the tests, nor from the server they start.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -256,7 +257,7 @@ def test_the_build_command_builds_from_the_registry_and_logs_a_run(
         capture_output=True, text=True, timeout=600, env={**os.environ, "HOME": str(tmp_path)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    manifest = read_manifest(output / "sentiment_engine.v1" / "1")
+    manifest = read_manifest(output / StepNames("sentiment", 1).engine / "1")
     assert manifest["spec"]["registry"] == f"models:/{MODEL}/1"
     run_id = done.stdout.split("logged MLflow run ")[1].split()[0]
     run = mlflow.MlflowClient(registry, registry_uri=registry).get_run(run_id)

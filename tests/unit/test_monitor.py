@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tritonize.monitor.figures import Reading, Sample, figures, histogram_quantile
+from tritonize.tasks.build import StepNames
 
 METRICS = Path(__file__).parents[1] / "fixtures" / "metrics"
 
@@ -21,8 +22,9 @@ def readings() -> tuple[Reading, Reading]:
 
 def test_figures_from_counter_deltas(readings: tuple[Reading, Reading]) -> None:
     before, after = readings
-    steps = ("minilm_tokenizer", "minilm_engine")
-    result = figures(before, after, 10.0, "minilm", "minilm_engine", steps)
+    build = StepNames("minilm", 1)  # the build the public `minilm` serves
+    steps = (build.tokenizer, build.engine)
+    result = figures(before, after, 10.0, "minilm", build.engine, steps)
     assert result.successes == 200
     assert result.failures == {"BACKEND": 4}  # REJECTED did not change
     assert result.failure_ratio == pytest.approx(4 / 204)

@@ -141,14 +141,14 @@ def test_a_generated_key_can_follow_a_command_line_flag(tmp_path: Path) -> None:
 
 
 def test_a_stub_is_known_by_its_command_line() -> None:
-    argv = ["/x/python/triton_python_backend_stub", "/repo/minilm_tokenizer/1/model.py",
+    argv = ["/x/python/triton_python_backend_stub", "/repo/minilm_tokenizer.v1/1/model.py",
             "tritonize_12_ab_f00", "1048576", "1048576", "7", "/x/python", "336",
-            "minilm_tokenizer_0_0", "DEFAULT"]  # fmt: skip
+            "minilm_tokenizer.v1_0_0", "DEFAULT"]  # fmt: skip
     stub = _parse_stub(99, argv)
     assert stub is not None
     assert (stub.model, stub.instance, stub.region) == (
-        "minilm_tokenizer",
-        "minilm_tokenizer_0_0",
+        "minilm_tokenizer.v1",
+        "minilm_tokenizer.v1_0_0",
         "tritonize_12_ab_f00",
     )
     assert _parse_stub(99, ["/usr/bin/python3", *argv[1:]]) is None
