@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tritonize.repository.builds import HISTORY
+from tritonize.repository.golden import GOLDEN
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 
@@ -270,13 +273,15 @@ def ignored(paths: list[str]) -> set[str]:
 
 
 def test_git_keeps_only_the_examples_of_a_build_into_model_repository(default_build: Path) -> None:
-    """Weights, manifests, version directories and staging of a real build stay out of git."""
+    """Weights, manifests, version directories and staging of a real build stay out of git, and
+    so does the public model's state: the link to the serving build and its history."""
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     written = [f"model_repository/{p.relative_to(default_build)}" for p in default_build.rglob("*")
-               if p.is_file()]  # fmt: skip
+               if p.is_file() or p.is_symlink()]  # fmt: skip
     examples = {path for path in written if path.endswith("/config.pbtxt")}
     leftovers = [".model_repository.staging-1x2y/journal.json", "model_repository/.triton.log"]
-    assert len(examples) == 4 and len(written) > 10
+    pointer = {f"model_repository/minilm/{name}" for name in ("1", HISTORY, GOLDEN)}
+    assert len(examples) == 4 and len(written) > 10 and pointer <= set(written)
     assert ignored(written + leftovers) == set(written + leftovers) - examples
     assert not ignored(["model_repository/README.md"])
