@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from enum import StrEnum
 from http.client import HTTPException
@@ -167,13 +168,26 @@ class TritonizeClient:
         `parameters` are TensorRT-LLM's request fields: temperature, top_k, top_p, seed,
         stop_words, end_id, exclude_input_in_output.
         """
+        # Closed with this generator: a caller that stops early ends the stream at once.
+        with closing(
+            self.generate_versioned(model, prompt, max_tokens, stream, **parameters)
+        ) as versioned:
+            for text, _version in versioned:
+                yield text
+
+    def generate_versioned(
+        self, model: str, prompt: str, max_tokens: int = 64, stream: bool = False,
+        **parameters: Any,
+    ) -> Generator[tuple[str, str], None, None]:  # fmt: skip
+        """`generate`, each text with the version of the model that made it (Triton's
+        `model_version`): a stream's texts should all name one."""
         fields = {"text_input": prompt, "max_tokens": max_tokens, "stream": stream, **parameters}
         if self.protocol is Protocol.HTTP:
             yield from self._generate_http(model, fields)
         else:
             yield from self._generate_grpc(model, fields)
 
-    def _generate_http(self, model: str, fields: dict[str, Any]) -> Iterator[str]:
+    def _generate_http(self, model: str, fields: dict[str, Any]) -> Iterator[tuple[str, str]]:
         """Triton's generate extension: /generate, or /generate_stream (server-sent events)."""
         import json
         import urllib.error
@@ -193,7 +207,7 @@ class TritonizeClient:
                     event = json.loads(line.removeprefix(b"data:"))
                     if "error" in event:  # a stream can fail after it started
                         raise InferenceError(f"model `{model}` at {self.url}: {event['error']}")
-                    yield event["text_output"]
+                    yield event["text_output"], str(event.get("model_version", ""))
         except urllib.error.HTTPError as exc:
             detail = _http_error_detail(exc.code, str(exc.reason), exc.read())
             raise InferenceError(f"model `{model}` at {self.url}: {detail}") from None
@@ -202,7 +216,7 @@ class TritonizeClient:
         except HTTPException as exc:
             raise InferenceError(_not_http(self.url, exc)) from exc
 
-    def _generate_grpc(self, model: str, fields: dict[str, Any]) -> Iterator[str]:
+    def _generate_grpc(self, model: str, fields: dict[str, Any]) -> Iterator[tuple[str, str]]:
         """A gRPC stream; the final (possibly empty) response closes it."""
         import queue
 
@@ -226,7 +240,8 @@ class TritonizeClient:
                     raise InferenceError(f"model `{model}` at {self.url}: {error.message()}")
                 response = result.get_response()
                 if response.outputs:
-                    yield result.as_numpy("text_output").reshape(-1)[0].decode()
+                    text = result.as_numpy("text_output").reshape(-1)[0].decode()
+                    yield text, _response_version(response)
                 finished = response.parameters["triton_final_response"].bool_param
         finally:
             # A plain stop waits for every pending response: forever when the server never ends

@@ -11,6 +11,7 @@ from tritonize.loadtest.report import (
     version_table,
     versions_markdown,
 )
+from tritonize.loadtest.versions import VersionTally, stream_problem, stream_version
 
 
 def write_counts(path: Path, rows: list[tuple[int, str, int]]) -> Path:
@@ -40,3 +41,30 @@ def test_a_rollout_reads_as_one_version_then_the_other(tmp_path: Path) -> None:
 def test_no_versions_no_section(tmp_path: Path) -> None:
     assert version_counts(tmp_path / "absent.csv") == {}
     assert versions_markdown({}) == "" and version_table({}) == []
+
+
+def test_the_master_counts_every_response_of_its_own_and_its_workers(tmp_path: Path) -> None:
+    """Each process tallies its responses; a worker's tally, drained into its stats report,
+    adds to the master's, and each response counts once however often the worker reports."""
+    master, worker = VersionTally(), VersionTally()
+    for second, version in [(100.2, "1"), (100.9, "1"), (101.5, "2")]:
+        master.count(version, second)
+    worker.count("1", 100.4)
+    worker.count("", 100.5)  # a response that named no version (the OpenAI gateway's)
+    master.merge(worker.drain())
+    worker.count("2", 102.0)
+    master.merge(worker.drain())
+    master.merge(worker.drain())  # nothing new since: adds nothing
+    assert master.rows() == [(100, "1", 3), (101, "2", 1), (102, "2", 1)]
+
+    master.write_csv(tmp_path / "versions.csv")
+    assert version_counts(tmp_path / "versions.csv") == {"1": {100: 3}, "2": {101: 1, 102: 1}}
+
+
+def test_a_stream_is_answered_by_one_version() -> None:
+    assert stream_problem(["2", "2", "2"]) is None and stream_version(["2", "2"]) == "2"
+    assert stream_problem(["", "1"]) is None and stream_version(["", "1"]) == "1"
+    assert stream_problem([]) is None and stream_version([]) == ""
+    mixed = ["1", "1", "2"]
+    assert stream_problem(mixed) == "the stream's responses came from model versions 1 and 2"
+    assert stream_version(mixed) == ""  # counted under neither: it is a failure

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import os
 import time
-from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import locust.stats
@@ -29,6 +29,7 @@ from tritonize.loadtest.users import (
     TritonHttpUser,
     TritonStreamUser,
 )
+from tritonize.loadtest.versions import VersionTally
 
 __all__ = [
     "OpenAIChatStreamUser",
@@ -74,26 +75,23 @@ def _write_final_stats(environment: Environment, **_kwargs: Any) -> None:
 
 
 # Responses per (second, model version) of this process; workers report theirs to the master.
-_versions: Counter[tuple[int, str]] = Counter()
+_versions = VersionTally()
 
 
 @events.request.add_listener
 def _count_version(context: dict[str, Any] | None = None, **_kwargs: Any) -> None:
-    version = (context or {}).get("model_version")
-    if version:
-        _versions[(int(time.time()), str(version))] += 1
+    """A response counts under the version its user put in the request event's context."""
+    _versions.count(str((context or {}).get("model_version") or ""), time.time())
 
 
 @events.report_to_master.add_listener
 def _send_versions(data: dict[str, Any], **_kwargs: Any) -> None:
-    data["model_versions"] = [[s, v, n] for (s, v), n in _versions.items()]
-    _versions.clear()
+    data["model_versions"] = _versions.drain()
 
 
 @events.worker_report.add_listener
 def _receive_versions(data: dict[str, Any], **_kwargs: Any) -> None:
-    for second, version, count in data.get("model_versions", []):
-        _versions[(int(second), str(version))] += int(count)
+    _versions.merge(data.get("model_versions", []))
 
 
 @events.quitting.add_listener
@@ -101,10 +99,7 @@ def _write_versions(environment: Environment, **_kwargs: Any) -> None:
     path = environment.parsed_options.versions_csv if environment.parsed_options else None
     if not path or isinstance(environment.runner, WorkerRunner):
         return
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["second", "version", "responses"])
-        writer.writerows([s, v, n] for (s, v), n in sorted(_versions.items()))
+    _versions.write_csv(Path(path))
 
 
 _scenario = os.environ.get("TRITONIZE_SCENARIO")

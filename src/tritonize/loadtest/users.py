@@ -21,6 +21,7 @@ from locust import User, constant, task
 
 from tritonize.client import TritonizeClient
 from tritonize.loadtest.checks import response_problem
+from tritonize.loadtest.versions import stream_problem, stream_version
 from tritonize.tasks import served_task
 from tritonize.triton_models.common import TEXT
 
@@ -138,7 +139,8 @@ class TritonStreamUser(_ModelUser):
     """Streams from a generation model over HTTP /generate_stream (server-sent events).
 
     Three request events per call: `TTFT` (time to the first text), `ITL` (each gap between
-    text deltas) and `E2E` (the whole response, the one that counts as the request).
+    text deltas) and `E2E` (the whole response, the one that counts as the request, under the
+    model version that made it). A stream whose responses name two versions is a failure.
     """
 
     def on_start(self) -> None:
@@ -150,11 +152,13 @@ class TritonStreamUser(_ModelUser):
         start = last = time.perf_counter()
         first: float | None = None
         text = ""
+        versions: list[str] = []
         error: Exception | None = None
         try:
-            for delta in self.client.generate(
+            for delta, version in self.client.generate_versioned(
                 self.model, random.choice(self.texts), self.max_tokens, stream=True
             ):
+                versions.append(version)
                 now = time.perf_counter()
                 if delta and first is None:
                     first = now
@@ -163,11 +167,13 @@ class TritonStreamUser(_ModelUser):
                     self._fire("ITL", now - last)
                 last = now
                 text += delta
-            if not text:
-                error = ResponseCheckError("the stream carried no text")
+            problem = stream_problem(versions) or (None if text else "the stream carried no text")
+            if problem:
+                error = ResponseCheckError(problem)
         except Exception as exc:  # whatever went wrong, a failed request: never an uncounted one
             error = exc
-        self._fire("E2E", time.perf_counter() - start, len(text.encode()), error)
+        seconds = time.perf_counter() - start
+        self._fire("E2E", seconds, len(text.encode()), error, stream_version(versions))
 
 
 class _OpenAIStreamUser(_EventUser):
