@@ -20,6 +20,7 @@ from tritonize.monitor.drift import recording_rules
 from tritonize.monitor.profile import builtin_reference_texts, read_reference_texts
 from tritonize.repository.writer import build_repository
 from tritonize.spec import BuildSpec
+from tritonize.tasks.build import StepNames
 from tritonize.triton_models.features import (
     INPUT_FEATURES,
     OUTPUT_TOKENS,
@@ -134,7 +135,8 @@ def test_a_classifier_build_profiles_the_reference_as_transformers_labels_it(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    profile = Profile.read(classifier_repository / "sentiment" / "1" / PROFILE)
+    build = classifier_repository / StepNames("sentiment", 1).entry / "1"  # where build writes it
+    profile = Profile.read(build / PROFILE)
     assert profile is not None and profile.source == "built-in"
     for feature in profile.features:
         assert sum(profile.shares[feature.name]) == pytest.approx(1.0, abs=1e-5)
@@ -166,7 +168,7 @@ def test_a_generator_build_profiles_prompts_and_what_generate_makes_of_them(
     spec = BuildSpec(name="gen", task="generation", model=checkpoint, output=tmp_path,
                      max_seq_len=64, max_batch_size=2)  # fmt: skip
     build_repository(spec)
-    profile = Profile.read(tmp_path / "gen.v1" / "1" / PROFILE)
+    profile = Profile.read(tmp_path / StepNames("gen", 1).entry / "1" / PROFILE)
     assert profile is not None
     assert [f.name for f in profile.features] == [
         "prompt_tokens", "script", "symbols", "output_tokens", "stop_reason"
