@@ -103,10 +103,7 @@ def plot_version_shares(counts: dict[str, dict[int, int]], path: Path) -> None:
     axes.set_ylabel("share of responses")
     axes.set_xlabel("seconds")
     axes.legend(loc="upper left")
-    figure.suptitle("Which model version answered")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(plt, figure, path, title="Which model version answered")
 
 
 def _target(test: LoadTest) -> str:
@@ -183,10 +180,7 @@ def plot_throughput_latency(history: list[dict[str, float]], path: Path) -> None
     bottom.set_ylabel("latency (ms)")
     bottom.set_xlabel("seconds")
     bottom.legend(loc="upper left")
-    figure.suptitle("Throughput and client latency over time")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(plt, figure, path, title="Throughput and client latency over time")
 
 
 def plot_latency_breakdown(result: LoadTestResult, path: Path) -> None:
@@ -209,9 +203,7 @@ def plot_latency_breakdown(result: LoadTestResult, path: Path) -> None:
     axis.set_xlabel("ms")
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize="small")
     axis.set_title("Client latency versus server latency breakdown")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    _save(plt, figure, path, bbox_inches="tight")
 
 
 def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
@@ -262,6 +254,15 @@ def _users(count: int) -> str:
 
 def _failures(failures: dict[str, float]) -> str:
     return ", ".join(f"{n:.0f} {r}" for r, n in failures.items()) or "0"
+
+
+def _save(plt: Any, figure: Any, path: Path, title: str = "", **options: Any) -> None:
+    """Title `figure`, lay it out, write it to `path` as a PNG and free it."""
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, **options)
+    plt.close(figure)
 
 
 def _pyplot() -> Any:
