@@ -1,6 +1,6 @@
 """Work per request is bounded by what the model can use: an abusive client (megabyte texts,
 a 10 MB prompt, a flood of stop words) leaves a concurrent normal client's latency within 2x
-of what it is alone, measured side by side in each test.
+of what it is alone (plus CPU_SHARE_S), measured side by side in each test.
 
 The abuser runs in its own process (abusive_client.py): serialising megabytes in this process
 would slow the measured client through the GIL, which says nothing about the server.
@@ -35,6 +35,10 @@ INTERVAL_S = 0.025  # it starts a request this often, however long earlier ones 
 WORKERS = 8
 ABUSIVE_SAMPLES = 3  # abusive requests answered while the normal client is timed beside them
 ABUSER = Path(__file__).with_name("abusive_client.py")
+# On two cores the abuser's process and the server reading its megabytes take CPU from the normal
+# client whatever the server does; a client held up behind an abusive request waits for all of
+# it instead (0.46 s for 32 texts of 900 kB through the bounded tokenizer, 52 s before).
+CPU_SHARE_S = 0.03
 
 Normal = Callable[[TritonizeClient], object]
 
@@ -145,7 +149,7 @@ def test_megabyte_texts_do_not_hold_up_a_one_sentence_client(server: LocalServer
     rss_after = stub_rss_mib(server, TOKENIZER)
     print(f"tokenizer stub: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after the abuse")
     assert all(outcome == "ok" for _, outcome in abusive), abusive[:1]
-    assert beside <= 2 * alone
+    assert beside <= 2 * alone + CPU_SHARE_S
     assert rss_after - rss_before < 512
 
 
@@ -194,7 +198,7 @@ def test_a_10mb_prompt_is_refused_without_holding_up_other_streams(server: Local
     for _, outcome in abusive:
         assert "`text_input` is over 63 tokens" in outcome, outcome
         assert "the context window is 64" in outcome
-    assert beside <= 2 * alone
+    assert beside <= 2 * alone + CPU_SHARE_S
 
 
 # -- stop words: capped in count and length -----------------------------------------------------
@@ -213,7 +217,7 @@ def test_stop_words_are_capped_and_the_allowed_most_does_not_slow_others(
         flood, most = outcome.split(" | ")
         assert flood.endswith("`stop_words` has 100000 words: at most 16 allowed"), outcome
         assert most == "ok", outcome
-    assert beside <= 2 * alone
+    assert beside <= 2 * alone + CPU_SHARE_S
 
 
 # -- request bodies: Triton has no cap of its own -----------------------------------------------
