@@ -590,9 +590,19 @@ def _lifecycle_server(args: argparse.Namespace) -> Any:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from tritonize.rollout.agreement import sample_texts
+    from tritonize.rollout.canary import CanaryPlan
     from tritonize.rollout.lifecycle import Gates, keep_builds, rollout
 
     server = _lifecycle_server(args)
+    canary = None
+    if args.canary is not None:
+        canary = CanaryPlan(
+            share=args.canary / 100,
+            seconds=args.canary_for,
+            max_failures=args.canary_max_failures,
+            max_p95_ratio=args.canary_max_p95_ratio,
+            min_agreement=args.canary_min_agreement,
+        )
     sample = sample_texts(args.sample, args.sample_size)
     gates = Gates(
         verify=not args.skip_verify,
@@ -600,7 +610,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         sample=tuple(sample),
         min_agreement=args.min_agreement,
     )
-    outcome = rollout(server, args.model, args.to, gates)
+    outcome = rollout(server, args.model, args.to, gates, canary)
     print(
         f"`{args.model}` serves build {outcome.serving} (was {outcome.previous}); "
         f"rollout took {outcome.seconds:.1f} s"
@@ -1119,10 +1129,43 @@ def _add_lifecycle(commands: Any) -> None:
     rollout.add_argument(
         "--skip-verify", action="store_true", help="no verify gate (agreement is still shown)"
     )
+    canary = rollout.add_argument_group(
+        "canary", "before moving all traffic, route a share of it to the candidate and watch"
+    )
+    canary.add_argument(
+        "--canary", type=_percent, metavar="P",
+        help="P%% of the requests that name no version go to the candidate first (1..99)",
+    )  # fmt: skip
+    canary.add_argument(
+        "--canary-for", type=duration, default=300.0, metavar="TIME",
+        help="how long the canary runs: 90s, 5m (default 5m)",
+    )  # fmt: skip
+    canary.add_argument(
+        "--canary-max-failures", type=_share, default=0.01, metavar="SHARE",
+        help="the candidate's failure share may exceed the serving build's by this (default 0.01)",
+    )  # fmt: skip
+    canary.add_argument(
+        "--canary-max-p95-ratio", type=float, default=1.5, metavar="X",
+        help="the candidate's p95 may be X times the serving build's (default 1.5)",
+    )  # fmt: skip
+    canary.add_argument(
+        "--canary-min-agreement", type=_share, metavar="SHARE",
+        help="canary requests the serving build must answer alike (default: shown, not gated)",
+    )  # fmt: skip
     rollout.add_argument(
         "--set-alias", metavar="ALIAS",
         help="once it serves, point this MLflow alias at the registered version it was built from",
     )  # fmt: skip
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 100.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a percentage between 0 and 100")
+    return value
 
 
 def _share(text: str) -> float:

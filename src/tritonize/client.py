@@ -28,6 +28,7 @@ from tritonize.triton_models.common import (
     END,
     ENTITIES,
     LABEL,
+    MODEL_VERSION,
     PROBABILITIES,
     QUERY,
     QUESTION,
@@ -116,11 +117,9 @@ class TritonizeClient:
             request = self._module.InferInput(name, list(data.shape), "BYTES")
             request.set_data_from_numpy(data)
             requests.append(request)
-        outputs = [self._requested_output(name) for name in self.output_names(model)]
-        result = self._call(
-            model, "infer", model, requests, outputs=outputs, **self._infer_timeout()
-        )
-        self.last_model_version = _response_version(result.get_response())
+        # Every output, unnamed: during a canary that includes the router's MODEL_VERSION.
+        result = self._call(model, "infer", model, requests, **self._infer_timeout())
+        self.last_model_version = _response_version(result)
         return {name: result.as_numpy(name) for name in self.output_names(model)}
 
     def embed(self, model: str, texts: Sequence[str | bytes]) -> np.ndarray:
@@ -207,7 +206,8 @@ class TritonizeClient:
                     event = json.loads(line.removeprefix(b"data:"))
                     if "error" in event:  # a stream can fail after it started
                         raise InferenceError(f"model `{model}` at {self.url}: {event['error']}")
-                    yield event["text_output"], str(event.get("model_version", ""))
+                    version = event.get(MODEL_VERSION, event.get("model_version", ""))
+                    yield event["text_output"], str(np.asarray(version).reshape(-1)[0])
         except urllib.error.HTTPError as exc:
             detail = _http_error_detail(exc.code, str(exc.reason), exc.read())
             raise InferenceError(f"model `{model}` at {self.url}: {detail}") from None
@@ -241,7 +241,7 @@ class TritonizeClient:
                 response = result.get_response()
                 if response.outputs:
                     text = result.as_numpy("text_output").reshape(-1)[0].decode()
-                    yield text, _response_version(response)
+                    yield text, _response_version(result)
                 finished = response.parameters["triton_final_response"].bool_param
         finally:
             # A plain stop waits for every pending response: forever when the server never ends
@@ -322,11 +322,6 @@ class TritonizeClient:
         self.close()
 
     # -- helpers -----------------------------------------------------------------------------
-    def _requested_output(self, name: str) -> Any:
-        if self.protocol is Protocol.HTTP:
-            return self._module.InferRequestedOutput(name, binary_data=True)
-        return self._module.InferRequestedOutput(name)
-
     def _infer_timeout(self) -> dict[str, Any]:
         if self.protocol is Protocol.GRPC:
             return {"client_timeout": self._timeout_s}
@@ -359,8 +354,13 @@ class TritonizeClient:
             ) from exc
 
 
-def _response_version(response: Any) -> str:
-    """`model_version` of an HTTP (JSON) or gRPC (protobuf) inference response."""
+def _response_version(result: Any) -> str:
+    """The build that made an inference result: its MODEL_VERSION output during a canary (the
+    router's `model_version` is the serving build's), else the response's `model_version`."""
+    routed = result.as_numpy(MODEL_VERSION)
+    if routed is not None and routed.size:
+        return str(int(routed.reshape(-1)[0]))
+    response = result.get_response()
     if isinstance(response, dict):
         return str(response.get("model_version", ""))
     return str(getattr(response, "model_version", ""))

@@ -22,11 +22,12 @@ from tritonize.repository.builds import (
 from tritonize.repository.checker import check_repository
 from tritonize.repository.configs import from_text, to_text
 from tritonize.repository.writer import build_repository
-from tritonize.rollout.agreement import _disagreement, sample_texts
+from tritonize.rollout.agreement import sample_texts
 from tritonize.rollout.interface import differences, public_interface
 from tritonize.rollout.lifecycle import Gates, RolloutError, Server, keep_builds, rollout
 from tritonize.spec import BuildSpec
 from tritonize.tasks.build import StepNames
+from tritonize.triton_models.compare import disagreement
 
 NAME = "sentiment"
 
@@ -183,11 +184,11 @@ def test_keep_removes_old_builds_but_the_serving_and_previous(
 
 def test_responses_agree_output_by_output() -> None:
     a = {"LABEL": np.array([[b"pos"]], dtype=object), "PROBABILITIES": np.array([[0.9, 0.1]])}
-    assert _disagreement(a, a) is None
+    assert disagreement(a, a) is None
     flipped = {**a, "LABEL": np.array([[b"neg"]], dtype=object)}
-    assert _disagreement(a, flipped) == "`LABEL` ['pos'] vs ['neg']"
+    assert disagreement(a, flipped) == "`LABEL` ['pos'] vs ['neg']"
     turned = {**a, "PROBABILITIES": np.array([[0.1, 0.9]])}
-    assert _disagreement(a, turned) == "`PROBABILITIES` cosine 0.2195"
+    assert disagreement(a, turned) == "`PROBABILITIES` cosine 0.2195"
 
 
 def test_sample_texts_are_read_from_a_file_or_refused(tmp_path: Path) -> None:

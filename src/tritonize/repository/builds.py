@@ -29,6 +29,7 @@ from tritonize.repository.golden import GOLDEN
 from tritonize.tasks.build import BUILD_MARK, StepNames
 
 HISTORY = "serving.json"
+CANARY = "canary.json"  # NAME routes between two builds (repository/canary.py)
 CONFIG = "config.pbtxt"
 
 
@@ -114,8 +115,8 @@ def point(repository: Path, name: str, version: int) -> Pointer:
             raise RepositoryError([f"`{link}` is a directory, not a link to `{entry}`"])
         os.symlink(Path("..") / entry / str(version), link, target_is_directory=True)
     if (golden := repository / entry / GOLDEN).exists():
-        _replace(public / GOLDEN, golden.read_bytes())
-    _replace(public / CONFIG, to_text(config).encode())
+        replace_file(public / GOLDEN, golden.read_bytes())
+    replace_file(public / CONFIG, to_text(config).encode())
     _record(public, version)
     return Pointer(name, version)
 
@@ -137,6 +138,8 @@ def version_problems(repository: Path, configs: dict[str, ModelConfig]) -> list[
             elif step.model_version != -1 and step.model_version not in versions:
                 problems.append(f"{where} pins version {step.model_version}, which is not on disk")
         pointer = serving(repository, name)
+        if (repository / name / CANARY).exists():
+            continue  # NAME is a canary's router, not a copy of its build's config
         if pointer is not None and (problem := _pointer_problem(repository, config, pointer)):
             problems.append(problem)
     return problems
@@ -211,12 +214,14 @@ def _record(public: Path, version: int) -> None:
     except (OSError, ValueError):
         record = {"history": []}
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    record["history"] = [*record.get("history", []), {"version": version, "since": now}][-100:]
+    kept = record.get("history", [])
+    if not kept or kept[-1].get("version") != version:  # a pointer rewritten in place is no move
+        record["history"] = [*kept, {"version": version, "since": now}][-100:]
     record["serving"] = version
-    _replace(path, (json.dumps(record, indent=1) + "\n").encode())
+    replace_file(path, (json.dumps(record, indent=1) + "\n").encode())
 
 
-def _replace(path: Path, data: bytes) -> None:
+def replace_file(path: Path, data: bytes) -> None:
     """Write `path` by rename: Triton (or a reader) sees the old file or the new, never half."""
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_bytes(data)

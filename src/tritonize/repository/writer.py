@@ -11,7 +11,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import tritonize.triton_models as triton_models
 from tritonize.engine.build import (
     ENGINE_FILES,
     EngineArtifact,
@@ -31,33 +30,10 @@ from tritonize.repository.golden import generation_golden_record, golden_record,
 from tritonize.repository.install import install, pause_point, staging_directory
 from tritonize.repository.manifest import seal, write_manifest
 from tritonize.repository.ownership import planned_models, refuse_conflicts
+from tritonize.repository.sources import write_python_sources
 from tritonize.spec import BuildSpec, Target
 from tritonize.tasks import task_named
 from tritonize.tasks.build import Layout
-
-PACKAGE_DIR = "triton_models"  # the Python-backend sources, copied beside each model.py
-
-# The stub's embedded interpreter ignores PYTHONDONTWRITEBYTECODE, and it compiles model.py
-# before running it: so model.py turns bytecode off for what it imports and removes its own.
-_ENTRY_POINT = '''"""Triton entry point: the model lives in {package}/{module}.py."""
-
-import sys
-
-sys.dont_write_bytecode = True  # no __pycache__ in the model repository
-
-import contextlib  # noqa: E402
-import importlib.util  # noqa: E402
-import os  # noqa: E402
-
-from {package}.{module} import TritonPythonModel  # noqa: E402
-
-with contextlib.suppress(OSError):
-    _own_bytecode = importlib.util.cache_from_source(__file__)
-    os.remove(_own_bytecode)
-    os.rmdir(os.path.dirname(_own_bytecode))
-
-__all__ = ["TritonPythonModel"]
-'''
 
 
 @dataclass(frozen=True)
@@ -204,13 +180,7 @@ def _write_python_model(repository: Path, config: ModelConfig, version: int, mod
     """config.pbtxt plus `<version>/model.py` re-exporting `triton_models.<module>`."""
     _write_config(repository, config)
     version_dir = repository / config.name / str(version)
-    version_dir.mkdir(parents=True)
-    shutil.copytree(
-        Path(triton_models.__file__).parent,
-        version_dir / PACKAGE_DIR,
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    (version_dir / "model.py").write_text(_ENTRY_POINT.format(package=PACKAGE_DIR, module=module))
+    write_python_sources(version_dir, module)
     return version_dir
 
 

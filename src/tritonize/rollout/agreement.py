@@ -18,11 +18,11 @@ from tritonize.client import TritonizeClient
 from tritonize.errors import TritonizeError
 from tritonize.tasks import task_named
 from tritonize.tasks.base import Outcome, golden_records
+from tritonize.triton_models.compare import disagreement
 
 # The load tests' varied texts (read here as a file: importing the Locust users patches the
 # process with gevent).
 DEFAULT_SAMPLE = Path(__file__).parents[1] / "loadtest" / "texts.txt"
-MIN_COSINE = 0.99  # float outputs of one input agree when their rows point the same way
 SAMPLE_NEW_TOKENS = 16  # a generation sample's continuation, greedy
 
 
@@ -90,7 +90,7 @@ def sample_agreement(
         except TritonizeError:
             failed += 1
             continue
-        problem = _disagreement(a, b)
+        problem = disagreement(a, b)
         agreed += problem is None
         if problem and not example:
             example = f"{text[:40]!r}: {problem}"
@@ -104,31 +104,3 @@ def _answer(
         whole = "".join(client.generate(model, text, max_tokens=SAMPLE_NEW_TOKENS))
         return {"text_output": np.array([whole], dtype=object)}
     return client.infer_inputs(model, task.request([text]))
-
-
-def _disagreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> str | None:
-    for name in sorted(a.keys() & b.keys()):
-        x, y = np.asarray(a[name]), np.asarray(b[name])
-        if x.shape != y.shape:
-            return f"`{name}` shapes {list(x.shape)} vs {list(y.shape)}"
-        if x.dtype.kind == "f":
-            rows_x, rows_y = x.reshape(len(x), -1), y.reshape(len(y), -1)
-            cosine = _min_cosine(rows_x.astype(np.float64), rows_y.astype(np.float64))
-            if cosine < MIN_COSINE:
-                return f"`{name}` cosine {cosine:.4f}"
-        elif not np.array_equal(x, y):
-            return f"`{name}` {_short(x)} vs {_short(y)}"
-    return None
-
-
-def _min_cosine(x: np.ndarray, y: np.ndarray) -> float:
-    norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
-    dots = np.sum(x * y, axis=1)
-    # Two zero rows agree; one zero row does not.
-    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.all(x == y, axis=1))
-    return float(cosines.min()) if cosines.size else 1.0
-
-
-def _short(values: np.ndarray) -> str:
-    flat = [v.decode() if isinstance(v, bytes) else v for v in values.reshape(-1)[:3].tolist()]
-    return repr(flat)

@@ -21,19 +21,21 @@ import tritonclient.http as http_client
 from tritonize.api_key import API_KEY_HEADER
 from tritonize.client import TritonizeClient
 from tritonize.errors import ServerError, TritonizeError
+from tritonize.monitor.scrape import default_metrics_url, read
 from tritonize.progress import note, step
 from tritonize.repository.builds import (
     Pointer,
     build_versions,
-    point,
     previous,
     remove_build,
     serving,
     unlink_other_versions,
 )
+from tritonize.repository.canary import Canary, serve_build, start_canary
 from tritonize.repository.golden import GOLDEN, read_golden
 from tritonize.repository.manifest import integrity_problems
 from tritonize.rollout.agreement import Agreement, golden_agreement, sample_agreement
+from tritonize.rollout.canary import CanaryPlan, Judgement, judge
 from tritonize.rollout.interface import differences, public_interface
 from tritonize.server.admin import RepositoryAdmin
 from tritonize.tasks.build import StepNames
@@ -79,8 +81,11 @@ class Outcome:
     agreements: list[Agreement] = field(default_factory=list)
 
 
-def rollout(server: Server, name: str, version: int, gates: Gates) -> Outcome:
-    """Move `name` to build `version` after `gates`; raise `RolloutError` if it does not."""
+def rollout(
+    server: Server, name: str, version: int, gates: Gates, canary: CanaryPlan | None = None
+) -> Outcome:
+    """Move `name` to build `version` after `gates` (and `canary`, when given); raise
+    `RolloutError` if it does not."""
     started = time.perf_counter()
     current = _serving(server.repository, name)
     if version == current.version:
@@ -95,6 +100,8 @@ def rollout(server: Server, name: str, version: int, gates: Gates) -> Outcome:
     except BaseException:
         _unload(admin, candidate)
         raise
+    if canary is not None:
+        _canary(server, admin, name, current.version, version, canary)
     _move(server, admin, name, current.version, version)
     return Outcome(name, version, current.version, time.perf_counter() - started, agreements)
 
@@ -224,11 +231,11 @@ def _agreements(server: Server, name: str, entry: str, sample: tuple[str, ...]) 
 def _move(server: Server, admin: RepositoryAdmin, name: str, old: int, new: int) -> None:
     """Point `name` at build `new` and load it; then let build `old` drain and unload it."""
     with step(f"Moving `{name}` from build {old} to build {new}"):
-        point(server.repository, name, new)
+        serve_build(server.repository, name, new)
         try:
             admin.load(name)
         except ServerError as exc:
-            point(server.repository, name, old)
+            serve_build(server.repository, name, old)
             _reload_after_failure(admin, name)
             _unload(admin, StepNames(name, new))
             raise RolloutError(f"`{name}` did not load pointing at build {new}: {exc}") from None
@@ -241,6 +248,61 @@ def _move(server: Server, admin: RepositoryAdmin, name: str, old: int, new: int)
         admin.unload(StepNames(name, new).entry)
         unlink_other_versions(server.repository, name, keep=new)
         note(f"unloaded {', '.join(old_models) or 'nothing'}")
+
+
+def _canary(
+    server: Server, admin: RepositoryAdmin, name: str, old: int, new: int, plan: CanaryPlan
+) -> None:
+    """Route `plan.share` of NAME's requests to build `new` for `plan.seconds`, judging the
+    gates as it goes; on a broken gate (or anything else), back to build `old` alone."""
+    serving_entry = StepNames(name, old).entry
+    with step(f"Canary: {plan.share:.0%} of `{name}`'s requests to build {new}"):
+        try:
+            admin.load(serving_entry)  # the router calls each build by its own name
+        except ServerError as exc:
+            _unload(admin, StepNames(name, new))
+            raise RolloutError(f"build {old}'s entry did not load for the canary: {exc}") from None
+        start_canary(server.repository, Canary(name, old, new, plan.share))
+        try:
+            admin.load(name)
+            judgement = _watch(server, name, old, new, plan)
+        except BaseException as exc:
+            _back_to(server, admin, name, old, new)
+            if isinstance(exc, ServerError):
+                raise RolloutError(f"`{name}` did not load as the canary's router: {exc}") from None
+            raise
+    if judgement.breaches:
+        with step(f"The canary broke its gates: back to build {old}"):
+            _back_to(server, admin, name, old, new)
+        raise RolloutError(
+            f"build {new} broke the canary's gates: {'; '.join(judgement.breaches)}. "
+            f"`{name}` serves build {old}"
+        )
+
+
+def _watch(server: Server, name: str, old: int, new: int, plan: CanaryPlan) -> Judgement:
+    """Judge the gates every `plan.interval_s` until `plan.seconds` pass or one breaks."""
+    url = server.metrics_url or default_metrics_url(server.http_url)
+    start, before = time.monotonic(), read(url)
+    end = start + plan.seconds
+    while True:
+        time.sleep(max(min(plan.interval_s, end - time.monotonic()), 0.0))
+        judgement = judge(before, read(url), name, old, new, plan)
+        note(f"{time.monotonic() - start:5.1f} s  {judgement.describe()}")
+        if judgement.breaches or time.monotonic() >= end:
+            return judgement
+
+
+def _back_to(server: Server, admin: RepositoryAdmin, name: str, old: int, new: int) -> None:
+    """NAME serves build `old` alone again; the candidate and the old entry drain, unload."""
+    serve_build(server.repository, name, old)
+    _reload_after_failure(admin, name)
+    leaving = [*_loaded(admin, StepNames(name, new)), StepNames(name, old).entry]
+    _wait_quiet(server, leaving)
+    for model in leaving:
+        admin.unload(model)
+    unlink_other_versions(server.repository, name, keep=old)
+    note(f"`{name}` serves build {old}; unloaded {', '.join(leaving)}")
 
 
 def _reload_after_failure(admin: RepositoryAdmin, name: str) -> None:

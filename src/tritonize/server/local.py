@@ -19,7 +19,9 @@ from types import TracebackType
 from tritonize.api_key import API_KEY_HEADER
 from tritonize.errors import ServerError
 from tritonize.processes import die_with_parent, stop_process
+from tritonize.progress import note
 from tritonize.repository.builds import startup_models
+from tritonize.repository.canary import end_stale_canaries
 from tritonize.repository.checker import check_repository, serves_a_plan
 from tritonize.repository.configs import ModelConfig
 from tritonize.server import leftovers
@@ -150,6 +152,9 @@ class LocalServer:
     def start(self, timeout_s: float = 120.0) -> None:
         """Check the repository and ports, launch, and wait until every model is ready."""
         leftovers.remove_orphans()
+        for canary in end_stale_canaries(self.config.repository):  # its command is gone
+            note(f"`{canary.name}`: a canary of build {canary.candidate} was left running; "
+                 f"it serves build {canary.serving} alone again")  # fmt: skip
         configs = check_repository(self.config.repository)
         if _bundled_or_none(self.config.tritonserver) is not None:
             _ensure_bundled_backends(configs)

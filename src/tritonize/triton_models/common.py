@@ -21,6 +21,7 @@ ANSWER = "ANSWER"
 START = "START"
 END = "END"
 ENTITIES = "ENTITIES"
+MODEL_VERSION = "MODEL_VERSION"  # during a canary: the build that made the response
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 TOKEN_TYPE_IDS = "token_type_ids"  # which text of a pair each token belongs to
