@@ -165,9 +165,7 @@ def test_a_model_that_fails_to_load_is_named_with_its_reason(
         with pytest.raises(ServerError, match="a_module_nobody_installed"):
             admin.load("broken")
         code, summary, printed = run_diagnose(server, tmp_path / "failed")
-    finally:
-        # The runbook's fix: a model that loads. Until one does, Triton's strict readiness
-        # keeps the whole server not ready (even once the model is unloaded or removed).
+    finally:  # the runbook's fix: a model that loads
         (broken / "1" / "model.py").write_text(SLOW_MODEL)
         admin.load("broken")
     assert code == 1
@@ -176,8 +174,8 @@ def test_a_model_that_fails_to_load_is_named_with_its_reason(
     assert "a_module_nobody_installed" in problem["detail"]
     assert "[model-unavailable] broken: UNAVAILABLE" in printed
     assert "see docs/runbook.md#model-unavailable" in printed
-    (not_ready,) = problems_of(summary, "server-not-ready")
-    assert "not READY: broken (Internal: ModuleNotFoundError" in not_ready["detail"]
+    # `serve` runs Triton without strict readiness: one broken model leaves the server ready.
+    assert problems_of(summary, "server-not-ready") == []
     _, fixed, printed = run_diagnose(server, tmp_path / "fixed")
     assert ours(fixed) == [], printed
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from integration.conftest import server_config
+from tritonize.client import TritonizeClient
 from tritonize.loadtest.report import version_counts
 from tritonize.loadtest.runner import LoadTest, LoadTestResult, run_load_test
 from tritonize.repository.builds import serving
@@ -161,6 +162,9 @@ def test_rollout_rollback_and_refused_candidates_lose_no_request(
     assert serving(builds, NAME).version == 1  # type: ignore[union-attr]
     states = RepositoryAdmin(server.config.http_url, server.config.api_key).states()
     assert states[NAME] == "READY"
+    # The candidate that did not load does not take the server out of rotation.
+    with TritonizeClient(server.config.http_url, "http") as client:
+        assert client.is_server_ready()
     for version in (2, 3, 4):
         for model in (f"{NAME}.v{version}", f"{NAME}_tokenizer.v{version}"):
             assert states.get(model) != "READY", (model, states)
@@ -177,6 +181,53 @@ def test_rollout_rollback_and_refused_candidates_lose_no_request(
         assert max(counts["1"]) > max(counts["2"]) and min(counts["1"]) < min(counts["2"])
         assert "## Responses by model version" in (report / "summary.md").read_text()
         assert (report / "versions.png").exists()
+
+
+def test_a_canary_serves_a_share_and_one_that_breaks_a_gate_rolls_back_by_itself(
+    server: LocalServer, builds: Path, tmp_path: Path
+) -> None:
+    """A canary of build 2 (a quarter of the requests for 20 s, then all); then one of build 3,
+    whose answers differ: the live agreement gate breaks and build 2 serves again by itself."""
+    steps: dict[str, Step] = {}
+
+    def work() -> None:
+        steps["canary"] = lifecycle(server, "rollout", NAME, "--to", "2", "--sample-size", "8",
+                                    "--canary", "25", "--canary-for", "20s")  # fmt: skip
+        steps["broken canary"] = lifecycle(
+            server, "rollout", NAME, "--to", "3", "--skip-verify", "--sample-size", "8",
+            "--canary", "25", "--canary-for", "60s", "--canary-min-agreement", "0.9",
+        )  # fmt: skip
+        steps["rollback"] = lifecycle(server, "rollback", NAME)
+
+    results = under_load(server, tmp_path / "load", work)
+
+    report = {name: (s.returncode, s.output[-2000:]) for name, s in steps.items()}
+    assert steps["canary"].returncode == 0, report
+    assert "Canary: 25% of `sentiment`'s requests to build 2" in steps["canary"].output
+    assert "serves build 2 (was 1)" in steps["canary"].output
+    assert steps["broken canary"].returncode == 1, report
+    assert "build 3 broke the canary's gates: agreement: " in steps["broken canary"].output
+    assert "`sentiment` serves build 2" in steps["broken canary"].output
+    assert steps["rollback"].returncode == 0, report
+    assert serving(builds, NAME).version == 1  # type: ignore[union-attr]
+    assert not (builds / NAME / "canary.json").exists()
+    states = RepositoryAdmin(server.config.http_url, server.config.api_key).states()
+    assert states[NAME] == "READY"
+    for model in (f"{NAME}.v1", f"{NAME}.v2", f"{NAME}.v3", f"{NAME}_engine.v3"):
+        assert states.get(model) != "READY", (model, states)
+
+    for result in results:
+        assert result.client.requests > 500
+        assert result.client.failures == 0, result.failures()
+        counts = version_counts(result.test.out / "versions.csv")
+        assert set(counts) == {"1", "2", "3"}, counts
+        assert sum(sum(c.values()) for c in counts.values()) == result.client.requests
+        # While the canary of build 2 ran, it answered about a quarter of each second's requests.
+        canary = [s for s in counts["2"] if 0 < counts["2"][s] < counts["1"].get(s, 0)]
+        share = sum(counts["2"][s] for s in canary) / sum(
+            counts["2"][s] + counts["1"][s] for s in canary
+        )
+        assert len(canary) >= 10 and 0.15 < share < 0.35, (len(canary), share)
 
 
 GENERATOR = "tiny-llama"
@@ -200,7 +251,8 @@ def test_a_generator_moves_between_builds_while_streams_run(
     generator_builds: Path, tmp_path: Path
 ) -> None:
     """The public generator is the generator itself (a client's cancellation reaches it): a
-    rollout reloads it on the other build; streams in flight finish on the one they began."""
+    rollout reloads it on the other build; streams in flight finish on the one they began. A
+    canary routes streams whole to one build or the other."""
     steps: dict[str, Step] = {}
     with LocalServer(server_config(generator_builds)) as server:
         config = server.config
@@ -209,12 +261,15 @@ def test_a_generator_moves_between_builds_while_streams_run(
             steps["rollout"] = lifecycle(server, "rollout", GENERATOR, "--to", "2",
                                          "--sample-size", "4")  # fmt: skip
             steps["rollback"] = lifecycle(server, "rollback", GENERATOR)
+            steps["canary"] = lifecycle(server, "rollout", GENERATOR, "--to", "2",
+                                        "--sample-size", "4", "--canary", "50",
+                                        "--canary-for", "15s")  # fmt: skip
 
         prompts = tmp_path / "prompts.txt"
         prompts.write_text("Once upon a time\nTriton serves\n")
         results: list[LoadTestResult] = []
         test = LoadTest(model=GENERATOR, url=config.http_url, protocol="sse", users=8,
-                        seconds=90.0, max_tokens=16, metrics_url=config.metrics_url,
+                        seconds=110.0, max_tokens=16, metrics_url=config.metrics_url,
                         out=tmp_path / "load", texts_file=prompts)  # fmt: skip
         thread = threading.Thread(target=lambda: results.append(run_load_test(test)))
         thread.start()
@@ -227,9 +282,15 @@ def test_a_generator_moves_between_builds_while_streams_run(
     assert steps["rollout"].returncode == 0, report
     assert "golden records of the serving build: 3/3 agree" in steps["rollout"].output
     assert steps["rollback"].returncode == 0, report
-    assert serving(generator_builds, GENERATOR).version == 1  # type: ignore[union-attr]
+    assert steps["canary"].returncode == 0, report
+    assert "build 2: " in steps["canary"].output  # the canary's figures, as it ran
+    assert serving(generator_builds, GENERATOR).version == 2  # type: ignore[union-attr]
     assert states[GENERATOR] == "READY"
-    assert states.get(f"{GENERATOR}.v2") != "READY"  # the candidate's gate copy went
+    for entry in (f"{GENERATOR}.v1", f"{GENERATOR}.v2"):  # gate copies and the router's builds
+        assert states.get(entry) != "READY", (entry, states)
     (result,) = results
     assert result.client.requests > 50
-    assert result.client.failures == 0, result.failures()
+    assert result.client.failures == 0, result.failures()  # a stream naming two builds fails
+    counts = version_counts(result.test.out / "versions.csv")
+    mixed = [s for s in counts["2"] if counts["1"].get(s)]
+    assert len(mixed) >= 8, counts  # the rollout's drain, and the canary's seconds

@@ -127,7 +127,7 @@ class Investigation:
     def _readiness(self) -> None:
         if self.server_ready:
             return
-        detail = "/v2/health/ready fails (strict readiness: every model must be READY)"
+        detail = "/v2/health/ready fails (under strict readiness every model must be READY)"
         down = [f"{m} ({(s['reason'].splitlines() or [s['state']])[0]})"
                 for m, s in sorted(self.states.items())
                 if s["state"] != "READY"]  # fmt: skip

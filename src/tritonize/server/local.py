@@ -98,7 +98,10 @@ class ServerConfig:
             # The bundled server is CPU-only; a binary of one's own may have GPUs to report.
             *(["--allow-gpu-metrics=false"] if backends else []),
             "--exit-on-error=true",
-            "--strict-readiness=true",
+            # Readiness says Triton answers; whether each model does is `tritonize health`'s
+            # (a real request). Strict readiness would count a model that failed to load (a
+            # rollout's broken candidate) until a restart: the whole server out of rotation.
+            "--strict-readiness=false",
             # Latency summaries (p50..p99 over a sliding minute) give server-side percentiles.
             "--metrics-config=summary_latencies=true",
             # Explicit control so that load/unload work, behind the key below. The public
