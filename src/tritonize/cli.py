@@ -585,7 +585,8 @@ def _lifecycle_server(args: argparse.Namespace) -> Any:
             "loading and unloading builds needs the server's admin key: --api-key or "
             "TRITONIZE_API_KEY (serve prints it)"
         )
-    return Server(args.repository, args.url, args.api_key, args.metrics_url)
+    grpc_url = args.grpc_url or f"{args.url.split('://')[-1].rsplit(':', 1)[0]}:8001"
+    return Server(args.repository, args.url, args.api_key, args.metrics_url, grpc_url)
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
@@ -1109,6 +1110,11 @@ def _add_lifecycle(commands: Any) -> None:
         )  # fmt: skip
         parser.add_argument("--metrics-url", **_METRICS_URL)
         parser.add_argument(
+            "--grpc-url", default=os.environ.get("TRITONIZE_GRPC_URL"),
+            help="Triton's gRPC HOST:PORT, through which builds load without holding HTTP "
+            "clients (default: port 8001 on --url's host; env TRITONIZE_GRPC_URL)",
+        )  # fmt: skip
+        parser.add_argument(
             "--keep", type=int, metavar="N",
             help="then delete all but the N newest builds (the serving and previous stay)",
         )  # fmt: skip
@@ -1134,7 +1140,7 @@ def _add_lifecycle(commands: Any) -> None:
     )
     canary.add_argument(
         "--canary", type=_percent, metavar="P",
-        help="P%% of the requests that name no version go to the candidate first (1..99)",
+        help="P%% of the model's requests go to the candidate first (0 < P < 100)",
     )  # fmt: skip
     canary.add_argument(
         "--canary-for", type=duration, default=300.0, metavar="TIME",
@@ -1145,7 +1151,7 @@ def _add_lifecycle(commands: Any) -> None:
         help="the candidate's failure share may exceed the serving build's by this (default 0.01)",
     )  # fmt: skip
     canary.add_argument(
-        "--canary-max-p95-ratio", type=float, default=1.5, metavar="X",
+        "--canary-max-p95-ratio", type=_ratio, default=1.5, metavar="X",
         help="the candidate's p95 may be X times the serving build's (default 1.5)",
     )  # fmt: skip
     canary.add_argument(
@@ -1158,24 +1164,24 @@ def _add_lifecycle(commands: Any) -> None:
     )  # fmt: skip
 
 
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value < 100.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a percentage between 0 and 100")
-    return value
+def _number_type(ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: a number for which `ok` holds, else an error naming what is allowed."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")  # fails every bound
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+        return value
+
+    return parse
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a share between 0 and 1, e.g. 0.95")
-    return value
+_percent = _number_type(lambda v: 0.0 < v < 100.0, "a percentage between 0 and 100")
+_ratio = _number_type(lambda v: v > 0, "a positive ratio, e.g. 1.5")
+_share = _number_type(lambda v: 0.0 <= v <= 1.0, "a share between 0 and 1, e.g. 0.95")
 
 
 def _add_probe(commands: Any) -> None:

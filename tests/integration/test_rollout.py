@@ -88,7 +88,7 @@ def lifecycle(server: LocalServer, *arguments: str) -> Step:
     command = [sys.executable, "-m", "tritonize.cli", *arguments, "--repository",
                str(config.repository), "--api-key", config.api_key]  # fmt: skip
     if arguments[0] != "versions":
-        command += ["--metrics-url", config.metrics_url]
+        command += ["--metrics-url", config.metrics_url, "--grpc-url", config.grpc_url]
     command += ["--url", config.http_url]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -228,6 +228,45 @@ def test_a_canary_serves_a_share_and_one_that_breaks_a_gate_rolls_back_by_itself
             counts["2"][s] + counts["1"][s] for s in canary
         )
         assert len(canary) >= 10 and 0.15 < share < 0.35, (len(canary), share)
+
+
+def test_a_build_loading_through_grpc_does_not_hold_http_clients(server: LocalServer) -> None:
+    """Triton's HTTP frontend holds HTTP inference while an HTTP repository load runs: the
+    lifecycle commands load through gRPC. Side by side: an HTTP client's slowest request while
+    build 2 loads over HTTP, then over gRPC."""
+    config = server.config
+    candidate = [f"{NAME}.v2", *(f"{NAME}_{step}.v2" for step in ("tokenizer", "engine",
+                                                                  "postprocess"))]  # fmt: skip
+
+    def slowest_while_loading(admin: RepositoryAdmin) -> float:
+        latencies: list[float] = []
+        done = threading.Event()
+
+        def call() -> None:
+            with TritonizeClient(config.http_url, "http") as client:
+                while not done.is_set():
+                    started = time.perf_counter()
+                    client.classify(NAME, ["a steady stream of requests"])
+                    latencies.append(time.perf_counter() - started)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(1)
+        admin.load(candidate[0])
+        done.set()
+        caller.join()
+        for model in candidate:
+            admin.unload(model)
+        admin.wait_until_idle(candidate, timeout_s=60)
+        return max(latencies)
+
+    over_http = slowest_while_loading(RepositoryAdmin(config.http_url, config.api_key))
+    over_grpc = slowest_while_loading(
+        RepositoryAdmin(config.http_url, config.api_key, grpc_url=config.grpc_url)
+    )
+    print(f"\nslowest HTTP request during a load: {over_http:.2f} s over HTTP, "
+          f"{over_grpc:.2f} s over gRPC")  # fmt: skip
+    assert over_grpc < 0.5 * over_http
 
 
 GENERATOR = "tiny-llama"

@@ -32,27 +32,6 @@ from tritonize.triton_models.compare import disagreement
 NAME = "sentiment"
 
 
-@pytest.fixture(scope="module")
-def two_builds(
-    tmp_path_factory: pytest.TempPathFactory, classifier_repository: Path, classifier_dir: Path
-) -> Path:
-    """The tiny classifier's build 1 (serving) and build 2 beside it (read-only)."""
-    repository = tmp_path_factory.mktemp("builds") / "repository"
-    shutil.copytree(classifier_repository, repository, symlinks=True)
-    build_repository(
-        BuildSpec(name=NAME, task="classification", model=classifier_dir, output=repository,
-                  max_batch_size=8, max_seq_len=64, version=2)
-    )  # fmt: skip
-    return repository
-
-
-@pytest.fixture
-def repository(two_builds: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "repository"
-    shutil.copytree(two_builds, copy, symlinks=True)
-    return copy
-
-
 def test_step_names_carry_the_build() -> None:
     names = StepNames("sentiment", 3)
     assert (names.entry, names.tokenizer, names.engine, names.postprocess) == (
@@ -164,6 +143,14 @@ def test_rollout_to_a_server_that_is_down_changes_nothing(repository: Path) -> N
     with pytest.raises(RolloutError, match="cannot act on the server"):
         rollout(Server(repository, "127.0.0.1:9", "key"), NAME, 2, Gates())
     assert (repository / NAME / "config.pbtxt").read_text() == before
+
+
+def test_builds_load_through_http_when_grpc_does_not_answer(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = Server(repository, "127.0.0.1:9", "key", grpc_url="127.0.0.1:9").admin()
+    assert admin.grpc_url is None
+    assert "gRPC at 127.0.0.1:9 does not answer: loading through HTTP" in capsys.readouterr().err
 
 
 def test_keep_removes_old_builds_but_the_serving_and_previous(

@@ -4,7 +4,6 @@ judged on what the router's metrics say."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -29,26 +28,6 @@ from tritonize.triton_models.canary import COMPARED, LATENCY, LATENCY_BUCKETS, R
 from tritonize.triton_models.common import MODEL_VERSION
 
 NAME = "sentiment"
-
-
-@pytest.fixture(scope="module")
-def two_builds(
-    tmp_path_factory: pytest.TempPathFactory, classifier_repository: Path, classifier_dir: Path
-) -> Path:
-    repository = tmp_path_factory.mktemp("canary") / "repository"
-    shutil.copytree(classifier_repository, repository, symlinks=True)
-    build_repository(
-        BuildSpec(name=NAME, task="classification", model=classifier_dir, output=repository,
-                  max_batch_size=8, max_seq_len=64, version=2)
-    )  # fmt: skip
-    return repository
-
-
-@pytest.fixture
-def repository(two_builds: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "repository"
-    shutil.copytree(two_builds, copy, symlinks=True)
-    return copy
 
 
 def test_the_split_sends_the_share_to_the_candidate() -> None:

@@ -57,9 +57,28 @@ class Server:
     http_url: str
     api_key: str
     metrics_url: str | None = None
+    grpc_url: str | None = None  # loads and unloads go this way when it answers
 
     def admin(self) -> RepositoryAdmin:
-        return RepositoryAdmin(self.http_url, self.api_key, timeout_s=600.0)
+        grpc_url = self.grpc_url if self.grpc_url and _answers(self.grpc_url) else None
+        if self.grpc_url and grpc_url is None:
+            note(
+                f"gRPC at {self.grpc_url} does not answer: loading through HTTP, which holds "
+                "HTTP clients while a build loads (--grpc-url names Triton's gRPC port)"
+            )
+        return RepositoryAdmin(self.http_url, self.api_key, timeout_s=600.0, grpc_url=grpc_url)
+
+
+def _answers(grpc_url: str) -> bool:
+    import tritonclient.grpc as grpc_client
+
+    client = grpc_client.InferenceServerClient(grpc_url)
+    try:
+        return bool(client.is_server_live(client_timeout=5.0))
+    except Exception:  # unreachable, or not Triton's gRPC
+        return False
+    finally:
+        client.close()
 
 
 @dataclass(frozen=True)

