@@ -110,7 +110,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         key: value for key, value in vars(args).items() if key in _SPEC_FLAGS and value is not None
     }
     _require_name(flags, args.config)
-    resolved = _resolve_registry_model(flags)
+    resolved = _resolve_registry_model(flags, args.config)
     spec = BuildSpec.from_toml(args.config, flags) if args.config else BuildSpec.from_mapping(flags)
     started = time.perf_counter()
     try:
@@ -126,10 +126,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_registry_model(flags: dict[str, Any]) -> Any:
-    """`--model models:/NAME/VERSION` or `models:/NAME@ALIAS`: the registered version's
-    checkpoint, fetched through MLflow, becomes the spec's model; None for a local one."""
+def _resolve_registry_model(flags: dict[str, Any], config: Path | None) -> Any:
+    """`--model models:/NAME/VERSION` or `models:/NAME@ALIAS` (or the spec file's `model`): the
+    registered version's checkpoint, fetched through MLflow, becomes the spec's model; None
+    for a local one."""
     from tritonize.registry import is_model_uri, resolve_model
+
+    if config is not None and "model" not in flags:
+        from_file = BuildSpec.toml_values(config).get("model")
+        if is_model_uri(from_file):
+            flags["model"] = from_file
 
     if not is_model_uri(flags.get("model")):
         return None

@@ -175,14 +175,19 @@ class BuildSpec:
             values["preferred_batch_sizes"] = tuple(values["preferred_batch_sizes"])
         return cls(**values)
 
-    @classmethod
-    def from_toml(cls, path: Path, overrides: dict[str, Any] | None = None) -> BuildSpec:
-        """Read a TOML spec (keys at the top level or under `[build]`); `overrides` win."""
+    @staticmethod
+    def toml_values(path: Path) -> dict[str, Any]:
+        """A TOML spec's keys (at the top level or under `[build]`), as written."""
         try:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SpecError(f"cannot read spec file `{path}`: {exc}") from exc
-        data = data.get("build", data)
+        return dict(data.get("build", data))
+
+    @classmethod
+    def from_toml(cls, path: Path, overrides: dict[str, Any] | None = None) -> BuildSpec:
+        """Read a TOML spec (keys at the top level or under `[build]`); `overrides` win."""
+        data = cls.toml_values(path)
         base = Path(path).parent
         if isinstance(data.get("model"), str) and not Path(data["model"]).is_absolute():
             data["model"] = str(base / data["model"])

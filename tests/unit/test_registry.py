@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from helpers import free_ports
+from tritonize.cli import main
 from tritonize.errors import RegistryError, SpecError, TritonizeError
 from tritonize.registry import (
     ModelUri,
@@ -239,3 +240,14 @@ def test_the_spec_flattens_to_string_params(tmp_path: Path) -> None:
     assert params["timing_cache"] == "null"
     assert params["registry"] == "models:/s/1"
     assert set(params) == set(spec.to_dict())
+
+
+def test_a_registry_model_in_a_toml_spec_is_resolved_like_the_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (port,) = free_ports(1)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[build]\nname = "m"\ntask = "classification"\nmodel = "models:/sentiment/1"\n')
+    assert main(["build", "--config", str(spec), "--output", str(tmp_path / "out")]) == 1
+    assert f"`http://127.0.0.1:{port}` cannot be reached" in capsys.readouterr().err

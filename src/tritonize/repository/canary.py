@@ -32,7 +32,7 @@ class Canary:
     name: str
     serving: int
     candidate: int
-    share: float  # of requests that name no version, 0..1
+    share: float  # of the requests to NAME, 0..1
 
 
 def router_config(repository: Path, canary: Canary) -> ModelConfig:

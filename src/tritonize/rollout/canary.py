@@ -18,7 +18,7 @@ MIN_REQUESTS = 20  # per build, before p95s and agreement are compared
 
 @dataclass(frozen=True)
 class CanaryPlan:
-    share: float  # of requests that name no version, 0..1
+    share: float  # of the requests to NAME, 0..1
     seconds: float
     max_failures: float = 0.01
     max_p95_ratio: float = 1.5

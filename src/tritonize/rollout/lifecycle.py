@@ -275,16 +275,18 @@ def _canary(
     """Route `plan.share` of NAME's requests to build `new` for `plan.seconds`, judging the
     gates as it goes; on a broken gate (or anything else), back to build `old` alone."""
     serving_entry = StepNames(name, old).entry
+    metrics_url = server.metrics_url or default_metrics_url(server.http_url)
     with step(f"Canary: {plan.share:.0%} of `{name}`'s requests to build {new}"):
         try:
+            read(metrics_url)  # the gates read it: known to answer before anything moves
             admin.load(serving_entry)  # the router calls each build by its own name
-        except ServerError as exc:
+        except TritonizeError as exc:
             _unload(admin, StepNames(name, new))
-            raise RolloutError(f"build {old}'s entry did not load for the canary: {exc}") from None
+            raise RolloutError(f"the canary cannot start: {exc}") from None
         start_canary(server.repository, Canary(name, old, new, plan.share))
         try:
             admin.load(name)
-            judgement = _watch(server, name, old, new, plan)
+            judgement = _watch(metrics_url, name, old, new, plan)
         except BaseException as exc:
             _back_to(server, admin, name, old, new)
             if isinstance(exc, ServerError):
@@ -299,9 +301,8 @@ def _canary(
         )
 
 
-def _watch(server: Server, name: str, old: int, new: int, plan: CanaryPlan) -> Judgement:
+def _watch(url: str, name: str, old: int, new: int, plan: CanaryPlan) -> Judgement:
     """Judge the gates every `plan.interval_s` until `plan.seconds` pass or one breaks."""
-    url = server.metrics_url or default_metrics_url(server.http_url)
     start, before = time.monotonic(), read(url)
     end = start + plan.seconds
     while True:
