@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +79,17 @@ def test_tensorrt_mismatch_names_both_versions_and_the_rebuild() -> None:
     assert rebuild_command(MANIFEST) in problem
     assert rebuild_command(MANIFEST).startswith("docker compose run --rm build tritonize build")
     assert "--precision fp16 --max-batch-size 64" in rebuild_command(MANIFEST)
+
+
+def test_the_rebuild_recreates_the_same_build_from_where_it_came() -> None:
+    """A build from the registry is rebuilt from the registered version, not from the cache
+    path it was fetched to; build 3 is rebuilt as build 3, in place."""
+    spec = {**MANIFEST["spec"], "model": "/root/.cache/tritonize/registry/enc/4",  # type: ignore[dict-item]
+            "registry": "models:/enc/4", "version": 3}  # fmt: skip
+    command = shlex.split(rebuild_command({**MANIFEST, "spec": spec}))
+    assert command[command.index("--model") + 1] == "models:/enc/4"
+    assert command[command.index("--model-version") + 1] == "3"
+    assert "--overwrite" in command
 
 
 def test_the_build_number_counts() -> None:

@@ -108,8 +108,11 @@ def _needs_backend_flag(manifest: dict[str, Any], runtime: EngineRuntime) -> boo
 
 
 def rebuild_command(manifest: dict[str, Any]) -> str:
-    """The build command that recreates this engine inside the compose `build` service."""
-    spec = manifest.get("spec", {})
+    """The build command that recreates this build (same number, in place) inside the compose
+    `build` service; from the registered version when it came from the registry."""
+    spec = dict(manifest.get("spec", {}))
+    spec["model"] = spec.get("registry") or spec.get("model")
+    spec["model_version"] = spec.get("version")
     args = ["docker", "compose", "run", "--rm", "build", "tritonize", "build"]
     keys = (
         "model",
@@ -120,11 +123,12 @@ def rebuild_command(manifest: dict[str, Any]) -> str:
         "max_batch_size",
         "max_seq_len",
         "output",
+        "model_version",
     )
     for key in keys:
         if spec.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(spec[key])]
-    return shlex.join(args)
+    return shlex.join([*args, "--overwrite"])
 
 
 def _parts(version: str) -> tuple[int, ...]:
