@@ -571,7 +571,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from tritonize.rollout.versions import HEADER, as_dict, list_builds
+    from tritonize.rollout.versions import HEADER, as_dict, canary_line, list_builds
 
     builds = list_builds(args.repository, args.model, args.url, args.api_key)
     if args.json:
@@ -580,6 +580,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
     print(HEADER)
     for build in builds:
         print(build.row())
+    if canary := canary_line(args.repository, args.model):
+        print(canary)
     return 0
 
 

@@ -90,6 +90,17 @@ def test_a_canary_on_disk_and_back(repository: Path) -> None:
     check_repository(repository)
 
 
+def test_versions_tell_a_canary_runs(repository: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start_canary(repository, Canary(NAME, 1, 2, 0.1))
+    assert main(["versions", NAME, "--repository", str(repository)]) == 0
+    assert "canary: build 2 answers 10% of `sentiment`'s requests, build 1 the rest" in (
+        capsys.readouterr().out
+    )
+    assert main(["versions", NAME, "--repository", str(repository), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["serving"] == 1 and listed["canary"]["candidate"] == 2
+
+
 def test_a_server_start_ends_a_canary_left_running(repository: Path) -> None:
     start_canary(repository, Canary(NAME, 1, 2, 0.5))
     assert end_stale_canaries(repository) == [Canary(NAME, 1, 2, 0.5)]

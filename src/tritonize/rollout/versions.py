@@ -8,6 +8,7 @@ from typing import Any
 
 from tritonize.errors import ServerError, TritonizeError
 from tritonize.repository.builds import build_versions, history, serving
+from tritonize.repository.canary import canary_of
 from tritonize.repository.manifest import MANIFEST, read_manifest
 from tritonize.server import leftovers
 from tritonize.server.admin import RepositoryAdmin
@@ -61,12 +62,25 @@ def list_builds(
 
 def as_dict(repository: Path, name: str, builds: list[Build]) -> dict[str, Any]:
     current = serving(repository, name)
+    canary = canary_of(repository, name)
     return {
         "model": name,
         "serving": current.version if current else None,
+        "canary": asdict(canary) if canary else None,
         "history": history(repository, name),
         "builds": [asdict(b) for b in builds],
     }
+
+
+def canary_line(repository: Path, name: str) -> str | None:
+    """What a running canary does, in words."""
+    canary = canary_of(repository, name)
+    if canary is None:
+        return None
+    return (
+        f"canary: build {canary.candidate} answers {canary.share:.0%} of `{name}`'s requests, "
+        f"build {canary.serving} the rest"
+    )
 
 
 def _build(
