@@ -80,6 +80,16 @@ def test_check_refuses_an_unpinned_step_of_several_versions(repository: Path) ->
         check_repository(repository, recover=False)
 
 
+def test_check_names_a_missing_step_version_once(repository: Path) -> None:
+    """The public model is a copy of its build's entry: their shared steps are checked once."""
+    shutil.rmtree(repository / f"{NAME}_tokenizer.v1" / "1")
+    with pytest.raises(RepositoryError) as refused:
+        check_repository(repository, recover=False)
+    pins = [p for p in refused.value.problems if "pins version 1, which is not on disk" in p]
+    assert pins == [f"ensemble `{NAME}.v1` step `{NAME}_tokenizer.v1` pins version 1, which is "
+                    "not on disk"]  # fmt: skip
+
+
 def test_check_refuses_a_pointer_edited_by_hand(repository: Path) -> None:
     config = repository / NAME / "config.pbtxt"
     config.write_text(config.read_text().replace("sentiment_engine.v1", "sentiment_engine.v2"))

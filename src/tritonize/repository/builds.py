@@ -127,7 +127,9 @@ def version_problems(repository: Path, configs: dict[str, ModelConfig]) -> list[
     public model whose config is not its build's."""
     problems = []
     for name, config in configs.items():
-        for step in config.ensemble_scheduling.step:
+        pointer = serving(repository, name)
+        # A pointer is a copy of its build's entry: their steps are checked once, as the entry's.
+        for step in config.ensemble_scheduling.step if pointer is None else ():
             versions = _version_dirs(repository / step.model_name)
             where = f"ensemble `{name}` step `{step.model_name}`"
             if step.model_version == -1 and len(versions) > 1:
@@ -137,7 +139,6 @@ def version_problems(repository: Path, configs: dict[str, ModelConfig]) -> list[
                 )
             elif step.model_version != -1 and step.model_version not in versions:
                 problems.append(f"{where} pins version {step.model_version}, which is not on disk")
-        pointer = serving(repository, name)
         if (repository / name / CANARY).exists():
             continue  # NAME is a canary's router, not a copy of its build's config
         if pointer is not None and (problem := _pointer_problem(repository, config, pointer)):
