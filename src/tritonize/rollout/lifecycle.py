@@ -283,14 +283,15 @@ def _canary(
         except TritonizeError as exc:
             _unload(admin, StepNames(name, new))
             raise RolloutError(f"the canary cannot start: {exc}") from None
-        start_canary(server.repository, Canary(name, old, new, plan.share))
         try:
+            start_canary(server.repository, Canary(name, old, new, plan.share))
             admin.load(name)
             judgement = _watch(metrics_url, name, old, new, plan)
-        except BaseException as exc:
+        except TritonizeError as exc:  # the router did not load, the metrics went away, ...
             _back_to(server, admin, name, old, new)
-            if isinstance(exc, ServerError):
-                raise RolloutError(f"`{name}` did not load as the canary's router: {exc}") from None
+            raise RolloutError(f"the canary stopped: {exc}. `{name}` serves build {old}") from None
+        except BaseException:  # Ctrl-C: back to the serving build all the same
+            _back_to(server, admin, name, old, new)
             raise
     if judgement.breaches:
         with step(f"The canary broke its gates: back to build {old}"):
