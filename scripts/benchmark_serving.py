@@ -1,152 +1,323 @@
 #!/usr/bin/env python
-"""Serving figures for the bundled MiniLM on this machine (a benchmark, not a test).
+"""Served embeddings against the in-process ceiling and peer servers, side by side in one run
+(a benchmark, not a test).
 
-Prints: build time, server ready time, one-sentence latency over HTTP and gRPC (p50/p95),
-throughput and achieved engine batch size under N concurrent clients, and the peak RSS of
-tritonserver with its Python stubs.
+For one build (by default the bundled MiniLM, built into a temporary repository): the served
+ensemble over HTTP and gRPC at each concurrency (one sentence per request, closed-loop clients,
+warm-up excluded), and the peers under the same load (the seed's Flask + PyTorch server;
+infinity-emb where installed). Each window of a system follows a window of the in-process
+ceiling (the build's own tokenizer.json + model.onnx in ONNX Runtime at batch 32, every core),
+so each ratio compares two windows seconds apart on this noisy machine; `--rounds` pairs each.
+Printed: sentences/s, ratio to the ceiling (median and range), p50/p99, the achieved engine
+batch, and CPU time per sentence by process (Triton, each step's stubs, the load generator).
 
-    .venv/bin/python scripts/benchmark_serving.py [--clients 16] [--requests 300]
+    .venv/bin/python scripts/benchmark_serving.py [--concurrency 1 16 64] [--rounds 3]
+        [--seconds 8] [--repository DIR --name NAME] [--peers flask infinity] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import json
+import re
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+import numpy as np
 
-from tritonize.client import TritonizeClient
+from tritonize.bench.ceiling import (
+    InProcessEncoder,
+    default_threads,
+    one_at_a_time,
+    sentences_per_second,
+)
+from tritonize.bench.cpu import TRITON, cpu_seconds, spent
+from tritonize.bench.load import (
+    GrpcTarget,
+    HttpTarget,
+    LoadResult,
+    run_load,
+    triton_grpc_target,
+    triton_http_target,
+)
+from tritonize.monitor.profile import builtin_reference_texts
 from tritonize.monitor.scrape import read
+from tritonize.repository.configs import from_text
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
-from tritonize.spec import BuildSpec
+from tritonize.spec import BuildSpec, Task, bundled_model_dir
+from tritonize.tasks.build import StepNames
 
-SENTENCE = "Triton serves transformer models behind HTTP and gRPC."
-WORDS = SENTENCE.split() * 3
+PEERS = Path(__file__).parent / "peers"
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
+def sentences(count: int = 256) -> list[str]:
+    """Single sentences (about 10-20 tokens each), the same for every system measured."""
+    pool: list[str] = []
+    for text in builtin_reference_texts(400, seed=11):
+        for part in re.split(r"(?<=[.?!])\s+", text):
+            part = part.split(": ", 1)[-1]
+            if len(part.split()) >= 5 and part not in pool:
+                pool.append(part)
+    return (pool * (count // len(pool) + 1))[:count]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+        return int(s.getsockname()[1])
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+@dataclass
+class Row:
+    """One system at one concurrency over all rounds; each round's ceiling was measured
+    just before it, so every ratio compares two windows a few seconds apart."""
 
+    system: str
+    concurrency: int
+    loads: list[LoadResult] = field(default_factory=list)
+    ceilings: list[float] = field(default_factory=list)
+    batch: float | None = None
+    cpu_ms: dict[str, float] | None = None  # per sentence, by process
 
-def sequential_latency(url: str, protocol: str, requests: int) -> list[float]:
-    with TritonizeClient(url, protocol) as client:
-        for _ in range(20):
-            client.embed("minilm", [SENTENCE])
-        times = []
-        for _ in range(requests):
-            start = time.perf_counter()
-            client.embed("minilm", [SENTENCE])
-            times.append((time.perf_counter() - start) * 1e3)
-    return times
+    @property
+    def per_second(self) -> float:
+        return statistics.median(load.per_second for load in self.loads)
 
-
-class PeakRss:
-    """Samples the RSS of a process and its children until stopped."""
-
-    def __init__(self, pid: int) -> None:
-        self.root = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            procs = [self.root, *self.root.children(recursive=True)]
-            rss = 0
-            for proc in procs:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    rss += proc.memory_info().rss
-            self.peak = max(self.peak, rss)
-            time.sleep(0.05)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def concurrent_load(server: LocalServer, clients: int, per_client: int) -> tuple[float, float]:
-    """(requests per second, achieved engine batch size) for single-sentence requests."""
-
-    def one_client(index: int) -> None:
-        with TritonizeClient(server.config.grpc_url, "grpc") as client:
-            for i in range(per_client):
-                client.embed("minilm", [" ".join(WORDS[: 1 + (index + i) % len(WORDS)])])
-
-    def engine() -> tuple[float, float]:
-        reading = read(server.config.metrics_url)
-        return (
-            reading.total("nv_inference_count", "minilm_engine"),
-            reading.total("nv_inference_exec_count", "minilm_engine"),
+    @property
+    def ratios(self) -> list[float]:
+        return sorted(
+            load.per_second / ceiling
+            for load, ceiling in zip(self.loads, self.ceilings, strict=True)
         )
 
-    count0, exec0 = engine()
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one_client, range(clients)))
-    elapsed = time.perf_counter() - start
-    count1, exec1 = engine()
-    return clients * per_client / elapsed, (count1 - count0) / (exec1 - exec0)
+    def percentile_ms(self, q: float) -> float:
+        latencies = np.concatenate([load.latencies for load in self.loads])
+        return float(np.percentile(latencies, q) * 1e3) if len(latencies) else float("nan")
+
+    @property
+    def failures(self) -> int:
+        return sum(load.failures for load in self.loads)
+
+
+class SideBySide:
+    """Runs each system's window right after a window of the in-process ceiling."""
+
+    def __init__(self, encoder: InProcessEncoder, texts: list[str], args: argparse.Namespace):
+        self.encoder, self.texts, self.args = encoder, texts, args
+
+    def measure(self, row: Row, target: HttpTarget | GrpcTarget) -> Row:
+        args = self.args
+        for _ in range(args.rounds):
+            row.ceilings.append(
+                sentences_per_second(self.encoder, self.texts, 32, args.seconds, args.warmup)
+            )
+            row.loads.append(run_load(target, row.concurrency, args.seconds, args.warmup))
+        ratios = ", ".join(f"{r:.2f}" for r in row.ratios)
+        print(
+            f"   {row.system} c{row.concurrency}: {row.per_second:.0f}/s, / ceiling {ratios}",
+            flush=True,
+        )
+        return row
+
+
+def engine_batch(metrics_url: str, engine: str) -> tuple[float, float]:
+    reading = read(metrics_url)
+    return (
+        reading.total("nv_inference_count", engine),
+        reading.total("nv_inference_exec_count", engine),
+    )
+
+
+def measure_served(server: LocalServer, name: str, bench: SideBySide) -> list[Row]:
+    steps = StepNames(name, 1)
+    config = server.config
+    targets: dict[str, HttpTarget | GrpcTarget] = {
+        "http": triton_http_target("127.0.0.1", config.http_port, name, bench.texts),
+        "grpc": triton_grpc_target(f"127.0.0.1:{config.grpc_port}", name, bench.texts),
+    }
+    rows = []
+    for protocol in bench.args.protocols:
+        for concurrency in bench.args.concurrency:
+            batch_before = engine_batch(config.metrics_url, steps.engine)
+            cpu_before = cpu_seconds(server)  # the ceiling's windows run in this process
+            row = bench.measure(Row(f"served {protocol}", concurrency), targets[protocol])
+            used = spent(cpu_before, cpu_seconds(server))
+            batch_after = engine_batch(config.metrics_url, steps.engine)
+            # Readings span warm-ups and windows alike: per request answered, both.
+            answered = batch_after[0] - batch_before[0]
+            row.batch = answered / max(batch_after[1] - batch_before[1], 1)
+            row.cpu_ms = {group: 1e3 * s / max(answered, 1) for group, s in used.items()}
+            client_s = sum(load.client_cpu_s for load in row.loads)
+            row.cpu_ms["load generator"] = 1e3 * client_s / max(answered, 1)
+            rows.append(row)
+    return rows
+
+
+@contextlib.contextmanager
+def peer_server(command: list[str], port: int, ready_path: str) -> Iterator[None]:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(process.stderr.read().decode()[-2000:])  # type: ignore[union-attr]
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2)
+                break
+            time.sleep(0.5)
+        yield
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)
+        process.kill()
+
+
+def peer(name: str, model: Path, port: int) -> tuple[list[str], str, Callable[[str], dict]]:
+    """How to start a peer, where it takes one sentence, and the JSON body for one."""
+    if name == "flask":
+        command = [sys.executable, str(PEERS / "flask_pytorch.py"), str(model), str(port)]
+        return command, "/embed", lambda text: {"text": text}
+    if name == "infinity":
+        command = [
+            sys.executable, "-m", "infinity_emb.cli", "v2", "--model-id", str(model),
+            "--engine", "torch", "--batch-size", "32", "--port", str(port),
+        ]  # fmt: skip
+        return command, "/embeddings", lambda text: {"model": str(model), "input": [text]}
+    raise SystemExit(f"--peers: unknown peer {name!r} (flask, infinity)")
+
+
+def measure_peers(model: Path, bench: SideBySide) -> list[Row]:
+    rows = []
+    for name in bench.args.peers:
+        if name == "infinity" and importlib.util.find_spec("infinity_emb") is None:
+            print("   infinity-emb: not installed (pip install 'infinity-emb[all]'), skipped")
+            continue
+        port = free_port()
+        command, path, body = peer(name, model, port)
+        bodies = [json.dumps(body(text)).encode() for text in bench.texts]
+        target = HttpTarget("127.0.0.1", port, path, bodies)
+        try:
+            with peer_server(command, port, "/health"):
+                for concurrency in bench.args.concurrency:
+                    rows.append(bench.measure(Row(name, concurrency), target))
+        except RuntimeError as exc:
+            print(f"   {name}: did not start: {exc}")
+    return rows
+
+
+def open_encoder(repository: Path, steps: StepNames) -> InProcessEncoder:
+    """The build's own tokenizer.json and model.onnx, ONNX Runtime's default threads."""
+    config = from_text((repository / steps.tokenizer / "config.pbtxt").read_text())
+    return InProcessEncoder(
+        repository / steps.tokenizer / "1" / "tokenizer.json",
+        repository / steps.engine / "1" / "model.onnx",
+        int(config.parameters["max_seq_len"].string_value),
+        default_threads(),
+    )
+
+
+def print_table(single: np.ndarray, rows: list[Row]) -> None:
+    print("\n| system | clients | sentences/s | / ceiling (median; range) | p50 ms | p99 ms "
+          "| engine batch | failed |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    p50, p99 = (float(np.percentile(single, q) * 1e3) for q in (50, 99))
+    print(f"| in-process, one sentence at a time | 1 | {1 / np.mean(single):.0f} | - "
+          f"| {p50:.1f} | {p99:.1f} | 1 | - |")  # fmt: skip
+    for row in rows:
+        ratios = row.ratios
+        batch = f"{row.batch:.1f}" if row.batch is not None else "-"
+        print(
+            f"| {row.system} | {row.concurrency} | {row.per_second:.0f} "
+            f"| {statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) "
+            f"| {row.percentile_ms(50):.1f} | {row.percentile_ms(99):.1f} | {batch} "
+            f"| {row.failures} |"
+        )
+    served = [row for row in rows if row.cpu_ms]
+    if not served:
+        return
+    groups = sorted({g for row in served for g in row.cpu_ms or {}}, key=lambda g: g != TRITON)
+    print("\nCPU time per sentence (ms), by process:\n")
+    print("| system | clients | " + " | ".join(groups) + " | total |")
+    print("|---|---:|" + "---:|" * (len(groups) + 1))
+    for row in served:
+        cells = [(row.cpu_ms or {}).get(g, 0.0) for g in groups]
+        print(
+            f"| {row.system} | {row.concurrency} | "
+            + " | ".join(f"{c:.2f}" for c in cells)
+            + f" | {sum(cells):.2f} |"
+        )
+
+
+def figures(single: np.ndarray, rows: list[Row]) -> dict:
+    return {
+        "one_sentence_in_process_ms": {
+            "p50": float(np.percentile(single, 50) * 1e3),
+            "p99": float(np.percentile(single, 99) * 1e3),
+        },
+        "rows": [
+            {
+                "system": r.system, "concurrency": r.concurrency,
+                "sentences_per_s": r.per_second, "ratios_to_ceiling": r.ratios,
+                "ceilings": r.ceilings, "p50_ms": r.percentile_ms(50),
+                "p99_ms": r.percentile_ms(99), "failed": r.failures,
+                "engine_batch": r.batch, "cpu_ms": r.cpu_ms,
+            }
+            for r in rows
+        ],
+    }  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument(
-        "--requests", type=int, default=300, help="sequential requests per protocol"
-    )
-    parser.add_argument("--per-client", type=int, default=40)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--protocols", nargs="+", default=["http", "grpc"])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured window per round")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--rounds", type=int, default=3, help="ceiling + system windows each")
+    parser.add_argument("--repository", type=Path, help="an existing repository (default: build)")
+    parser.add_argument("--name", default="minilm", help="the embedding model to load")
+    parser.add_argument("--model", type=Path, help="checkpoint for peers (default: bundled)")
+    parser.add_argument("--peers", nargs="*", default=["flask", "infinity"])
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
+    texts = sentences()
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        build_repository(BuildSpec(name="minilm", task="embedding", output=Path(tmp)))
-        build_s = time.perf_counter() - start
+        repository = args.repository or Path(tmp)
+        if args.repository is None:
+            print("-> Building the bundled MiniLM ...", flush=True)
+            build_repository(BuildSpec(name=args.name, task=Task.EMBEDDING, output=repository))
+        encoder = open_encoder(repository, StepNames(args.name, 1))
+        bench = SideBySide(encoder, texts, args)
+        print(f"-> In-process, one sentence at a time ({default_threads()} threads) ...")
+        single = one_at_a_time(encoder, texts, args.seconds)
 
-        http, grpc, metrics = free_ports(3)
-        config = ServerConfig(Path(tmp), http_port=http, grpc_port=grpc, metrics_port=metrics)
+        print("-> Served, each round after one of the in-process ceiling (batch 32) ...")
+        ports = [free_port() for _ in range(3)]
+        config = ServerConfig(
+            repository, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+            log_file=Path(tmp) / "tritonserver.log",
+        )  # fmt: skip
         with LocalServer(config) as server:
-            assert server.process is not None
-            with PeakRss(server.process.pid) as rss:
-                latency = {
-                    "http": sequential_latency(config.http_url, "http", args.requests),
-                    "grpc": sequential_latency(config.grpc_url, "grpc", args.requests),
-                }
-                throughput, batch = concurrent_load(server, args.clients, args.per_client)
+            rows = measure_served(server, args.name, bench)
+        print("-> Peers ...", flush=True)
+        rows += measure_peers(args.model or bundled_model_dir(), bench)
 
-    print("\n| figure | value |\n|---|---|")
-    print(f"| build (export + validate + write) | {build_s:.1f} s |")
-    print(f"| server ready | {server.ready_after_s:.1f} s |")
-    for protocol, times in latency.items():
-        print(
-            f"| one sentence over {protocol}, p50 / p95 | "
-            f"{statistics.median(times):.1f} / {percentile(times, 0.95):.1f} ms |"
-        )
-    print(f"| {args.clients} concurrent clients: throughput | {throughput:.0f} requests/s |")
-    print(f"| {args.clients} concurrent clients: achieved engine batch | {batch:.1f} |")
-    print(f"| peak RSS, tritonserver + stubs | {rss.peak / 2**20:.0f} MiB |")
+    print_table(single, rows)
+    if args.json:
+        args.json.write_text(json.dumps(figures(single, rows), indent=2))
 
 
 if __name__ == "__main__":

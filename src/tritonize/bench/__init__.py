@@ -1,0 +1,1 @@
+"""Benchmarks: a light load generator, the in-process ceiling, CPU time by step."""
