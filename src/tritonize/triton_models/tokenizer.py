@@ -233,7 +233,12 @@ class TritonPythonModel:
                 counted.append((valid[i], batch))
         if self.features is not None and counted:
             self.features.add(self.tokenizer.feature_counts(counted))
-        self.metrics.observe(time.perf_counter() - start)
+        # One metric update per execute, not per request: each is a round trip to Triton.
+        self.metrics.record(
+            seconds=time.perf_counter() - start,
+            tokens=sum(batch.num_tokens for _, batch in counted),
+            truncations=sum(int(batch.truncated.sum()) for _, batch in counted),
+        )
         return responses
 
     def finalize(self) -> None:
@@ -266,7 +271,6 @@ class TritonPythonModel:
                 f"{self.name}: truncated {truncations} text(s) to "
                 f"max_seq_len={self.tokenizer.max_seq_len} tokens"
             )
-        self.metrics.count(batch.num_tokens, truncations)
         tensors = batch.tensors(self.outputs)
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(name, value) for name, value in tensors.items()]
@@ -303,10 +307,10 @@ class _TokenizerMetrics:
         self.tokens = self.families["tokens"].Metric(labels=labels)
         self.truncations = self.families["truncations"].Metric(labels=labels)
 
-    def observe(self, seconds: float) -> None:
+    def record(self, seconds: float, tokens: int, truncations: int) -> None:
+        """One execute: its duration, and the tokens and truncations of all its requests."""
         self.duration.observe(seconds)
-
-    def count(self, tokens: int, truncations: int) -> None:
-        self.tokens.increment(tokens)
+        if tokens:
+            self.tokens.increment(tokens)
         if truncations:
             self.truncations.increment(truncations)
