@@ -797,6 +797,9 @@ def _add_build(commands: Any) -> None:
     )
     runtime.add_argument("--preferred-batch-sizes", type=int, nargs="+")
     runtime.add_argument("--engine-instances", type=int)
+    runtime.add_argument(
+        "--engine-threads", type=int, help="ONNX Runtime threads per engine instance (local)"
+    )
     runtime.add_argument("--tokenizer-instances", type=int)
     runtime.add_argument("--opset", type=int)
     build.add_argument_group("watching").add_argument(

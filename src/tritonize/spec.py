@@ -68,7 +68,10 @@ class BuildSpec:
     max_seq_len: int = 256
     max_queue_delay_us: int = 2000
     preferred_batch_sizes: tuple[int, ...] = ()
-    engine_instances: int = 1
+    # Engine instances; 0: the target's default, 2 for `local` (two ONNX Runtime sessions with
+    # half the cores each keep the cores busier than one with all of them), 1 for GPU targets.
+    engine_instances: int = 0
+    engine_threads: int = 0  # ONNX Runtime threads per `local` instance; 0: cores / instances
     tokenizer_instances: int = 1
     version: int = 1
     overwrite: bool = False  # replace `version` where it exists (it may be serving)
@@ -92,6 +95,9 @@ class BuildSpec:
 
     def __post_init__(self) -> None:
         _coerce_enums(self)
+        if self.engine_instances == 0:
+            local = self.target is Target.LOCAL
+            object.__setattr__(self, "engine_instances", 2 if local else 1)
         if not _NAME.match(self.name) or _BUILD_SUFFIX.search(self.name):
             _fail(
                 "name",
@@ -103,6 +109,7 @@ class BuildSpec:
         _check_range("max_seq_len", self.max_seq_len, 4, 32768)
         _check_range("max_queue_delay_us", self.max_queue_delay_us, 0, 10_000_000)
         _check_range("engine_instances", self.engine_instances, 1, 64)
+        _check_range("engine_threads", self.engine_threads, 0, 256)
         _check_range("tokenizer_instances", self.tokenizer_instances, 1, 64)
         _check_range("version", self.version, 1, 2**31 - 1)
         _check_range("opset", self.opset, 14, 21)

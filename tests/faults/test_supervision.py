@@ -141,9 +141,14 @@ def seconds_until_answering(call: Callable[[], None], limit_s: float = 60.0) -> 
     raise AssertionError(f"not answering {limit_s:.0f} s later")
 
 
+def stubs_of(prefix: str, model: str) -> list[int]:
+    """The stubs of `model`'s instances (the `local` engine runs two)."""
+    return sorted(s.pid for s in find_stubs(prefix) if s.model == model)
+
+
 def stub_of(prefix: str, model: str) -> int:
-    (stub,) = [s for s in find_stubs(prefix) if s.model == model]
-    return stub.pid
+    (stub,) = stubs_of(prefix, model)
+    return stub
 
 
 def health(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -192,14 +197,16 @@ def test_a_dead_stub_is_back_within_10_s(
     serve: Serve, stub_model: str, call: Callable[[str], None]
 ) -> None:
     call(serve.http_url)
-    victim = stub_of(serve.prefix, stub_model)
+    stubs = stubs_of(serve.prefix, stub_model)
+    victim = stubs[0]
     killed = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     took = seconds_until_answering(lambda: call(serve.http_url))
     print(f"\n{stub_model}: stub SIGKILLed -> answering again after {took:.2f} s")
     assert took < RECOVERY_LIMIT_S
     serve.wait_for(rf"model `{stub_model}`: serving again after", timeout_s=5)
-    assert stub_of(serve.prefix, stub_model) != victim
+    again = stubs_of(serve.prefix, stub_model)
+    assert victim not in again and len(again) == len(stubs)
     regions = {p.name for p in shm_regions(serve.prefix)}
     assert {s.region for s in find_stubs(serve.prefix)} == regions  # the dead one's is gone
     assert health(serve.http_url, "--api-key", KEY).returncode == 0

@@ -15,6 +15,14 @@ def test_defaults_are_valid_and_typed() -> None:
     assert spec.to_dict()["task"] == "embedding"
 
 
+def test_engine_instances_default_to_the_targets_own() -> None:
+    local = BuildSpec(name="m", task="embedding")
+    gpu = BuildSpec(name="m", task="embedding", target="tensorrt")
+    assert (local.engine_instances, gpu.engine_instances) == (2, 1)
+    assert BuildSpec(name="m", task="embedding", engine_instances=3).engine_instances == 3
+    assert local.to_dict()["engine_instances"] == 2  # the manifest records what was built
+
+
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [
@@ -27,7 +35,7 @@ def test_defaults_are_valid_and_typed() -> None:
         ("max_batch_size", True, "[1, 4096]"),
         ("max_seq_len", 2, "[4, 32768]"),
         ("max_queue_delay_us", -1, "[0, 10000000]"),
-        ("engine_instances", 0, "[1, 64]"),
+        ("engine_instances", -1, "[1, 64]"),
         ("version", 0, "[1, 2147483647]"),
         ("opset", 9, "[14, 21]"),
         ("preferred_batch_sizes", (4, 64), "[1, 32]"),

@@ -126,6 +126,7 @@ def engine_config(
                 "output_name": output_name,
                 "pad_token_id": pad_token_id,
                 "max_seq_len": spec.max_seq_len,
+                **({"intra_op_threads": spec.engine_threads} if spec.engine_threads else {}),
                 **_profile_parameters(spec),
             },
             instances=spec.engine_instances,

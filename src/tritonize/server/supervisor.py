@@ -101,7 +101,12 @@ class Supervisor:
         except ServerError:  # the server itself is going: the restart path handles it
             return
         for model in sorted({s.model for s in gone if states.get(s.model) == READY}):
+            survivors = [s for s in current.values() if s.model == model]
             self._reload(model, [s for s in gone if s.model == model], states)
+            # The reloaded model's old instances never finish unloading beside a dead one:
+            # their stubs would live on unused. New requests go to the new instances.
+            leftovers.kill_stubs(survivors)
+            gone += survivors
         leftovers.remove_regions([leftovers.SHM_DIR / s.region for s in gone])
         self._stubs = self._current_stubs()
 

@@ -14,6 +14,7 @@ alone; the others run.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,9 @@ class OnnxEncoder:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.intra_op_num_threads = threads
+        # Idle threads sleep rather than spin: the tokenizer and Triton share these cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.output_name = output_name
         self.pad_id = pad_id
@@ -150,6 +153,13 @@ class OnnxEncoder:
         return parts
 
 
+def default_threads(args: dict[str, str]) -> int:
+    """The cores shared out between the model's instances (at least one thread each)."""
+    groups = json.loads(args["model_config"]).get("instance_group", [])
+    instances = sum(int(group.get("count", 1)) for group in groups) or 1
+    return max(1, (os.cpu_count() or 1) // instances)
+
+
 class TritonPythonModel:
     """Thin adapter: tensors in, tensors out, errors as responses."""
 
@@ -160,7 +170,7 @@ class TritonPythonModel:
             version_dir(args) / "model.onnx",
             output_name=params["output_name"],
             pad_id=int(params["pad_token_id"]),
-            threads=int(params.get("intra_op_threads", "0")),
+            threads=int(params.get("intra_op_threads", "0")) or default_threads(args),
         )
         # Repositories built before the engine knew its window leave it unbounded.
         self.max_len = int(params["max_seq_len"]) if "max_seq_len" in params else None
