@@ -798,7 +798,7 @@ def _add_build(commands: Any) -> None:
     runtime.add_argument("--preferred-batch-sizes", type=int, nargs="+")
     runtime.add_argument("--engine-instances", type=int)
     runtime.add_argument(
-        "--engine-threads", type=int, help="ONNX Runtime threads per engine instance (local)"
+        "--engine-threads", type=int, help="ONNX Runtime threads per engine instance"
     )
     runtime.add_argument("--tokenizer-instances", type=int)
     runtime.add_argument("--opset", type=int)

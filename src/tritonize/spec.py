@@ -71,7 +71,7 @@ class BuildSpec:
     # Engine instances; 0: the target's default, 2 for `local` (two ONNX Runtime sessions with
     # half the cores each keep the cores busier than one with all of them), 1 for GPU targets.
     engine_instances: int = 0
-    engine_threads: int = 0  # ONNX Runtime threads per `local` instance; 0: cores / instances
+    engine_threads: int = 0  # ONNX Runtime threads per instance; 0: cores / instances (local)
     tokenizer_instances: int = 1
     version: int = 1
     overwrite: bool = False  # replace `version` where it exists (it may be serving)
@@ -119,6 +119,11 @@ class BuildSpec:
             _fail("allow_untrained_head", self.allow_untrained_head, "true or false")
         for size in self.preferred_batch_sizes:
             _check_range("preferred_batch_sizes", size, 1, self.max_batch_size)
+        if self.engine_threads and self.target is Target.TENSORRT:
+            _fail(
+                "engine_threads", self.engine_threads,
+                "0 with target `tensorrt` (threads are an ONNX Runtime setting)",
+            )  # fmt: skip
         if self.target is Target.LOCAL and self.precision in (Precision.FP16, Precision.BF16):
             _fail(
                 "precision",

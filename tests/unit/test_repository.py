@@ -44,6 +44,18 @@ def test_config_matches_golden_file(kind: str) -> None:
     assert text == path.read_text(), "regenerate with UPDATE_GOLDEN=1 if the change is intended"
 
 
+@pytest.mark.parametrize(
+    ("target", "parameter"),
+    [("local", "intra_op_threads"), ("onnxruntime", "intra_op_thread_count")],
+)
+def test_engine_threads_reach_the_engines_own_setting(target: str, parameter: str) -> None:
+    spec = BuildSpec(name="sentiment", task="classification", target=target, engine_threads=3)
+    config = configs.engine_config(spec, "logits", (3,), pad_token_id=0)
+    assert config.parameters[parameter].string_value == "3"
+    assert config.instance_group[0].count == (2 if target == "local" else 1)
+    assert parameter not in configs.engine_config(SPEC, "logits", (3,), 0).parameters
+
+
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_config_round_trips(kind: str) -> None:
     assert configs.from_text(configs.to_text(CONFIGS[kind])) == CONFIGS[kind]

@@ -23,6 +23,13 @@ def test_engine_instances_default_to_the_targets_own() -> None:
     assert local.to_dict()["engine_instances"] == 2  # the manifest records what was built
 
 
+def test_engine_threads_are_an_onnx_runtime_setting() -> None:
+    with pytest.raises(SpecError, match="`engine_threads` = 4 .*target `tensorrt`"):
+        BuildSpec(name="m", task="embedding", target="tensorrt", engine_threads=4)
+    spec = BuildSpec(name="m", task="embedding", target="onnxruntime", engine_threads=4)
+    assert spec.engine_threads == 4
+
+
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [

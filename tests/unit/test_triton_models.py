@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,12 @@ from tritonize.export.onnx_export import load_tokenizer
 from tritonize.export.validation import SAMPLE_TEXTS
 from tritonize.triton_models.classifier import Classifier
 from tritonize.triton_models.common import RequestError
-from tritonize.triton_models.onnx_runner import OnnxEncoder, check_request, pad_and_stack
+from tritonize.triton_models.onnx_runner import (
+    OnnxEncoder,
+    check_request,
+    default_threads,
+    pad_and_stack,
+)
 from tritonize.triton_models.prefix_encoding import (
     encode_pairs_within,
     encode_within,
@@ -287,3 +293,14 @@ def test_offsets_and_special_tokens_mark_each_token(text_tokenizer: TextTokenize
     # [CLS] angela merkel [SEP], then padding: marked special like [CLS] and [SEP].
     width = batch.input_ids.shape[1]
     assert batch.special_tokens_mask[0].tolist() == [1, 0, 0, 0] + [1] * (width - 4)
+
+
+@pytest.mark.parametrize(
+    ("cores", "instances", "threads"), [(2, 2, 1), (16, 2, 8), (2, 4, 1), (8, 1, 8)]
+)
+def test_engine_instances_share_the_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, instances: int, threads: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    config = {"instance_group": [{"kind": "KIND_CPU", "count": instances}]}
+    assert default_threads({"model_config": json.dumps(config)}) == threads

@@ -140,6 +140,8 @@ def engine_config(
         config = _platform_model(
             spec, "onnxruntime_onnx", inputs, output, mc.ModelInstanceGroup.KIND_AUTO
         )
+        if spec.engine_threads:  # the ONNX Runtime backend's own name for it
+            config.parameters["intra_op_thread_count"].string_value = str(spec.engine_threads)
         if spec.precision is Precision.FP16:
             _add_tensorrt_accelerator(config, spec)
     config.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
