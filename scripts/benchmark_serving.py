@@ -128,6 +128,9 @@ class SideBySide:
             f"   {row.system} c{row.concurrency}: {row.per_second:.0f}/s, / ceiling {ratios}",
             flush=True,
         )
+        errors = [error for load in row.loads for error in load.errors]
+        if errors:  # counted in the table; here is why
+            print(f"   {row.failures} failed, first: {errors[0]}", flush=True)
         return row
 
 
