@@ -50,6 +50,7 @@ from tritonize.bench.load import (
     triton_grpc_target,
     triton_http_target,
 )
+from tritonize.monitor.figures import figures as server_figures
 from tritonize.monitor.profile import builtin_reference_texts
 from tritonize.monitor.scrape import read
 from tritonize.repository.configs import from_text
@@ -134,14 +135,6 @@ class SideBySide:
         return row
 
 
-def engine_batch(metrics_url: str, engine: str) -> tuple[float, float]:
-    reading = read(metrics_url)
-    return (
-        reading.total("nv_inference_count", engine),
-        reading.total("nv_inference_exec_count", engine),
-    )
-
-
 def measure_served(server: LocalServer, name: str, bench: SideBySide) -> list[Row]:
     steps = StepNames(name, 1)
     config = server.config
@@ -152,14 +145,15 @@ def measure_served(server: LocalServer, name: str, bench: SideBySide) -> list[Ro
     rows = []
     for protocol in bench.args.protocols:
         for concurrency in bench.args.concurrency:
-            batch_before = engine_batch(config.metrics_url, steps.engine)
-            cpu_before = cpu_seconds(server)  # the ceiling's windows run in this process
+            before, cpu_before = read(config.metrics_url), cpu_seconds(server)
             row = bench.measure(Row(f"served {protocol}", concurrency), targets[protocol])
-            used = spent(cpu_before, cpu_seconds(server))
-            batch_after = engine_batch(config.metrics_url, steps.engine)
+            used = spent(cpu_before, cpu_seconds(server))  # the ceiling runs in this process
             # Readings span warm-ups and windows alike: per request answered, both.
-            answered = batch_after[0] - batch_before[0]
-            row.batch = answered / max(batch_after[1] - batch_before[1], 1)
+            engine = server_figures(
+                before, read(config.metrics_url), 1.0, steps.engine, steps.engine
+            )
+            answered = engine.successes
+            row.batch = engine.achieved_batch_size
             row.cpu_ms = {group: 1e3 * s / max(answered, 1) for group, s in used.items()}
             client_s = sum(load.client_cpu_s for load in row.loads)
             row.cpu_ms["load generator"] = 1e3 * client_s / max(answered, 1)
