@@ -174,7 +174,8 @@ def _triton_counts(metrics_port: int, model: str) -> dict[str, dict[str, float]]
         if line.startswith("tritonize_feature_observations_total{") and f'model="{model}"' in line:
             inside = line[line.index("{") + 1 : line.index("}")]
             labels = {k: v.strip('"') for k, v in (p.split("=", 1) for p in inside.split(","))}
-            counts.setdefault(labels["feature"], {})[labels["bin"]] = float(line.rsplit(" ", 1)[1])
+            bins = counts.setdefault(labels["feature"], {})  # one series per engine instance
+            bins[labels["bin"]] = bins.get(labels["bin"], 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
 
 
