@@ -13,7 +13,7 @@ import sys
 import time
 import tomllib
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ EPILOG = """examples:
   tritonize versions minilm --url 127.0.0.1:8000
   tritonize rollout minilm --to 2 --url 127.0.0.1:8000
   tritonize rollback minilm --url 127.0.0.1:8000
+  tritonize tune minilm --url 127.0.0.1:8000 --slo p95_ms=100
 """
 
 
@@ -660,6 +661,87 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tritonize.bench.tune import Plan, Space, Tuner, parse_slo, tune
+    from tritonize.monitor.profile import builtin_reference_texts
+    from tritonize.rollout.agreement import sample_texts
+
+    server = _lifecycle_server(args)
+    texts: Sequence[str] = builtin_reference_texts(400, seed=1)  # varied lengths
+    if args.texts:
+        texts = sample_texts(args.texts, 100_000, "--texts")
+    plan = Plan(
+        concurrency=tuple(args.concurrency),
+        seconds=args.seconds,
+        warmup_s=args.warmup,
+        protocol=args.protocol,
+        confirm_rounds=args.confirm_rounds,
+    )
+    space = Space(
+        delays_us=tuple(args.delays_us),
+        preferred=tuple(args.preferred),
+        instances=tuple(args.instances),
+        threads=tuple(args.threads),
+    )
+    tuner = Tuner(server, args.model, parse_slo(args.slo), plan, texts)
+    result = tune(tuner, space)
+    if result.best is not None and result.best.knobs != result.baseline and not args.no_write:
+        _write_tuned(args, result)
+    _report_tuning(result, args.report)
+    return 0 if result.best is not None else 1
+
+
+def _write_tuned(args: argparse.Namespace, result: Any) -> None:
+    from tritonize.repository.builds import build_versions
+    from tritonize.repository.derive import derive_build
+
+    assert result.best is not None
+    version = args.model_version or max(build_versions(args.repository, args.model)) + 1
+    knobs = result.best.knobs
+    provenance = {
+        "build": result.build,
+        "by": "tritonize tune",
+        "objective": {k: v for k, v in dataclasses.asdict(result.slo).items() if v is not None},
+        "best": result.best.row(),
+        "gain": result.gain,
+    }
+    derive_build(args.repository, args.model, result.build, version, knobs.apply, knobs.spec(),
+                 provenance)  # fmt: skip
+    result.written = version
+
+
+def _report_tuning(result: Any, directory: Path) -> None:
+    from tritonize.bench.tune import plot, table
+
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Tuning `{result.name}` build {result.build}", "", table(result), ""]
+    best = result.best
+    if best is None:
+        lines.append("No config meets the objective: nothing written.")
+    elif best.knobs == result.baseline:
+        lines.append(f"The serving config is the best: {best.knobs.label()}; nothing written.")
+    else:
+        gain = f"{result.gain:.2f}x" if result.gain else "not measured again"
+        spread = ", ".join(f"{g:.2f}" for g in result.gains)
+        lines.append(
+            f"Best: {best.knobs.label()} at {best.concurrency} clients, {best.client.rps:.1f}/s, "
+            f"p95 {best.client.p95_ms:.1f} ms; gain over the serving config {gain}"
+            + (f" (rounds: {spread})" if spread else "")
+        )
+        if result.written is not None:
+            lines.append(
+                f"Written as build {result.written}: `tritonize rollout {result.name} "
+                f"--to {result.written}` serves it."
+            )
+    (directory / "tune.md").write_text("\n".join(lines) + "\n")
+    (directory / "points.json").write_text(
+        json.dumps([p.row() for p in result.points], indent=1) + "\n"
+    )
+    plot(result, directory / "throughput_p95.png")
+    print("\n".join(lines[2:]))
+    print(f"report: {directory / 'tune.md'}, {directory / 'throughput_p95.png'}")
+
+
 def _keep(keep_builds: Callable[..., list[int]], server: Any, args: argparse.Namespace) -> None:
     if args.keep is not None:
         removed = keep_builds(server, args.model, args.keep)
@@ -728,6 +810,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_drift(commands)
     _add_diagnose(commands)
     _add_lifecycle(commands)
+    _add_tune(commands)
     for command in commands.choices.values():
         _show_defaults(command)
     return parser
@@ -1105,26 +1188,12 @@ def _add_lifecycle(commands: Any) -> None:
         commands, "rollback", cmd_rollback,
         "move the model back to the build that served before",
     )  # fmt: skip
-    for parser in (versions, rollout, rollback):
-        parser.add_argument("model", help="the public model's name")
-        parser.add_argument(
-            "--repository", type=Path, default=Path("model_repository"),
-            help="the repository the server serves (default: model_repository)",
-        )  # fmt: skip
-        _add_api_key(parser, "the server's admin key (serve prints it)")
+    _add_model_and_repository(versions)
     versions.add_argument("--url", help="Triton's HTTP HOST:PORT: add states and memory")
     versions.add_argument("--json", action="store_true")
     for parser in (rollout, rollback):
-        parser.add_argument(
-            "--url", default=os.environ.get("TRITONIZE_URL", "127.0.0.1:8000"),
-            help="Triton's HTTP HOST:PORT (env TRITONIZE_URL)",
-        )  # fmt: skip
-        parser.add_argument("--metrics-url", **_METRICS_URL)
-        parser.add_argument(
-            "--grpc-url", default=os.environ.get("TRITONIZE_GRPC_URL"),
-            help="Triton's gRPC HOST:PORT, through which builds load without holding HTTP "
-            "clients (default: port 8001 on --url's host; env TRITONIZE_GRPC_URL)",
-        )  # fmt: skip
+        _add_model_and_repository(parser)
+        _add_server_urls(parser)
         parser.add_argument(
             "--keep", type=int, metavar="N",
             help="then delete all but the N newest builds (the serving and previous stay)",
@@ -1173,6 +1242,108 @@ def _add_lifecycle(commands: Any) -> None:
         "--set-alias", metavar="ALIAS",
         help="once it serves, point this MLflow alias at the registered version it was built from",
     )  # fmt: skip
+
+
+def _add_model_and_repository(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the public model's name")
+    parser.add_argument(
+        "--repository", type=Path, default=Path("model_repository"),
+        help="the repository the server serves (default: model_repository)",
+    )  # fmt: skip
+    _add_api_key(parser, "the server's admin key (serve prints it)")
+
+
+def _add_server_urls(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", default=os.environ.get("TRITONIZE_URL", "127.0.0.1:8000"),
+        help="Triton's HTTP HOST:PORT (env TRITONIZE_URL)",
+    )  # fmt: skip
+    parser.add_argument("--metrics-url", **_METRICS_URL)
+    parser.add_argument(
+        "--grpc-url", default=os.environ.get("TRITONIZE_GRPC_URL"),
+        help="Triton's gRPC HOST:PORT, through which builds load without holding HTTP "
+        "clients (default: port 8001 on --url's host; env TRITONIZE_GRPC_URL)",
+    )  # fmt: skip
+
+
+def _add_tune(commands: Any) -> None:
+    tune = _command(
+        commands, "tune", cmd_tune,
+        "sweep the serving build's batcher, instances and threads under a latency objective, "
+        "then write the best config as a new build (exit 1: no config meets the objective)",
+    )  # fmt: skip
+    _add_model_and_repository(tune)
+    _add_server_urls(tune)
+    tune.add_argument(
+        "--slo", nargs="+", required=True, metavar="NAME=VALUE",
+        help="the objective every point must meet: p95_ms=50, p99_ms=..., min_batch_size=..., "
+        "max_queue_share=... (max_failure_ratio=0 unless given)",
+    )  # fmt: skip
+    space = tune.add_argument_group("what to sweep (every combination)")
+    space.add_argument(
+        "--delays-us", nargs="+", type=_whole(0), default=[0, 1000, 4000], metavar="US",
+        help="the engine's max_queue_delay_microseconds (default: 0 1000 4000)",
+    )  # fmt: skip
+    space.add_argument(
+        "--preferred", nargs="+", type=_batch_sizes, default=[(), (8, 16)], metavar="SIZES",
+        help="preferred batch sizes, comma-separated, or `none` (default: none 8,16)",
+    )  # fmt: skip
+    space.add_argument(
+        "--instances", nargs="+", type=_whole(1), default=[1, 2], metavar="N",
+        help="engine instances (default: 1 2)",
+    )  # fmt: skip
+    space.add_argument(
+        "--threads", nargs="+", type=_whole(0), default=[0], metavar="N",
+        help="ONNX Runtime threads per instance, 0 = cores / instances (default: 0)",
+    )  # fmt: skip
+    measure = tune.add_argument_group("how each config is measured")
+    measure.add_argument(
+        "--concurrency", nargs="+", type=_whole(1), default=[1, 16, 64], metavar="N",
+        help="closed-loop clients, one text per request (default: 1 16 64)",
+    )  # fmt: skip
+    measure.add_argument("--seconds", type=positive_seconds, default=5.0, help="each window")
+    measure.add_argument(
+        "--warmup", type=_number_type(lambda v: v >= 0, "seconds >= 0"), default=1.5,
+        help="seconds before each window, not counted (default 1.5)",
+    )  # fmt: skip
+    measure.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    measure.add_argument(
+        "--texts", type=Path, help="texts to send, one per line (default: built-in varied texts)"
+    )
+    measure.add_argument(
+        "--confirm-rounds", type=_whole(0), default=2, metavar="N",
+        help="the best and the serving config measured again, alternating, for the gain",
+    )  # fmt: skip
+    tune.add_argument(
+        "--report", type=Path, default=Path("tune-report"),
+        help="where the table, the points and the plot go (default: tune-report)",
+    )  # fmt: skip
+    tune.add_argument(
+        "--model-version", type=_whole(1), metavar="N",
+        help="the build the best config is written as (default: the next free number)",
+    )  # fmt: skip
+    tune.add_argument("--no-write", action="store_true", help="measure and report only")
+
+
+def _whole(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `minimum`."""
+
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= {minimum}")
+        return int(text)
+
+    return parse
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    """`none`, or comma-separated positive batch sizes."""
+    if text.strip().lower() == "none":
+        return ()
+    sizes = text.split(",")
+    if not all(size.strip().isdigit() and int(size) > 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected `none` or batch sizes such as 8,16")
+    return tuple(int(size) for size in sizes)
 
 
 def _number_type(ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:

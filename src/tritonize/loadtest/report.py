@@ -88,7 +88,7 @@ def versions_markdown(counts: dict[str, dict[int, int]]) -> str:
 
 def plot_version_shares(counts: dict[str, dict[int, int]], path: Path) -> None:
     """Each version's share of each second's responses, stacked: a rollout as it happened."""
-    plt = _pyplot()
+    plt = pyplot()
     start = min(min(seconds) for seconds in counts.values())
     end = max(max(seconds) for seconds in counts.values())
     seconds = list(range(start, end + 1))
@@ -103,7 +103,7 @@ def plot_version_shares(counts: dict[str, dict[int, int]], path: Path) -> None:
     axes.set_ylabel("share of responses")
     axes.set_xlabel("seconds")
     axes.legend(loc="upper left")
-    _save(plt, figure, path, title="Which model version answered")
+    save_figure(plt, figure, path, title="Which model version answered")
 
 
 def _target(test: LoadTest) -> str:
@@ -164,7 +164,7 @@ def summary_markdown(result: LoadTestResult, with_throughput_plot: bool = True) 
 
 
 def plot_throughput_latency(history: list[dict[str, float]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     t0 = history[0]["Timestamp"]
     seconds = [row["Timestamp"] - t0 for row in history]
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
@@ -180,12 +180,12 @@ def plot_throughput_latency(history: list[dict[str, float]], path: Path) -> None
     bottom.set_ylabel("latency (ms)")
     bottom.set_xlabel("seconds")
     bottom.legend(loc="upper left")
-    _save(plt, figure, path, title="Throughput and client latency over time")
+    save_figure(plt, figure, path, title="Throughput and client latency over time")
 
 
 def plot_latency_breakdown(result: LoadTestResult, path: Path) -> None:
     """Average client latency split into Triton's queue/compute phases and the rest."""
-    plt = _pyplot()
+    plt = pyplot()
     server = result.server
     phases = [
         ("queue", server.queue_ms),
@@ -203,7 +203,7 @@ def plot_latency_breakdown(result: LoadTestResult, path: Path) -> None:
     axis.set_xlabel("ms")
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, fontsize="small")
     axis.set_title("Client latency versus server latency breakdown")
-    _save(plt, figure, path, bbox_inches="tight")
+    save_figure(plt, figure, path, bbox_inches="tight")
 
 
 def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
@@ -256,7 +256,7 @@ def _failures(failures: dict[str, float]) -> str:
     return ", ".join(f"{n:.0f} {r}" for r, n in failures.items()) or "0"
 
 
-def _save(plt: Any, figure: Any, path: Path, title: str = "", **options: Any) -> None:
+def save_figure(plt: Any, figure: Any, path: Path, title: str = "", **options: Any) -> None:
     """Title `figure`, lay it out, write it to `path` as a PNG and free it."""
     if title:
         figure.suptitle(title)
@@ -265,7 +265,7 @@ def _save(plt: Any, figure: Any, path: Path, title: str = "", **options: Any) ->
     plt.close(figure)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")

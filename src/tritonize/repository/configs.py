@@ -23,6 +23,10 @@ from tritonize.tasks.generation import Generation
 from tritonize.triton_models import common as names
 from tritonize.triton_models.generation import usable_window
 
+# The parameter that sets an engine's ONNX Runtime threads per instance, by target: the local
+# engine's own, and the ONNX Runtime backend's. TensorRT has none.
+THREAD_PARAMETERS = {Target.LOCAL: "intra_op_threads", Target.ONNXRUNTIME: "intra_op_thread_count"}
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -126,7 +130,6 @@ def engine_config(
                 "output_name": output_name,
                 "pad_token_id": pad_token_id,
                 "max_seq_len": spec.max_seq_len,
-                **({"intra_op_threads": spec.engine_threads} if spec.engine_threads else {}),
                 **_profile_parameters(spec),
             },
             instances=spec.engine_instances,
@@ -140,12 +143,19 @@ def engine_config(
         config = _platform_model(
             spec, "onnxruntime_onnx", inputs, output, mc.ModelInstanceGroup.KIND_AUTO
         )
-        if spec.engine_threads:  # the ONNX Runtime backend's own name for it
-            config.parameters["intra_op_thread_count"].string_value = str(spec.engine_threads)
         if spec.precision is Precision.FP16:
             _add_tensorrt_accelerator(config, spec)
     config.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
+    if spec.engine_threads:
+        config.parameters[THREAD_PARAMETERS[spec.target]].string_value = str(spec.engine_threads)
     return config
+
+
+def engine_target(config: ModelConfig) -> Target:
+    """Which target wrote an engine step's config."""
+    if config.backend == "python":
+        return Target.LOCAL
+    return Target.TENSORRT if config.platform == "tensorrt_plan" else Target.ONNXRUNTIME
 
 
 def _platform_model(

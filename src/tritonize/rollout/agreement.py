@@ -45,16 +45,17 @@ class Agreement:
         return text + (f"; e.g. {self.example}" if self.example else "")
 
 
-def sample_texts(path: Path | None, size: int) -> tuple[str, ...]:
-    """The first `size` texts of `path` (one per line; default: the built-in set)."""
+def sample_texts(path: Path | None, size: int, option: str = "--sample") -> tuple[str, ...]:
+    """The first `size` texts of `path` (one per line; default: the built-in set); errors
+    name the `option` that gave the path."""
     source = path or DEFAULT_SAMPLE
     try:
         lines = source.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise TritonizeError(f"--sample {source}: cannot read it as text ({exc})") from None
+        raise TritonizeError(f"{option} {source}: cannot read it as text ({exc})") from None
     texts = tuple(line for line in lines if line.strip())[:size]
     if not texts:
-        raise TritonizeError(f"--sample {source}: no texts (one per line expected)")
+        raise TritonizeError(f"{option} {source}: no texts (one per line expected)")
     return texts
 
 

@@ -10,7 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from http.client import HTTPException
 
 from tritonize.api_key import API_KEY_HEADER
@@ -43,11 +43,13 @@ class RepositoryAdmin:
                 found[name] = state
         return found
 
-    def load(self, model: str) -> None:
+    def load(self, model: str, config: str | None = None) -> None:
+        """Load (or reload) `model`; with `config` (JSON), that config instead of its file's."""
         if self.grpc_url:
-            self._grpc("load_model", model)
+            self._grpc("load_model", model, **({"config": config} if config else {}))
         else:
-            self._post(f"models/{model}/load")
+            body = {"parameters": {"config": config}} if config else {}
+            self._post(f"models/{model}/load", body)
 
     def unload(self, model: str) -> None:
         # Its ensembles follow it, as Triton unloads dependents; they come back with its load.
@@ -66,14 +68,16 @@ class RepositoryAdmin:
                 return busy
             time.sleep(0.1)
 
-    def _grpc(self, method: str, model: str) -> None:
+    def _grpc(self, method: str, model: str, **options: str) -> None:
         import tritonclient.grpc as grpc_client
         from tritonclient.utils import InferenceServerException
 
         client = grpc_client.InferenceServerClient(self.grpc_url)
         headers = {f"triton-grpc-protocol-{API_KEY_HEADER}": self.api_key}
         try:
-            getattr(client, method)(model, headers=headers, client_timeout=self.timeout_s)
+            getattr(client, method)(
+                model, headers=headers, client_timeout=self.timeout_s, **options
+            )
         except InferenceServerException as exc:
             raise ServerError(
                 f"model-repository API `{method}` of `{model}` at {self.grpc_url} (gRPC): "
@@ -82,9 +86,11 @@ class RepositoryAdmin:
         finally:
             client.close()
 
-    def _post(self, path: str) -> list[dict[str, str]]:
+    def _post(self, path: str, payload: Mapping[str, object] | None = None) -> list[dict[str, str]]:
         request = urllib.request.Request(
-            f"{self.base}/{path}", data=b"{}", headers={API_KEY_HEADER: self.api_key}
+            f"{self.base}/{path}",
+            data=json.dumps(payload or {}).encode(),
+            headers={API_KEY_HEADER: self.api_key},
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
