@@ -33,6 +33,7 @@ from tritonize.progress import note
 from tritonize.repository.builds import entry_config, serving
 from tritonize.repository.configs import THREAD_PARAMETERS, ModelConfig, engine_target, from_text
 from tritonize.rollout.lifecycle import Server
+from tritonize.server.admin import RepositoryAdmin
 from tritonize.spec import Target
 from tritonize.tasks.build import StepNames
 
@@ -233,7 +234,7 @@ class Tuner:
                     note(f"    {_describe(point)}")
         return points
 
-    def confirm(self, admin: Any, baseline: Point, best: Point) -> list[float]:
+    def confirm(self, admin: RepositoryAdmin, baseline: Point, best: Point) -> list[float]:
         """Gains of `best` over `baseline`, each measured right after the other."""
         gains = []
         with self._restoring(admin):
@@ -258,14 +259,14 @@ class Tuner:
         point.gates = evaluate(self.slo, client, server)
         return point
 
-    def _load(self, admin: Any, knobs: Knobs) -> None:
+    def _load(self, admin: RepositoryAdmin, knobs: Knobs) -> None:
         config = ModelConfig()
         config.CopyFrom(self.engine_config)
         knobs.apply(config)
         admin.load(self.steps.engine, config=json_format.MessageToJson(config))
 
     @contextmanager
-    def _restoring(self, admin: Any) -> Iterator[None]:
+    def _restoring(self, admin: RepositoryAdmin) -> Iterator[None]:
         """Load the engine's config from disk again on the way out, whatever happened."""
         try:
             yield
