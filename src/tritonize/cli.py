@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tritonize import __version__
+from tritonize.bench.space import Plan, Space
 from tritonize.errors import ExportError, SpecError, TritonizeError
 from tritonize.spec import BuildSpec, Task
 from tritonize.triton_models.sampling import (
@@ -662,7 +663,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from tritonize.bench.tune import Plan, Space, Tuner, parse_slo, tune
+    from tritonize.bench.tune import Tuner, parse_slo, tune, write_build, write_report
     from tritonize.monitor.profile import builtin_reference_texts
     from tritonize.rollout.agreement import sample_texts
 
@@ -683,63 +684,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         instances=tuple(args.instances),
         threads=tuple(args.threads),
     )
-    tuner = Tuner(server, args.model, parse_slo(args.slo), plan, texts)
-    result = tune(tuner, space)
+    result = tune(Tuner(server, args.model, parse_slo(args.slo), plan, texts), space)
     if result.best is not None and result.best.knobs != result.baseline and not args.no_write:
-        _write_tuned(args, result)
-    _report_tuning(result, args.report)
+        write_build(result, args.repository, args.model_version)
+    print(write_report(result, args.report))
     return 0 if result.best is not None else 1
-
-
-def _write_tuned(args: argparse.Namespace, result: Any) -> None:
-    from tritonize.repository.builds import build_versions
-    from tritonize.repository.derive import derive_build
-
-    assert result.best is not None
-    version = args.model_version or max(build_versions(args.repository, args.model)) + 1
-    knobs = result.best.knobs
-    provenance = {
-        "build": result.build,
-        "by": "tritonize tune",
-        "objective": {k: v for k, v in dataclasses.asdict(result.slo).items() if v is not None},
-        "best": result.best.row(),
-        "gain": result.gain,
-    }
-    derive_build(args.repository, args.model, result.build, version, knobs.apply, knobs.spec(),
-                 provenance)  # fmt: skip
-    result.written = version
-
-
-def _report_tuning(result: Any, directory: Path) -> None:
-    from tritonize.bench.tune import plot, table
-
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Tuning `{result.name}` build {result.build}", "", table(result), ""]
-    best = result.best
-    if best is None:
-        lines.append("No config meets the objective: nothing written.")
-    elif best.knobs == result.baseline:
-        lines.append(f"The serving config is the best: {best.knobs.label()}; nothing written.")
-    else:
-        gain = f"{result.gain:.2f}x" if result.gain else "not measured again"
-        spread = ", ".join(f"{g:.2f}" for g in result.gains)
-        lines.append(
-            f"Best: {best.knobs.label()} at {best.concurrency} clients, {best.client.rps:.1f}/s, "
-            f"p95 {best.client.p95_ms:.1f} ms; gain over the serving config {gain}"
-            + (f" (rounds: {spread})" if spread else "")
-        )
-        if result.written is not None:
-            lines.append(
-                f"Written as build {result.written}: `tritonize rollout {result.name} "
-                f"--to {result.written}` serves it."
-            )
-    (directory / "tune.md").write_text("\n".join(lines) + "\n")
-    (directory / "points.json").write_text(
-        json.dumps([p.row() for p in result.points], indent=1) + "\n"
-    )
-    plot(result, directory / "throughput_p95.png")
-    print("\n".join(lines[2:]))
-    print(f"report: {directory / 'tune.md'}, {directory / 'throughput_p95.png'}")
 
 
 def _keep(keep_builds: Callable[..., list[int]], server: Any, args: argparse.Namespace) -> None:
@@ -1279,39 +1228,43 @@ def _add_tune(commands: Any) -> None:
         help="the objective every point must meet: p95_ms=50, p99_ms=..., min_batch_size=..., "
         "max_queue_share=... (max_failure_ratio=0 unless given)",
     )  # fmt: skip
-    space = tune.add_argument_group("what to sweep (every combination)")
-    space.add_argument(
-        "--delays-us", nargs="+", type=_whole(0), default=[0, 1000, 4000], metavar="US",
-        help="the engine's max_queue_delay_microseconds (default: 0 1000 4000)",
+    space, plan = Space(), Plan()
+    sweep = tune.add_argument_group("what to sweep (every combination)")
+    sweep.add_argument(
+        "--delays-us", nargs="+", type=_whole(0), default=list(space.delays_us), metavar="US",
+        help="the engine's max_queue_delay_microseconds",
     )  # fmt: skip
-    space.add_argument(
-        "--preferred", nargs="+", type=_batch_sizes, default=[(), (8, 16)], metavar="SIZES",
-        help="preferred batch sizes, comma-separated, or `none` (default: none 8,16)",
+    sweep.add_argument(
+        "--preferred", nargs="+", type=_batch_sizes, default=list(space.preferred),
+        metavar="SIZES", help="preferred batch sizes, comma-separated, or `none` (default: none "
+        + " ".join(",".join(map(str, sizes)) for sizes in space.preferred if sizes) + ")",
     )  # fmt: skip
-    space.add_argument(
-        "--instances", nargs="+", type=_whole(1), default=[1, 2], metavar="N",
-        help="engine instances (default: 1 2)",
+    sweep.add_argument(
+        "--instances", nargs="+", type=_whole(1), default=list(space.instances), metavar="N",
+        help="engine instances",
     )  # fmt: skip
-    space.add_argument(
-        "--threads", nargs="+", type=_whole(0), default=[0], metavar="N",
-        help="ONNX Runtime threads per instance, 0 = cores / instances (default: 0)",
+    sweep.add_argument(
+        "--threads", nargs="+", type=_whole(0), default=list(space.threads), metavar="N",
+        help="ONNX Runtime threads per instance, 0 = cores / instances",
     )  # fmt: skip
     measure = tune.add_argument_group("how each config is measured")
     measure.add_argument(
-        "--concurrency", nargs="+", type=_whole(1), default=[1, 16, 64], metavar="N",
-        help="closed-loop clients, one text per request (default: 1 16 64)",
+        "--concurrency", nargs="+", type=_whole(1), default=list(plan.concurrency), metavar="N",
+        help="closed-loop clients, one text per request",
     )  # fmt: skip
-    measure.add_argument("--seconds", type=positive_seconds, default=5.0, help="each window")
     measure.add_argument(
-        "--warmup", type=_number_type(lambda v: v >= 0, "seconds >= 0"), default=1.5,
-        help="seconds before each window, not counted (default 1.5)",
+        "--seconds", type=positive_seconds, default=plan.seconds, help="each window"
+    )
+    measure.add_argument(
+        "--warmup", type=_number_type(lambda v: v >= 0, "seconds >= 0"), default=plan.warmup_s,
+        help="seconds before each window, not counted",
     )  # fmt: skip
-    measure.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    measure.add_argument("--protocol", choices=("grpc", "http"), default=plan.protocol)
     measure.add_argument(
         "--texts", type=Path, help="texts to send, one per line (default: built-in varied texts)"
     )
     measure.add_argument(
-        "--confirm-rounds", type=_whole(0), default=2, metavar="N",
+        "--confirm-rounds", type=_whole(0), default=plan.confirm_rounds, metavar="N",
         help="the best and the serving config measured again, alternating, for the gain",
     )  # fmt: skip
     tune.add_argument(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from integration.conftest import server_config
-from tritonize.bench.tune import Knobs
+from tritonize.bench.space import Knobs
 from tritonize.client import TritonizeClient
 from tritonize.repository.builds import build_versions, serving
 from tritonize.repository.configs import from_text

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tritonize.bench.load import LoadResult
-from tritonize.bench.tune import Knobs, Point, Space, best_point, client_figures, parse_slo
+from tritonize.bench.space import Knobs, Space
+from tritonize.bench.tune import Point, best_point, client_figures, parse_slo
 from tritonize.errors import RepositoryConflictError, RepositoryError, SpecError
 from tritonize.loadtest.slo import evaluate
 from tritonize.repository import configs

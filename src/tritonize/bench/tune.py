@@ -14,7 +14,7 @@ loaded back at the end, whatever happened. The winner becomes a new build of the
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import json
 import statistics
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,109 +25,20 @@ from typing import Any
 from google.protobuf import json_format
 
 from tritonize.bench.load import LoadResult, run_load, triton_grpc_target, triton_http_target
+from tritonize.bench.space import Knobs, Plan, Space
 from tritonize.errors import ServerError, SpecError, TritonizeError
 from tritonize.loadtest.slo import ClientFigures, Gate, Slo, evaluate
 from tritonize.monitor.figures import ServerFigures, figures
 from tritonize.monitor.scrape import default_metrics_url, read
 from tritonize.progress import note
-from tritonize.repository.builds import entry_config, serving
-from tritonize.repository.configs import THREAD_PARAMETERS, ModelConfig, engine_target, from_text
+from tritonize.repository.builds import build_versions, entry_config, serving
+from tritonize.repository.configs import ModelConfig, engine_target, from_text
+from tritonize.repository.derive import derive_build
 from tritonize.rollout.lifecycle import Server
 from tritonize.server.admin import RepositoryAdmin
-from tritonize.spec import Target
 from tritonize.tasks.build import StepNames
 
 TEXT_INPUT = "TEXT"
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """The engine step's settings that tune sweeps (BuildSpec's names for them)."""
-
-    max_queue_delay_us: int
-    preferred_batch_sizes: tuple[int, ...]
-    engine_instances: int
-    engine_threads: int  # 0: the engine's default (local: the cores shared among instances)
-
-    @classmethod
-    def of(cls, config: ModelConfig) -> Knobs:
-        """The settings `config` serves with."""
-        parameter = THREAD_PARAMETERS.get(engine_target(config))
-        threads = (
-            config.parameters[parameter].string_value if parameter in config.parameters else ""
-        )
-        return cls(
-            max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds,
-            preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
-            engine_instances=sum(group.count for group in config.instance_group) or 1,
-            engine_threads=int(threads or 0),
-        )
-
-    def apply(self, config: ModelConfig) -> None:
-        """Set these settings in an engine step's `config`."""
-        batching = config.dynamic_batching
-        batching.max_queue_delay_microseconds = self.max_queue_delay_us
-        batching.preferred_batch_size[:] = self.preferred_batch_sizes
-        del config.instance_group[1:]
-        config.instance_group[0].count = self.engine_instances
-        parameter = THREAD_PARAMETERS.get(engine_target(config))
-        if parameter is not None:
-            if self.engine_threads:
-                config.parameters[parameter].string_value = str(self.engine_threads)
-            elif parameter in config.parameters:
-                del config.parameters[parameter]
-
-    def spec(self) -> dict[str, Any]:
-        """The settings as BuildSpec fields (for the derived build's manifest)."""
-        return {
-            **dataclasses.asdict(self),
-            "preferred_batch_sizes": list(self.preferred_batch_sizes),
-        }
-
-    def label(self) -> str:
-        preferred = ",".join(map(str, self.preferred_batch_sizes)) or "-"
-        threads = self.engine_threads or "auto"
-        return (
-            f"delay {self.max_queue_delay_us}us, preferred {preferred}, "
-            f"{self.engine_instances} inst x {threads} thr"
-        )
-
-
-@dataclass(frozen=True)
-class Space:
-    """What to sweep: every combination of these values."""
-
-    delays_us: tuple[int, ...] = (0, 1000, 4000)
-    preferred: tuple[tuple[int, ...], ...] = ((), (8, 16))
-    instances: tuple[int, ...] = (1, 2)
-    threads: tuple[int, ...] = (0,)
-
-    def candidates(self, target: Target, max_batch_size: int) -> list[Knobs]:
-        if target is Target.TENSORRT and any(self.threads):
-            raise SpecError("tune: --threads: a TensorRT engine has no thread setting; pass 0")
-        for sizes in self.preferred:
-            if any(not 1 <= size <= max_batch_size for size in sizes):
-                raise SpecError(
-                    f"tune: --preferred {','.join(map(str, sizes))}: each size must be 1.."
-                    f"{max_batch_size} (the engine's max_batch_size)"
-                )
-        return [
-            Knobs(delay, sizes, instances, threads)
-            for delay, sizes, instances, threads in itertools.product(
-                self.delays_us, self.preferred, self.instances, self.threads
-            )
-        ]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How each candidate is measured."""
-
-    concurrency: tuple[int, ...] = (1, 16, 64)
-    seconds: float = 5.0
-    warmup_s: float = 1.5
-    protocol: str = "grpc"
-    confirm_rounds: int = 2  # winner and serving config again, alternating, for the gain
 
 
 @dataclass
@@ -370,6 +281,60 @@ def table(result: Result) -> str:
             f"{'meets' if point.meets else 'misses'} |"
         )
     return "\n".join(lines)
+
+
+def write_build(result: Result, repository: Path, version: int | None = None) -> int:
+    """Write the winner as build `version` (default: the next free number) of the model."""
+    assert result.best is not None
+    version = version or max(build_versions(repository, result.name)) + 1
+    provenance = {
+        "build": result.build,
+        "by": "tritonize tune",
+        "objective": {k: v for k, v in dataclasses.asdict(result.slo).items() if v is not None},
+        "best": result.best.row(),
+        "gain": result.gain,
+    }
+    knobs = result.best.knobs
+    derive_build(repository, result.name, result.build, version, knobs.apply, knobs.spec(),
+                 provenance)  # fmt: skip
+    result.written = version
+    return version
+
+
+def write_report(result: Result, directory: Path) -> str:
+    """tune.md, points.json and the plot in `directory`; returns the summary to print."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [table(result), "", _verdict(result)]
+    (directory / "tune.md").write_text(
+        f"# Tuning `{result.name}` build {result.build}\n\n" + "\n".join(lines) + "\n"
+    )
+    (directory / "points.json").write_text(
+        json.dumps([p.row() for p in result.points], indent=1) + "\n"
+    )
+    plot(result, directory / "throughput_p95.png")
+    lines.append(f"report: {directory / 'tune.md'}, {directory / 'throughput_p95.png'}")
+    return "\n".join(lines)
+
+
+def _verdict(result: Result) -> str:
+    best = result.best
+    if best is None:
+        return "No config meets the objective: nothing written."
+    if best.knobs == result.baseline:
+        return f"The serving config is the best: {best.knobs.label()}; nothing written."
+    gain = f"{result.gain:.2f}x" if result.gain else "not measured again"
+    rounds = ", ".join(f"{g:.2f}" for g in result.gains)
+    verdict = (
+        f"Best: {best.knobs.label()} at {best.concurrency} clients, {best.client.rps:.1f}/s, "
+        f"p95 {best.client.p95_ms:.1f} ms; gain over the serving config {gain}"
+        + (f" (rounds: {rounds})" if rounds else "")
+    )
+    if result.written is not None:
+        verdict += (
+            f"\nWritten as build {result.written}: `tritonize rollout {result.name} "
+            f"--to {result.written}` serves it."
+        )
+    return verdict
 
 
 def plot(result: Result, path: Path) -> None:
