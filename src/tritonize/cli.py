@@ -685,7 +685,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         threads=tuple(args.threads),
     )
     result = tune(Tuner(server, args.model, parse_slo(args.slo), plan, texts), space)
-    if result.best is not None and result.best.knobs != result.baseline and not args.no_write:
+    if result.improves and not args.no_write:
         write_build(result, args.repository, args.model_version)
     print(write_report(result, args.report))
     return 0 if result.best is not None else 1

@@ -12,7 +12,7 @@ import pytest
 
 from tritonize.bench.load import LoadResult
 from tritonize.bench.space import Knobs, Space
-from tritonize.bench.tune import Point, best_point, client_figures, parse_slo
+from tritonize.bench.tune import Point, Result, best_point, client_figures, parse_slo
 from tritonize.errors import RepositoryConflictError, RepositoryError, SpecError
 from tritonize.loadtest.slo import evaluate
 from tritonize.repository import configs
@@ -100,6 +100,19 @@ def test_the_winner_has_the_most_throughput_within_the_objective() -> None:
         is winner
     )
     assert best_point([slow_but_fast, dropping]) is None
+
+
+def test_a_winner_is_written_only_where_it_beat_the_serving_config_again() -> None:
+    serving_config, other = Knobs(2000, (), 2, 0), Knobs(0, (), 1, 0)
+    slo = parse_slo(["p95_ms=100"])
+
+    def result(best: Knobs, gain: float | None) -> Result:
+        return Result(NAME, 1, slo, serving_config, [], point(best, 100, 0.01), gain)
+
+    assert result(other, 1.2).improves and result(other, None).improves
+    assert not result(other, 0.97).improves  # the sweep's window was noise
+    assert not result(serving_config, None).improves
+    assert not Result(NAME, 1, slo, serving_config, [], None).improves
 
 
 def test_a_derived_build_serves_the_same_files_under_its_own_names(repository: Path) -> None:

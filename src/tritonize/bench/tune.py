@@ -85,6 +85,16 @@ class Result:
     gains: list[float] = field(default_factory=list)
     written: int | None = None  # the build the winner was written as
 
+    @property
+    def improves(self) -> bool:
+        """A winner other than the serving config, and faster when measured again beside it
+        (a sweep's single windows can crown noise)."""
+        return (
+            self.best is not None
+            and self.best.knobs != self.baseline
+            and (self.gain is None or self.gain > 1.0)
+        )
+
 
 class Tuner:
     """Sweeps one model's serving build on a live server."""
@@ -329,7 +339,9 @@ def _verdict(result: Result) -> str:
         f"p95 {best.client.p95_ms:.1f} ms; gain over the serving config {gain}"
         + (f" (rounds: {rounds})" if rounds else "")
     )
-    if result.written is not None:
+    if not result.improves:
+        verdict += "\nMeasured again, it was not faster than the serving config: nothing written."
+    elif result.written is not None:
         verdict += (
             f"\nWritten as build {result.written}: `tritonize rollout {result.name} "
             f"--to {result.written}` serves it."
