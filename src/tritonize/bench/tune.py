@@ -350,19 +350,28 @@ def _verdict(result: Result) -> str:
 
 
 def plot(result: Result, path: Path) -> None:
-    """Throughput against p95, one line per config through its concurrencies."""
+    """Throughput against p95, one line per config through its concurrencies (numbered),
+    the serving config dashed, the winner bold and circled."""
     from tritonize.loadtest.report import pyplot, save_figure
 
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(12, 6))
-    for knobs in dict.fromkeys(p.knobs for p in result.points):
+    configs = list(dict.fromkeys(p.knobs for p in result.points))
+    colours = plt.get_cmap("tab20").colors
+    for index, knobs in enumerate(configs):
         points = sorted((p for p in result.points if p.knobs == knobs), key=lambda p: p.concurrency)
         winner = result.best is not None and knobs == result.best.knobs
-        label = knobs.label() + (" (serving)" if knobs == result.baseline else "")
+        serving = knobs == result.baseline
         axes.plot(
             [p.client.p95_ms for p in points], [p.client.rps for p in points], marker="o",
-            label=label, linewidth=2.5 if winner else 1.0, alpha=1.0 if winner else 0.6,
+            label=knobs.label() + (" (serving)" if serving else ""),
+            color="black" if serving else colours[index % len(colours)],
+            linestyle="--" if serving else "-", linewidth=2.5 if winner else 1.0,
+            alpha=1.0 if winner or serving else 0.6,
         )  # fmt: skip
+    for point in result.points:  # each point's concurrency, small, beside it
+        axes.annotate(str(point.concurrency), (point.client.p95_ms, point.client.rps),
+                      fontsize=6, alpha=0.6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
     if result.slo.p95_ms is not None:
         axes.axvline(result.slo.p95_ms, color="tab:red", linestyle="--", label="p95 objective")
     if result.best:
