@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import tritonclient.grpc.aio as aio
 
 from tritonize.monitor.profile import builtin_reference_texts
 from tritonize.monitor.scrape import read
+from tritonize.processes import free_ports
 from tritonize.repository.manifest import seal
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
@@ -111,16 +111,6 @@ class CpuMeter:
 def _cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for probe in sockets:
-        probe.bind(("127.0.0.1", 0))
-    ports = [int(probe.getsockname()[1]) for probe in sockets]
-    for probe in sockets:
-        probe.close()
-    return ports
 
 
 def tiny_classifier(directory: Path) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aio
 
 from tritonize.client import generation_input
+from tritonize.processes import free_ports
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
 from tritonize.spec import BuildSpec
@@ -75,16 +75,6 @@ class Figures:
         self.seconds += other.seconds
         self.ttft += other.ttft
         self.rates.append(other.rate)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for probe in sockets:
-        probe.bind(("127.0.0.1", 0))
-    ports = [int(probe.getsockname()[1]) for probe in sockets]
-    for probe in sockets:
-        probe.close()
-    return ports
 
 
 def checkpoint(given: Path | None, tmp: Path) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import queue
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ import torch
 import tritonclient.grpc as grpcclient
 
 from tritonize.client import generation_input
+from tritonize.processes import free_ports
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
 from tritonize.spec import BuildSpec, bundled_model_dir
@@ -114,11 +114,7 @@ def main() -> None:
         repo = Path(tmp) / "repo"
         build_repository(BuildSpec(name="bench", task="generation", model=model, output=repo,
                                    max_seq_len=256, max_batch_size=16))  # fmt: skip
-        ports = []
-        for _ in range(3):
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                ports.append(probe.getsockname()[1])
+        ports = free_ports(3)
         config = ServerConfig(repo, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
         rows = []
         with LocalServer(config):

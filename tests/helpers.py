@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tritonize.processes import free_ports  # noqa: F401  (the tests import it from here)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports free at the time of asking."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-@cache
 def wait_for(condition: Callable[[], Any], timeout_s: float, step_s: float = 0.5) -> Any:
     """`condition()`'s first truthy value within `timeout_s`, polled every `step_s`; else None."""
     deadline = time.monotonic() + timeout_s
@@ -36,6 +24,7 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, step_s: float = 0.5
     return None
 
 
+@cache
 def train_tokenizer(style: str) -> Any:
     """A small tokenizer trained on fixtures/corpus.txt.
 

@@ -1,4 +1,5 @@
-"""Child processes (tritonserver, Prometheus) that stop cleanly and die with their parent."""
+"""Child processes (tritonserver, Prometheus) that stop cleanly and die with their parent, and
+the loopback ports they can listen on."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -40,3 +42,12 @@ def is_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free at the time of asking (all held while choosing)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]

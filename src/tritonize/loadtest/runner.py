@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from tritonize.loadtest.slo import ClientFigures, Gate, Slo, evaluate, load_clie
 from tritonize.monitor.figures import PENDING, ServerFigures, figures
 from tritonize.monitor.prometheus import PrometheusSource
 from tritonize.monitor.scrape import default_metrics_url, quiet_reading, read
+from tritonize.processes import free_ports
 from tritonize.triton_models.common import build_of
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -323,7 +323,7 @@ def _run_locust(test: LoadTest) -> int:
             master += ["--ramp-max-failure-ratio", str(ramp.max_failure_ratio)]
     workers: list[subprocess.Popen[bytes]] = []
     if test.workers:
-        port = _free_port()
+        (port,) = free_ports(1)
         master += ["--master", "--expect-workers", str(test.workers),
                    "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)]  # fmt: skip
         worker = [*_locust_args(test), "--worker", "--master-host", "127.0.0.1",
@@ -364,9 +364,3 @@ class _PendingSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
