@@ -13,6 +13,13 @@ batch, and CPU time per sentence by process (Triton, each step's stubs, the load
 
     .venv/bin/python scripts/benchmark_serving.py [--concurrency 1 16 64] [--rounds 3]
         [--seconds 8] [--repository DIR --name NAME] [--peers flask infinity] [--json OUT]
+        [--infinity-python /path/to/venv/bin/python]
+
+infinity-emb pins other transformers, tokenizers and sentence-transformers releases than
+tritonize, so it goes into an environment of its own:
+
+    python3.11 -m venv /tmp/infinity && /tmp/infinity/bin/pip install torch==2.13.0 \
+        "infinity-emb[server,torch]==0.0.78"
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ import contextlib
 import importlib.util
 import json
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +59,7 @@ from tritonize.bench.load import (
 from tritonize.monitor.figures import figures as server_figures
 from tritonize.monitor.profile import builtin_reference_texts
 from tritonize.monitor.scrape import read
+from tritonize.processes import free_ports
 from tritonize.repository.configs import from_text
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
@@ -71,12 +78,6 @@ def sentences(count: int = 256) -> list[str]:
             if len(part.split()) >= 5 and part not in pool:
                 pool.append(part)
     return (pool * (count // len(pool) + 1))[:count]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -181,14 +182,16 @@ def peer_server(command: list[str], port: int, ready_path: str) -> Iterator[None
         process.kill()
 
 
-def peer(name: str, model: Path, port: int) -> tuple[list[str], str, Callable[[str], dict]]:
+def peer(
+    name: str, model: Path, port: int, infinity_python: str
+) -> tuple[list[str], str, Callable[[str], dict]]:
     """How to start a peer, where it takes one sentence, and the JSON body for one."""
     if name == "flask":
         command = [sys.executable, str(PEERS / "flask_pytorch.py"), str(model), str(port)]
         return command, "/embed", lambda text: {"text": text}
     if name == "infinity":
         command = [
-            sys.executable, "-m", "infinity_emb.cli", "v2", "--model-id", str(model),
+            infinity_python, "-m", "infinity_emb.cli", "v2", "--model-id", str(model),
             "--engine", "torch", "--batch-size", "32", "--port", str(port),
         ]  # fmt: skip
         return command, "/embeddings", lambda text: {"model": str(model), "input": [text]}
@@ -198,11 +201,12 @@ def peer(name: str, model: Path, port: int) -> tuple[list[str], str, Callable[[s
 def measure_peers(model: Path, bench: SideBySide) -> list[Row]:
     rows = []
     for name in bench.args.peers:
-        if name == "infinity" and importlib.util.find_spec("infinity_emb") is None:
-            print("   infinity-emb: not installed (pip install 'infinity-emb[all]'), skipped")
+        python = bench.args.infinity_python
+        if name == "infinity" and not _has_module(python, "infinity_emb"):
+            print(f"   infinity-emb: not importable by {python} (--infinity-python), skipped")
             continue
-        port = free_port()
-        command, path, body = peer(name, model, port)
+        (port,) = free_ports(1)
+        command, path, body = peer(name, model, port, python)
         bodies = [json.dumps(body(text)).encode() for text in bench.texts]
         target = HttpTarget("127.0.0.1", port, path, bodies)
         try:
@@ -212,6 +216,13 @@ def measure_peers(model: Path, bench: SideBySide) -> list[Row]:
         except RuntimeError as exc:
             print(f"   {name}: did not start: {exc}")
     return rows
+
+
+def _has_module(python: str, module: str) -> bool:
+    if python == sys.executable:
+        return importlib.util.find_spec(module) is not None
+    found = subprocess.run([python, "-c", f"import {module}"], capture_output=True, check=False)
+    return found.returncode == 0
 
 
 def open_encoder(repository: Path, steps: StepNames) -> InProcessEncoder:
@@ -287,6 +298,11 @@ def main() -> None:
     parser.add_argument("--name", default="minilm", help="the embedding model to load")
     parser.add_argument("--model", type=Path, help="checkpoint for peers (default: bundled)")
     parser.add_argument("--peers", nargs="*", default=["flask", "infinity"])
+    parser.add_argument(
+        "--infinity-python", default=sys.executable,
+        help="a Python with infinity-emb installed: it pins other transformers and tokenizers "
+        "than tritonize, so it lives in an environment of its own (default: this one)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -302,7 +318,7 @@ def main() -> None:
         single = one_at_a_time(encoder, texts, args.seconds)
 
         print("-> Served, each round after one of the in-process ceiling (batch 32) ...")
-        ports = [free_port() for _ in range(3)]
+        ports = free_ports(3)
         config = ServerConfig(
             repository, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
             log_file=Path(tmp) / "tritonserver.log",
