@@ -16,18 +16,21 @@ import pytest
 import yaml
 
 from tritonize.errors import SpecError
-from tritonize.monitor.drift import recording_rules
+from tritonize.monitor.drift import MIN_OBSERVATIONS, recording_rules
 from tritonize.monitor.profile import builtin_reference_texts, read_reference_texts
 from tritonize.repository.writer import build_repository
 from tritonize.spec import BuildSpec
 from tritonize.tasks.build import StepNames
 from tritonize.triton_models.features import (
+    CENTROID_COSINE,
     INPUT_FEATURES,
     OUTPUT_TOKENS,
     PROFILE,
     PROMPT_TOKENS,
     SCRIPTS,
     STOP_REASONS,
+    TVD,
+    Feature,
     Profile,
     numeric,
     script_of,
@@ -227,6 +230,34 @@ def test_drift_alerts_pass_their_unit_tests_and_each_is_tested() -> None:
     tests = yaml.safe_load((MONITORING / "drift_test.yml").read_text())["tests"]
     tested = {case["alertname"] for t in tests for case in t["alert_rule_test"]}
     assert alerts == tested == {"TritonizeInputDrift", "TritonizePredictionDrift"}
+
+
+def test_each_alert_waits_for_the_observations_drift_needs() -> None:
+    rules = yaml.safe_load((MONITORING / "drift.yml").read_text())["groups"][0]["rules"]
+    for alert in (r for r in rules if "alert" in r):
+        assert _normalised(alert["expr"]).endswith(f">= {MIN_OBSERVATIONS}"), alert["alert"]
+
+
+def _textbook_drift(feature: Feature, live: np.ndarray, reference: np.ndarray) -> float:
+    if feature.measure == TVD:
+        return float(0.5 * np.abs(live - reference).sum())
+    p, q = np.maximum(live, 0.001), np.maximum(reference, 0.001)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+@pytest.mark.parametrize("feature", [*INPUT_FEATURES, CENTROID_COSINE], ids=lambda f: f.name)
+def test_a_reference_like_window_at_the_minimum_count_rarely_looks_like_drift(
+    feature: Feature,
+) -> None:
+    """Sampling noise alone must stay under the threshold once a window holds the observations
+    the alerts wait for. The reference spreads evenly over the bins, the noisiest case (PSI's
+    noise is about (bins - 1) / observations): at 50 observations, a third of the windows of
+    the 11-bin features crossed their threshold."""
+    rng = np.random.default_rng(0)
+    reference = np.full(len(feature.bins), 1 / len(feature.bins))
+    windows = rng.multinomial(MIN_OBSERVATIONS, reference, size=4000) / MIN_OBSERVATIONS
+    drift = np.array([_textbook_drift(feature, window, reference) for window in windows])
+    assert (drift >= feature.threshold).mean() < 0.005, feature.name
 
 
 def test_a_profile_round_trips_through_json() -> None:

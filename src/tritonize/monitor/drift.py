@@ -21,7 +21,10 @@ from tritonize.errors import TritonizeError
 from tritonize.monitor.prometheus import PrometheusSource
 
 RULE_WINDOW = "5m"
-MIN_OBSERVATIONS = 50  # fewer texts in a window tell too little to call drift
+# Fewer observations in a window tell too little to call drift: sampling noise alone moves PSI
+# by about (bins - 1) / observations, so at 50 a third of reference-like windows of an 11-bin
+# feature crossed 0.25; at 300 fewer than one in 200 of the noisiest kind cross any threshold.
+MIN_OBSERVATIONS = 300
 _FLOOR = 0.001  # shares are floored before PSI's logarithm: an empty bin is "rare", not -inf
 _BY_FEATURE = "model, kind, feature"
 _BY_BIN = "model, kind, feature, bin"
