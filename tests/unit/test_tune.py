@@ -58,7 +58,7 @@ def test_knobs_are_what_a_build_of_those_settings_writes() -> None:
 
 def test_threads_zero_removes_the_setting_and_means_the_engines_default() -> None:
     config = engine("local", engine_threads=2)
-    Knobs(2000, (), 2, 0).apply(config)
+    Knobs.of(engine("local")).apply(config)
     assert "intra_op_threads" not in config.parameters
     assert config == engine("local")
 
