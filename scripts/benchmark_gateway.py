@@ -40,7 +40,7 @@ from tritonize.client import generation_input
 from tritonize.processes import free_ports
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
-from tritonize.spec import BuildSpec
+from tritonize.spec import BuildSpec, Task
 
 MODEL = "bench"
 PROMPTS = [
@@ -233,7 +233,7 @@ def main() -> None:
         model = checkpoint(args.checkpoint, Path(tmp))
         repo = Path(tmp) / "repo"
         print("building the model repository", flush=True)
-        build_repository(BuildSpec(name=MODEL, task="generation", model=model, output=repo,
+        build_repository(BuildSpec(name=MODEL, task=Task.GENERATION, model=model, output=repo,
                                    max_seq_len=256, max_batch_size=args.streams))  # fmt: skip
         http, grpc, metrics, gateway_port = free_ports(4)
         config = ServerConfig(repo, http_port=http, grpc_port=grpc, metrics_port=metrics,

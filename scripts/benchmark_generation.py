@@ -29,7 +29,7 @@ from tritonize.client import generation_input
 from tritonize.processes import free_ports
 from tritonize.repository.writer import build_repository
 from tritonize.server import LocalServer, ServerConfig
-from tritonize.spec import BuildSpec, bundled_model_dir
+from tritonize.spec import BuildSpec, Task, bundled_model_dir
 
 PROMPTS = [f"Request {i}: tell me about serving language models with batching" for i in range(16)]
 
@@ -112,7 +112,7 @@ def main() -> None:
         model = make_model(Path(tmp) / "model")
         baseline, baseline_latency = hf_baseline(model, args.max_tokens)
         repo = Path(tmp) / "repo"
-        build_repository(BuildSpec(name="bench", task="generation", model=model, output=repo,
+        build_repository(BuildSpec(name="bench", task=Task.GENERATION, model=model, output=repo,
                                    max_seq_len=256, max_batch_size=16))  # fmt: skip
         ports = free_ports(3)
         config = ServerConfig(repo, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
@@ -129,9 +129,11 @@ def main() -> None:
                 elapsed = time.perf_counter() - start
                 tokens = sum(r[0] for r in results)
                 rate = tokens / elapsed
-                ttft = [r[1] for r in results]
-                itl = [gap for r in results for gap in r[2]]
-                rows.append((clients, rate, rate / baseline, percentiles(ttft), percentiles(itl)))
+                ttfts = [r[1] for r in results]
+                gaps_s = [gap for r in results for gap in r[2]]
+                rows.append(
+                    (clients, rate, rate / baseline, percentiles(ttfts), percentiles(gaps_s))
+                )
 
     print("\n| concurrent streams | output tokens/s | vs HF generate | TTFT p50 / p95 (ms) "
           "| inter-token p50 / p95 (ms) |")  # fmt: skip

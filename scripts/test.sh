@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check src tests scripts
 .venv/bin/ruff format --check src tests scripts
-.venv/bin/mypy src
+.venv/bin/mypy src scripts
 HF_HUB_OFFLINE=1 .venv/bin/python -m pytest "$@"
