@@ -48,7 +48,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--artifacts-destination", str(root / "artifacts"),
     ]  # fmt: skip
     with log_path.open("wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+        # No GenAI job runner: it keeps stores in /dev/shm folders that outlive the server.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True)  # fmt: skip
     try:
         if not wait_for(lambda: server.poll() is not None or _healthy(url), STARTUP_S):
