@@ -132,6 +132,19 @@ def test_the_reference_set_is_large_varied_and_read_from_a_file(tmp_path: Path) 
         read_reference_texts(path)
 
 
+def test_a_reference_smaller_than_a_drift_window_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reference's own sampling noise adds to the live window's: a small one alarms."""
+    path = tmp_path / "reference.txt"
+    path.write_text("\n".join(["a text"] * 60))
+    read_reference_texts(path)
+    assert re.search(r"warning: 60 reference texts .* at least 300", capsys.readouterr().err)
+    path.write_text("\n".join(["a text"] * MIN_OBSERVATIONS))
+    read_reference_texts(path)
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_classifier_build_profiles_the_reference_as_transformers_labels_it(
     classifier_repository: Path, classifier_dir: Path
 ) -> None:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tritonize.errors import SpecError
-from tritonize.progress import step
+from tritonize.monitor.drift import MIN_OBSERVATIONS
+from tritonize.progress import note, step
 from tritonize.tasks.build import PredictionProfile
 from tritonize.triton_models.features import (
     INPUT_FEATURES,
@@ -108,6 +109,13 @@ def read_reference_texts(path: Path | None) -> tuple[list[str], str]:
         raise SpecError(
             f"reference_texts: {path} has {len(texts)} non-blank lines; expected at least 50 "
             "texts (one per line) for stable shares"
+        )
+    if len(texts) < MIN_OBSERVATIONS:
+        # PSI's sampling noise is about (bins - 1) * (1/reference + 1/live): at 50 reference texts
+        # an 11-bin feature sits near its threshold under traffic just like the reference.
+        note(
+            f"warning: {len(texts)} reference texts make drift noisy; at least "
+            f"{MIN_OBSERVATIONS} (drift's smallest live window) keep false alarms rare"
         )
     return texts, str(path)
 
