@@ -100,19 +100,25 @@ class Supervisor:
             states = self.admin.states()
         except ServerError:  # the server itself is going: the restart path handles it
             return
+        healed = []
         for model in sorted({s.model for s in gone if states.get(s.model) == READY}):
+            started = time.monotonic()
             survivors = [s for s in current.values() if s.model == model]
-            self._reload(model, [s for s in gone if s.model == model], states)
+            if self._reload(model, [s for s in gone if s.model == model], states):
+                healed.append((model, started))
             # The reloaded model's old instances never finish unloading beside a dead one:
             # their stubs would live on unused. New requests go to the new instances.
             leftovers.kill_stubs(survivors)
             gone += survivors
         leftovers.remove_regions([leftovers.SHM_DIR / s.region for s in gone])
         self._stubs = self._current_stubs()
+        # Said once nothing of the old instances is left: stubs and regions alike.
+        for model, started in healed:
+            self.log(f"model `{model}`: serving again after {time.monotonic() - started:.1f} s")
 
-    def _reload(self, model: str, dead: list[leftovers.Stub], before: dict[str, str]) -> None:
-        """Unload then load `model`, and load any ensemble that was ready and did not return."""
-        started = time.monotonic()
+    def _reload(self, model: str, dead: list[leftovers.Stub], before: dict[str, str]) -> bool:
+        """Unload then load `model`, and load any ensemble that was ready and did not return;
+        whether that worked."""
         names = ", ".join(f"{s.instance} (pid {s.pid})" for s in dead)
         self.log(f"model `{model}`: stub {names} died; reloading it")
         try:
@@ -126,8 +132,8 @@ class Supervisor:
                     self.admin.load(other)
         except ServerError as exc:
             self.log(f"model `{model}`: reload failed: {exc}")
-            return
-        self.log(f"model `{model}`: serving again after {time.monotonic() - started:.1f} s")
+            return False
+        return True
 
     # -- the server ---------------------------------------------------------------------------
     def _restart(self) -> None:
