@@ -13,6 +13,7 @@ batch, and CPU time per sentence by process (Triton, each step's stubs, the load
 
     .venv/bin/python scripts/benchmark_serving.py [--concurrency 1 16 64] [--rounds 3]
         [--seconds 8] [--repository DIR --name NAME] [--peers flask infinity] [--json OUT]
+        [--batches 4 8 16]
         [--infinity-python /path/to/venv/bin/python]
 
 infinity-emb pins other transformers, tokenizers and sentence-transformers releases than
@@ -135,6 +136,28 @@ class SideBySide:
             print(f"   {row.failures} failed, first: {errors[0]}", flush=True)
         return row
 
+    def batch_ratios(self, batches: list[int]) -> dict[int, list[float]]:
+        """In-process rate at each batch size over batch 32's, each window after one of
+        batch 32: what the engine alone loses at the batches a server achieves."""
+        args = self.args
+        ratios: dict[int, list[float]] = {batch: [] for batch in batches}
+        for _ in range(args.rounds):
+            for batch in batches:
+                full = sentences_per_second(self.encoder, self.texts, 32, args.seconds, args.warmup)
+                rate = sentences_per_second(
+                    self.encoder, self.texts, batch, args.seconds, args.warmup
+                )
+                ratios[batch].append(rate / full)
+        for batch in batches:
+            print(f"   batch {batch}: / batch 32 {_spread(ratios[batch])}", flush=True)
+        return ratios
+
+
+def _spread(values: list[float]) -> str:
+    """`median (lowest-highest)`, to two decimals."""
+    ordered = sorted(values)
+    return f"{statistics.median(ordered):.2f} ({ordered[0]:.2f}-{ordered[-1]:.2f})"
+
 
 def measure_served(server: LocalServer, name: str, bench: SideBySide) -> list[Row]:
     steps = StepNames(name, 1)
@@ -244,11 +267,9 @@ def print_table(single: np.ndarray, rows: list[Row]) -> None:
     print(f"| in-process, one sentence at a time | 1 | {1 / np.mean(single):.0f} | - "
           f"| {p50:.1f} | {p99:.1f} | 1 | - |")  # fmt: skip
     for row in rows:
-        ratios = row.ratios
         batch = f"{row.batch:.1f}" if row.batch is not None else "-"
         print(
-            f"| {row.system} | {row.concurrency} | {row.per_second:.0f} "
-            f"| {statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f}) "
+            f"| {row.system} | {row.concurrency} | {row.per_second:.0f} | {_spread(row.ratios)} "
             f"| {row.percentile_ms(50):.1f} | {row.percentile_ms(99):.1f} | {batch} "
             f"| {row.failures} |"
         )
@@ -268,12 +289,13 @@ def print_table(single: np.ndarray, rows: list[Row]) -> None:
         )
 
 
-def figures(single: np.ndarray, rows: list[Row]) -> dict:
+def figures(single: np.ndarray, rows: list[Row], batch_ratios: dict[int, list[float]]) -> dict:
     return {
         "one_sentence_in_process_ms": {
             "p50": float(np.percentile(single, 50) * 1e3),
             "p99": float(np.percentile(single, 99) * 1e3),
         },
+        "in_process_batch_ratios_to_32": batch_ratios,
         "rows": [
             {
                 "system": r.system, "concurrency": r.concurrency,
@@ -294,6 +316,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="measured window per round")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument("--rounds", type=int, default=3, help="ceiling + system windows each")
+    parser.add_argument(
+        "--batches", type=int, nargs="*", default=[],
+        help="also time the in-process encoder at these batch sizes against batch 32",
+    )  # fmt: skip
     parser.add_argument("--repository", type=Path, help="an existing repository (default: build)")
     parser.add_argument("--name", default="minilm", help="the embedding model to load")
     parser.add_argument("--model", type=Path, help="checkpoint for peers (default: bundled)")
@@ -316,6 +342,9 @@ def main() -> None:
         bench = SideBySide(encoder, texts, args)
         print(f"-> In-process, one sentence at a time ({default_threads()} threads) ...")
         single = one_at_a_time(encoder, texts, args.seconds)
+        if args.batches:
+            print("-> In-process, smaller batches against batch 32 ...", flush=True)
+        batch_ratios = bench.batch_ratios(args.batches)
 
         print("-> Served, each round after one of the in-process ceiling (batch 32) ...")
         ports = free_ports(3)
@@ -330,7 +359,7 @@ def main() -> None:
 
     print_table(single, rows)
     if args.json:
-        args.json.write_text(json.dumps(figures(single, rows), indent=2))
+        args.json.write_text(json.dumps(figures(single, rows, batch_ratios), indent=2))
 
 
 if __name__ == "__main__":
