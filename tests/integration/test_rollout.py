@@ -29,6 +29,7 @@ from tritonize.spec import BuildSpec
 NAME = "sentiment"
 LOAD_SECONDS = 150.0
 USERS_PER_PROTOCOL = 8  # 16 in all
+HTTP_CONNECTIONS = 12  # more than Triton's 8 HTTP frontend threads
 
 
 def perturbed_checkpoint(source: Path, dest: Path) -> Path:
@@ -119,6 +120,21 @@ def under_load(server: LocalServer, out: Path, work: Callable[[], None]) -> list
     return results
 
 
+def print_figures(steps: dict[str, Step], results: list[LoadTestResult]) -> None:
+    """Each step's time and exit code; each protocol's requests, failures and responses per
+    build (run with `-s` to see them)."""
+    print()
+    for name, step in steps.items():
+        print(f"{name}: exit {step.returncode} after {step.seconds:.1f} s")
+    for result in results:
+        counts = version_counts(result.test.out / "versions.csv")
+        per_build = ", ".join(
+            f"build {build} {sum(seconds.values())}" for build, seconds in sorted(counts.items())
+        )
+        print(f"{result.test.protocol}: {result.client.requests} requests, "
+              f"{result.client.failures} failed; responses: {per_build}")  # fmt: skip
+
+
 def test_rollout_rollback_and_refused_candidates_lose_no_request(
     server: LocalServer, builds: Path, tmp_path: Path
 ) -> None:
@@ -138,6 +154,7 @@ def test_rollout_rollback_and_refused_candidates_lose_no_request(
         finished_at.append(time.monotonic() - started)
 
     results = under_load(server, tmp_path / "load", work)
+    print_figures(steps, results)
 
     report = {name: (s.returncode, s.output[-1500:]) for name, s in steps.items()}
     assert steps["rollout"].returncode == 0, report
@@ -200,6 +217,7 @@ def test_a_canary_serves_a_share_and_one_that_breaks_a_gate_rolls_back_by_itself
         steps["rollback"] = lifecycle(server, "rollback", NAME)
 
     results = under_load(server, tmp_path / "load", work)
+    print_figures(steps, results)
 
     report = {name: (s.returncode, s.output[-2000:]) for name, s in steps.items()}
     assert steps["canary"].returncode == 0, report
@@ -227,49 +245,58 @@ def test_a_canary_serves_a_share_and_one_that_breaks_a_gate_rolls_back_by_itself
         share = sum(counts["2"][s] for s in canary) / sum(
             counts["2"][s] + counts["1"][s] for s in canary
         )
+        print(f"{result.test.protocol}: build 2's share over the canary's {len(canary)} "
+              f"seconds: {share:.1%}")  # fmt: skip
         assert len(canary) >= 10 and 0.15 < share < 0.35, (len(canary), share)
 
 
 def test_a_build_loading_through_grpc_does_not_hold_http_clients(server: LocalServer) -> None:
-    """Triton's HTTP frontend holds HTTP inference while an HTTP repository load runs: the
-    lifecycle commands load through gRPC. Side by side: an HTTP client's slowest request while
-    build 2 loads over HTTP, then over gRPC."""
+    """Triton's HTTP frontend answers a repository load on one of its threads (8 by default)
+    and holds that thread's other connections until the load ends: the lifecycle commands load
+    through gRPC. Side by side: the slowest request of HTTP clients on connections of their own,
+    one per frontend thread and more, while build 2 loads over HTTP, then over gRPC."""
     config = server.config
     candidate = [f"{NAME}.v2", *(f"{NAME}_{step}.v2" for step in ("tokenizer", "engine",
                                                                   "postprocess"))]  # fmt: skip
 
-    def slowest_while_loading(admin: RepositoryAdmin) -> float:
+    def slowest_while_loading(admin: RepositoryAdmin) -> list[float]:
         for model in candidate:  # the tests before may have left build 2 loaded
             admin.unload(model)
         admin.wait_until_idle(candidate, timeout_s=60)
-        latencies: list[float] = []
+        slowest = [0.0] * HTTP_CONNECTIONS
         done = threading.Event()
 
-        def call() -> None:
+        def call(connection: int) -> None:
             with TritonizeClient(config.http_url, "http") as client:
                 while not done.is_set():
                     started = time.perf_counter()
                     client.classify(NAME, ["a steady stream of requests"])
-                    latencies.append(time.perf_counter() - started)
+                    took = time.perf_counter() - started
+                    slowest[connection] = max(slowest[connection], took)
+                    time.sleep(0.02)  # paced: the clients alone do not load the cores
 
-        caller = threading.Thread(target=call)
-        caller.start()
-        time.sleep(1)
+        callers = [threading.Thread(target=call, args=(i,)) for i in range(HTTP_CONNECTIONS)]
+        for caller in callers:
+            caller.start()
+        time.sleep(2)
         admin.load(candidate[0])
         done.set()
-        caller.join()
+        for caller in callers:
+            caller.join()
         for model in candidate:
             admin.unload(model)
         admin.wait_until_idle(candidate, timeout_s=60)
-        return max(latencies)
+        return slowest
 
     over_http = slowest_while_loading(RepositoryAdmin(config.http_url, config.api_key))
     over_grpc = slowest_while_loading(
         RepositoryAdmin(config.http_url, config.api_key, grpc_url=config.grpc_url)
     )
-    print(f"\nslowest HTTP request during a load: {over_http:.2f} s over HTTP, "
-          f"{over_grpc:.2f} s over gRPC")  # fmt: skip
-    assert over_grpc < 0.5 * over_http
+    held = sum(took > 1.0 for took in over_http)
+    print(f"\nslowest of {HTTP_CONNECTIONS} HTTP connections' requests during a load: "
+          f"{max(over_http):.2f} s over HTTP ({held} held over 1 s), "
+          f"{max(over_grpc):.2f} s over gRPC")  # fmt: skip
+    assert max(over_grpc) < 0.5 * max(over_http)
 
 
 GENERATOR = "tiny-llama"
