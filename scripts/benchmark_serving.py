@@ -139,6 +139,9 @@ class SideBySide:
     def batch_ratios(self, batches: list[int]) -> dict[int, list[float]]:
         """In-process rate at each batch size over batch 32's, each window after one of
         batch 32: what the engine alone loses at the batches a server achieves."""
+        if not batches:
+            return {}
+        print("-> In-process, smaller batches against batch 32 ...", flush=True)
         args = self.args
         ratios: dict[int, list[float]] = {batch: [] for batch in batches}
         for _ in range(args.rounds):
@@ -342,8 +345,6 @@ def main() -> None:
         bench = SideBySide(encoder, texts, args)
         print(f"-> In-process, one sentence at a time ({default_threads()} threads) ...")
         single = one_at_a_time(encoder, texts, args.seconds)
-        if args.batches:
-            print("-> In-process, smaller batches against batch 32 ...", flush=True)
         batch_ratios = bench.batch_ratios(args.batches)
 
         print("-> Served, each round after one of the in-process ceiling (batch 32) ...")

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tritonize.errors import SpecError
-from tritonize.monitor.drift import MIN_OBSERVATIONS
 from tritonize.progress import note, step
 from tritonize.tasks.build import PredictionProfile
 from tritonize.triton_models.features import (
@@ -110,6 +109,8 @@ def read_reference_texts(path: Path | None) -> tuple[list[str], str]:
             f"reference_texts: {path} has {len(texts)} non-blank lines; expected at least 50 "
             "texts (one per line) for stable shares"
         )
+    from tritonize.monitor.drift import MIN_OBSERVATIONS  # here: it brings the Prometheus client
+
     if len(texts) < MIN_OBSERVATIONS:
         # PSI's sampling noise is about (bins - 1) * (1/reference + 1/live): at 50 reference texts
         # an 11-bin feature sits near its threshold under traffic just like the reference.
