@@ -13,7 +13,7 @@ batch, and CPU time per sentence by process (Triton, each step's stubs, the load
 
     .venv/bin/python scripts/benchmark_serving.py [--concurrency 1 16 64] [--rounds 3]
         [--seconds 8] [--repository DIR --name NAME] [--peers flask infinity] [--json OUT]
-        [--batches 4 8 16]
+        [--batches 4 8 16] [--texts sentences|varied]
         [--infinity-python /path/to/venv/bin/python]
 
 infinity-emb pins other transformers, tokenizers and sentence-transformers releases than
@@ -70,8 +70,17 @@ from tritonize.tasks.build import StepNames
 PEERS = Path(__file__).parent / "peers"
 
 
-def sentences(count: int = 256) -> list[str]:
-    """Single sentences (about 10-20 tokens each), the same for every system measured."""
+def benchmark_texts(kind: str, count: int = 256) -> list[str]:
+    """The texts every system is sent, one per request: `sentences` (about 10-20 tokens
+    each) or `varied` (one to five sentences, 10-72 tokens, mean 32: what batches of mixed
+    lengths cost)."""
+    if kind == "varied":
+        return builtin_reference_texts(count, seed=1)
+    return sentences(count)
+
+
+def sentences(count: int) -> list[str]:
+    """Single sentences (about 10-20 tokens each)."""
     pool: list[str] = []
     for text in builtin_reference_texts(400, seed=11):
         for part in re.split(r"(?<=[.?!])\s+", text):
@@ -332,10 +341,14 @@ def main() -> None:
         help="a Python with infinity-emb installed: it pins other transformers and tokenizers "
         "than tritonize, so it lives in an environment of its own (default: this one)",
     )  # fmt: skip
+    parser.add_argument(
+        "--texts", choices=["sentences", "varied"], default="sentences",
+        help="one sentence per request, or texts of mixed lengths",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    texts = sentences()
+    texts = benchmark_texts(args.texts)
     with tempfile.TemporaryDirectory() as tmp:
         repository = args.repository or Path(tmp)
         if args.repository is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -79,6 +80,62 @@ def test_padded_requests_merge_without_changing_results(
     alone = [encoder.run([short])[0], encoder.run([long])[0]]
     np.testing.assert_allclose(merged[0], alone[0], atol=1e-5)
     np.testing.assert_allclose(merged[1], alone[1], atol=1e-5)
+
+
+class CallWidths:
+    """The real session, recording the shape of each call it runs."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.shapes = session, []
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
+        self.shapes.append(feeds["input_ids"].shape)
+        return self.session.run(names, feeds)
+
+
+def _request(rng: np.random.Generator, lengths: list[int]) -> dict[str, np.ndarray]:
+    """Rows of the given lengths, right-padded to the longest (as the tokenizer step sends)."""
+    width = max(lengths)
+    ids = np.zeros((len(lengths), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = [101, *rng.integers(1000, 5000, length - 2), 102]
+        mask[row, :length] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize(
+    ("task", "config"), [("embedding", "bert"), ("token-classification", "bert-ner")]
+)
+def test_short_and_long_rows_run_apart_with_the_results_of_each_alone(
+    tiny_checkpoint: Callable[[str], Path], tmp_path: Path, task: str, config: str
+) -> None:
+    """A 250-token request batched with short ones no longer pads them all to 250; a pooled
+    output also drops a request's own padding (its short row runs with the other short ones),
+    a per-token output keeps each request's width."""
+    spec = BuildSpec(
+        name="m", task=task, model=tiny_checkpoint(config), max_batch_size=8, max_seq_len=256,
+        allow_untrained_head=True,
+    )  # fmt: skip
+    exported = export_onnx(spec, tmp_path)
+    encoder = OnnxEncoder(exported.onnx_path, exported.task.output_name, pad_id=0, threads=1)
+    rng = np.random.default_rng(0)
+    requests = [
+        _request(rng, [9]),
+        _request(rng, [250, 12]),
+        _request(rng, [10]),
+        _request(rng, [11]),
+    ]
+    alone = [encoder.run([request])[0] for request in requests]
+    encoder.session = CallWidths(encoder.session)
+    merged = encoder.run(requests)
+    for got, want in zip(merged, alone, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    if task == "embedding":
+        assert sorted(encoder.session.shapes) == [(1, 250), (4, 12)]
+    else:
+        assert sorted(encoder.session.shapes) == [(2, 250), (3, 11)]
 
 
 def test_validation_miss_lists_every_case(classifier_dir: Path, tmp_path: Path) -> None:

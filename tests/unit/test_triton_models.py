@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from tritonize.triton_models.classifier import Classifier
 from tritonize.triton_models.common import RequestError
 from tritonize.triton_models.onnx_runner import (
     OnnxEncoder,
+    call_cost,
     check_request,
     default_threads,
     pad_and_stack,
+    plan_calls,
 )
 from tritonize.triton_models.prefix_encoding import (
     encode_pairs_within,
@@ -102,6 +105,51 @@ def test_pad_and_stack_merges_ragged_requests() -> None:
     assert stacked["input_ids"].tolist() == [[5, 6, 7], [8, 3, 3], [9, 3, 3]]
     assert stacked["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0]]
     assert stacked["token_type_ids"].tolist() == [[0, 1, 1], [1, 0, 0], [1, 0, 0]]
+
+
+def test_rows_of_one_length_run_as_one_call() -> None:
+    (group,) = plan_calls(np.array([14] * 40))
+    assert sorted(group) == list(range(40))
+
+
+def test_a_long_row_runs_apart_from_short_ones() -> None:
+    """One call for all would pad seven 8-token rows to 250 tokens."""
+    groups = plan_calls(np.array([8, 8, 250, 8, 8, 8, 8, 8]))
+    assert [sorted(g) for g in groups] == [[0, 1, 3, 4, 5, 6, 7], [2]]
+
+
+def test_rows_of_near_lengths_share_a_call() -> None:
+    """Padding two rows by a token or two costs less than another call."""
+    assert len(plan_calls(np.array([10, 11, 12, 12]))) == 1
+
+
+def _cost(lengths: np.ndarray, groups: list[np.ndarray]) -> float:
+    return sum(float(call_cost(len(g), lengths[g].max())) for g in groups)
+
+
+@given(st.lists(st.integers(1, 256), min_size=1, max_size=9))
+@settings(max_examples=300, deadline=None)
+def test_the_plan_is_the_cheapest_grouping(values: list[int]) -> None:
+    """Every row once, and no grouping of the rows costs less (brute force over every
+    partition of the rows into calls)."""
+    lengths = np.array(values)
+    groups = plan_calls(lengths)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(values)))
+
+    def partitions(items: list[int]) -> Iterator[list[list[int]]]:
+        if not items:
+            yield []
+            return
+        first, rest = items[0], items[1:]
+        for tail in partitions(rest):
+            yield [[first], *tail]
+            for i in range(len(tail)):
+                yield [*tail[:i], [first, *tail[i]], *tail[i + 1 :]]
+
+    cheapest = min(
+        _cost(lengths, [np.array(g) for g in p]) for p in partitions(list(range(len(values))))
+    )
+    assert _cost(lengths, groups) <= cheapest + 1e-6
 
 
 def test_classifier_matches_torch_softmax() -> None:

@@ -1,8 +1,10 @@
 """Engine step for target `local`: ONNX Runtime inside a Python-backend model.
 
 The dynamic batcher hands over several requests at once, each padded to its own length
-(the inputs are declared ragged, so requests of any length merge). They are padded to the
-longest, run as one ONNX Runtime call, and the output rows are split back per request.
+(the inputs are declared ragged, so requests of any length merge). Their rows are grouped by
+length into as few ONNX Runtime calls as pays (`plan_calls`): one call pads every row to the
+longest, so a 10-token text batched with a 250-token one would cost 25 times its own work.
+The output rows are put back in order and split per request.
 
 The step is public (a client may call it directly), so every request is checked first: ids
 and mask of the same 2-D shape, no longer than the window the build was validated at (a longer
@@ -57,6 +59,40 @@ def pad_and_stack(batches: list[Batch], pad_id: int) -> Batch:
             stacked[name][start : start + len(value), : value.shape[1]] = value
         start += len(batch[INPUT_IDS])
     return stacked
+
+
+# The cost of one ONNX Runtime call, in tokens of a row's work, as measured for
+# all-MiniLM-L6-v2 on one core of the reference machine (a call runs the whole graph and
+# streams every weight once, whatever its batch: about 1.9 ms, the work of some 20 tokens;
+# per-token cost grows with the row's width through attention, by a half at 115 tokens). Other
+# models are assumed to keep these ratios: their weights and per-token work grow together.
+CALL_TOKENS = 20.0
+ATTENTION_WIDTH = 230.0
+
+
+def call_cost(rows: int | np.ndarray, width: int | np.ndarray) -> float | np.ndarray:
+    """The modelled cost of one call over `rows` rows padded to `width` tokens."""
+    return CALL_TOKENS + rows * width * (1 + width / ATTENTION_WIDTH)
+
+
+def plan_calls(lengths: np.ndarray) -> list[np.ndarray]:
+    """Row indices grouped into session calls, each to be padded to its longest row: of the
+    groupings of the rows sorted by length (the only ones worth having), the one of least
+    `call_cost` in all, found by dynamic programming over the distinct lengths."""
+    order = np.argsort(lengths, kind="stable")
+    widths, counts = np.unique(lengths[order], return_counts=True)
+    rows_below = np.concatenate(([0], np.cumsum(counts)))  # rows shorter than widths[i]
+    best = np.zeros(len(widths) + 1)  # best[j]: cost of the rows shorter than widths[j]
+    start = np.zeros(len(widths) + 1, dtype=np.int64)  # where the last group of best[j] starts
+    for j in range(1, len(widths) + 1):
+        costs = best[:j] + call_cost(rows_below[j] - rows_below[:j], widths[j - 1])
+        start[j] = np.argmin(costs)
+        best[j] = costs[start[j]]
+    groups, j = [], len(widths)
+    while j:
+        groups.append(order[rows_below[start[j]] : rows_below[j]])
+        j = int(start[j])
+    return groups[::-1]
 
 
 def check_request(
@@ -115,6 +151,8 @@ class OnnxEncoder:
         self.output_name = output_name
         self.pad_id = pad_id
         self.inputs = tuple(i.name for i in self.session.get_inputs())  # ids, mask [, types]
+        (output,) = (o for o in self.session.get_outputs() if o.name == output_name)
+        self.per_token = len(output.shape) == 3  # [batch, sequence, ...]: no row is cut
         self.vocab_size = self._probe_vocab_size()
 
     def _probe_vocab_size(self) -> int:
@@ -142,15 +180,50 @@ class OnnxEncoder:
         return low
 
     def run(self, batches: list[Batch]) -> list[np.ndarray]:
-        """One session call for all batches; the outputs split back per batch (a per-token
-        output cut back to the batch's own length)."""
-        (output,) = self.session.run([self.output_name], pad_and_stack(batches, self.pad_id))
+        """The outputs of all batches' rows, run in the calls `plan_calls` chooses and split
+        back per batch (a per-token output cut back to the batch's own length)."""
+        stacked = pad_and_stack(batches, self.pad_id)
+        output = self._run_grouped(stacked, self._row_lengths(batches, stacked))
         splits = np.cumsum([batch[INPUT_IDS].shape[0] for batch in batches])[:-1]
-        parts = np.split(output.astype(np.float32, copy=False), splits)
+        parts = np.split(output, splits)
         if output.ndim == 3:
             widths = [batch[INPUT_IDS].shape[1] for batch in batches]
             parts = [part[:, :width] for part, width in zip(parts, widths, strict=True)]
         return parts
+
+    def _row_lengths(self, batches: list[Batch], stacked: Batch) -> np.ndarray:
+        """How much of each stacked row a call must keep. A pooled output ignores the
+        positions after a row's last attended token, so they are dropped; a per-token output
+        keeps its request's whole width, so every position a client gets back is computed as
+        if the request ran alone."""
+        if self.per_token:
+            return np.concatenate(
+                [np.full(len(b[INPUT_IDS]), b[INPUT_IDS].shape[1]) for b in batches]
+            )
+        mask = stacked[ATTENTION_MASK]
+        return mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1)
+
+    def _run_grouped(self, stacked: Batch, lengths: np.ndarray) -> np.ndarray:
+        """One session call per planned group of rows, each cut to its longest row; the
+        outputs back in the rows' order (a per-token output at the stack's full width)."""
+        groups = plan_calls(lengths)
+        rows, width = stacked[INPUT_IDS].shape
+        if len(groups) == 1 and lengths.max() == width:  # nothing to cut or reorder
+            return self._call(stacked)
+        parts = [
+            (group, self._call({k: v[group, : lengths[group].max()] for k, v in stacked.items()}))
+            for group in groups
+        ]
+        first = parts[0][1]
+        shape = (rows, width, *first.shape[2:]) if self.per_token else (rows, *first.shape[1:])
+        output = np.zeros(shape, dtype=np.float32)
+        for group, part in parts:
+            output[group, : part.shape[1]] = part
+        return output
+
+    def _call(self, feeds: Batch) -> np.ndarray:
+        (output,) = self.session.run([self.output_name], feeds)
+        return output.astype(np.float32, copy=False)
 
 
 def default_threads(args: dict[str, str]) -> int:
