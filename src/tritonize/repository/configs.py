@@ -119,8 +119,8 @@ def engine_config(
     output = Tensor(output_name, mc.TYPE_FP32, output_dims)
     inputs = [Tensor(name, mc.TYPE_INT64, (-1,)) for name in graph_inputs]
     if spec.target is Target.LOCAL:
-        # Each request arrives padded to its own longest text and the engine step pads across
-        # the requests it batches, so the batcher may merge requests of any length.
+        # Each request arrives padded to its own longest text and the engine step groups the
+        # rows of the requests it batches by length, so the batcher may merge any lengths.
         config = _python_model(
             StepNames(spec.name, spec.version).engine,
             spec,

@@ -7,9 +7,10 @@ character span in its text) and `special_tokens_mask` (1 for special and padding
 
 All texts of all requests in one `execute` are encoded in a single `encode_batch` call. Each
 request is padded to its own longest text only: the `local` engine step declares its inputs
-ragged and pads across the requests it batches, so requests of any length merge there. For
-fixed-shape engines (TensorRT, ONNX Runtime backend) `pad_buckets` rounds each request up to
-the next bucket length, so that requests of similar length share a shape and merge.
+ragged and groups the rows of the requests it batches by length, so requests of any length
+merge there. For fixed-shape engines (TensorRT, ONNX Runtime backend) `pad_buckets` rounds
+each request up to the next bucket length, so that requests of similar length share a shape
+and merge.
 
 Texts longer than `max_seq_len` tokens are truncated (the documented choice, as
 sentence-transformers does); each truncation is logged, counted in a metric and flagged in the
