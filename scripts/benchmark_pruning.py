@@ -19,7 +19,7 @@ Variants, side by side:
   int8 ...          ONNX Runtime dynamic INT8 (`quantize`) of the fp32 graph and of the
                     lightest head and FFN cuts, the `--int8-fp32-nodes` MatMuls most sensitive
                     to int8 (the project's `sensitivity` ranking) left in fp32, as a build
-                    leaves them (`--no-int8` skips these rows)
+                    whose gate needs them leaves them (`--no-int8` skips these rows)
 
 Heads and neurons are ranked by `--score`: `calibration` (default) measures each head's and
 each neuron's contribution on calibration texts and folds the mean contribution of what is
@@ -573,7 +573,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--int8-fp32-nodes",
         type=int,
         default=4,
-        help="MatMuls left in fp32 in the INT8 rows (4: what a build of this model settles on)",
+        help="MatMuls left in fp32 in the INT8 rows (a build keeps only what its gate needs)",
     )
     parser.add_argument("--keep", type=Path, help="write the graphs here instead of a temp dir")
     args = parser.parse_args(argv)
