@@ -431,3 +431,37 @@ def test_an_operator_load_of_a_served_model_is_not_a_death(serve: Serve) -> None
     time.sleep(2.0)  # several supervisor polls
     assert not [line for line in serve.lines if "died" in line], "".join(serve.lines[-5:])
     embed_once(serve.http_url)
+
+
+def test_a_load_with_fewer_instances_is_not_a_death(serve: Serve) -> None:
+    """`tune` loads the engine with a config override of one instance: Triton ends the second
+    instance's stub. The supervisor must keep the override, not reload the files' config."""
+    import json
+
+    from tritonize.server.admin import RepositoryAdmin
+
+    engine = EMBEDDER_V1.engine
+    admin = RepositoryAdmin(serve.http_url, KEY, grpc_url=serve.grpc_url)
+    with urllib.request.urlopen(f"http://{serve.http_url}/v2/models/{engine}/config") as response:
+        config = json.load(response)
+    assert len(stubs_of(serve.prefix, engine)) == 2
+    config["instance_group"][0]["count"] = 1
+    admin.load(engine, config=json.dumps(config))
+    wait_for_stubs(serve.prefix, engine, 1)  # the old instances end a moment after the load
+    time.sleep(2.0)  # several supervisor polls
+    assert not [line for line in serve.lines if "died" in line], "".join(serve.lines[-5:])
+    assert len(stubs_of(serve.prefix, engine)) == 1
+    embed_once(serve.http_url)
+    admin.load(engine)  # the files' config again: two instances
+    wait_for_stubs(serve.prefix, engine, 2)
+    time.sleep(1.0)
+    assert not [line for line in serve.lines if "died" in line], "".join(serve.lines[-5:])
+    assert len(stubs_of(serve.prefix, engine)) == 2
+    embed_once(serve.http_url)
+
+
+def wait_for_stubs(prefix: str, model: str, count: int, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(stubs_of(prefix, model)) != count:
+        assert time.monotonic() < deadline, f"{stubs_of(prefix, model)}: expected {count} stubs"
+        time.sleep(0.1)

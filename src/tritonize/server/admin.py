@@ -28,6 +28,7 @@ class RepositoryAdmin:
     def __init__(
         self, http_url: str, api_key: str, timeout_s: float = 30.0, grpc_url: str | None = None
     ) -> None:
+        self.http_url = http_url
         self.base = f"http://{http_url}/v2/repository"
         self.api_key = api_key
         self.timeout_s = timeout_s
@@ -57,6 +58,25 @@ class RepositoryAdmin:
             self._grpc("unload_model", model)
         else:
             self._post(f"models/{model}/unload")
+
+    def instances(self, model: str) -> set[str]:
+        """The names of the instances `model`'s loaded config asks for (`<group>_<index>`, as
+        Triton names their stubs): after a load with fewer instances, the others are gone for
+        good."""
+        request = urllib.request.Request(
+            f"http://{self.http_url}/v2/models/{model}/config",
+            headers={API_KEY_HEADER: self.api_key},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                config = json.load(response)
+        except (OSError, HTTPException, ValueError) as exc:
+            raise ServerError(f"config of `{model}` at {self.http_url}: {exc}") from None
+        return {
+            f"{group.get('name') or f'{model}_{index}'}_{i}"
+            for index, group in enumerate(config.get("instance_group", []))
+            for i in range(int(group.get("count", 1)))
+        }
 
     def wait_until_idle(self, models: Iterable[str], timeout_s: float) -> list[str]:
         """Wait until none of `models` is loaded or unloading; returns those still busy."""

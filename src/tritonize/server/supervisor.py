@@ -100,11 +100,12 @@ class Supervisor:
             states = self.admin.states()
         except ServerError:  # the server itself is going: the restart path handles it
             return
+        dead = [s for s in gone if states.get(s.model) == READY and self._expected(s)]
         healed = []
-        for model in sorted({s.model for s in gone if states.get(s.model) == READY}):
+        for model in sorted({s.model for s in dead}):
             started = time.monotonic()
             survivors = [s for s in current.values() if s.model == model]
-            if self._reload(model, [s for s in gone if s.model == model], states):
+            if self._reload(model, [s for s in dead if s.model == model], states):
                 healed.append((model, started))
             # The reloaded model's old instances never finish unloading beside a dead one:
             # their stubs would live on unused. New requests go to the new instances.
@@ -115,6 +116,15 @@ class Supervisor:
         # Said once nothing of the old instances is left: stubs and regions alike.
         for model, started in healed:
             self.log(f"model `{model}`: serving again after {time.monotonic() - started:.1f} s")
+
+    def _expected(self, stub: leftovers.Stub) -> bool:
+        """Whether the model's loaded config still has `stub`'s instance. A load with fewer
+        instances (`tritonize tune`, an operator's config override) ends the others' stubs:
+        no death, and reloading the files' config would undo the override."""
+        try:
+            return stub.instance in self.admin.instances(stub.model)
+        except ServerError:  # no config to ask: count it as a death, as before
+            return True
 
     def _reload(self, model: str, dead: list[leftovers.Stub], before: dict[str, str]) -> bool:
         """Unload then load `model`, and load any ensemble that was ready and did not return;
