@@ -18,6 +18,9 @@ from tritonize.errors import SpecError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _BUILD_SUFFIX = re.compile(r"\.v\d+$")  # build N of NAME is NAME.vN
 _REGISTRY_VERSION = re.compile(r"^models:/[^/@]+/[1-9][0-9]*$")
+# Fields checked by type, since a TOML file can give any field any type.
+_FLAGS = ("overwrite", "trust_remote_code", "allow_untrained_head", "version_compatible")
+_PATHS = ("model", "output", "timing_cache", "reference_texts")
 
 
 class Task(StrEnum):
@@ -100,7 +103,11 @@ class BuildSpec:
         if self.engine_instances == 0:
             local = self.target is Target.LOCAL
             object.__setattr__(self, "engine_instances", 2 if local else 1)
-        if not _NAME.match(self.name) or _BUILD_SUFFIX.search(self.name):
+        if (
+            not isinstance(self.name, str)
+            or not _NAME.match(self.name)
+            or _BUILD_SUFFIX.search(self.name)
+        ):
             _fail(
                 "name",
                 self.name,
@@ -115,12 +122,14 @@ class BuildSpec:
         _check_range("tokenizer_instances", self.tokenizer_instances, 1, 64)
         _check_range("version", self.version, 1, 2**31 - 1)
         _check_range("opset", self.opset, 14, 21)
-        if not isinstance(self.overwrite, bool):
-            _fail("overwrite", self.overwrite, "true or false")
-        if not isinstance(self.allow_untrained_head, bool):
-            _fail("allow_untrained_head", self.allow_untrained_head, "true or false")
+        for flag in _FLAGS:  # a TOML string "false" would be true
+            if not isinstance(getattr(self, flag), bool):
+                _fail(flag, getattr(self, flag), "true or false")
         for size in self.preferred_batch_sizes:
             _check_range("preferred_batch_sizes", size, 1, self.max_batch_size)
+        if len(set(self.preferred_batch_sizes)) < len(self.preferred_batch_sizes):
+            _fail("preferred_batch_sizes", list(self.preferred_batch_sizes), "distinct sizes")
+        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(self.preferred_batch_sizes)))
         if self.engine_threads and self.target is Target.TENSORRT:
             _fail(
                 "engine_threads", self.engine_threads,
@@ -182,10 +191,16 @@ class BuildSpec:
             if required not in values:
                 _fail(required, None, "a value (it is required)")
         values = dict(values)
-        for key in ("model", "output", "timing_cache", "reference_texts"):
+        for key in _PATHS:
             if values.get(key) is not None:
+                if not isinstance(values[key], str | Path):
+                    _fail(key, values[key], "a path")
                 values[key] = Path(values[key])
         if "preferred_batch_sizes" in values:
+            if not isinstance(values["preferred_batch_sizes"], list | tuple):
+                _fail(
+                    "preferred_batch_sizes", values["preferred_batch_sizes"], "a list of integers"
+                )
             values["preferred_batch_sizes"] = tuple(values["preferred_batch_sizes"])
         return cls(**values)
 
@@ -196,7 +211,17 @@ class BuildSpec:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SpecError(f"cannot read spec file `{path}`: {exc}") from exc
-        return dict(data.get("build", data))
+        if "build" not in data:
+            return data
+        section, others = data["build"], sorted(set(data) - {"build"})
+        if not isinstance(section, dict):
+            raise SpecError(f"`build` = {section!r} in `{path}`: expected a table, [build]")
+        if others:
+            raise SpecError(
+                f"`{path}` has {', '.join(f'`{key}`' for key in others)} beside [build]: "
+                "expected the spec's keys under [build] only (or all at the top level)"
+            )
+        return dict(section)
 
     @classmethod
     def from_toml(cls, path: Path, overrides: dict[str, Any] | None = None) -> BuildSpec:

@@ -47,6 +47,18 @@ def test_engine_threads_are_an_onnx_runtime_setting() -> None:
         ("opset", 9, "[14, 21]"),
         ("preferred_batch_sizes", (4, 64), "[1, 32]"),
         ("model", Path("/does/not/exist"), "checkpoint directory"),
+        # A TOML value of the wrong type is named like any other bad value, never a TypeError:
+        # a string "false" must not pass as a true `trust_remote_code`.
+        ("trust_remote_code", "false", "true or false"),
+        ("version_compatible", 1, "true or false"),
+        ("overwrite", "yes", "true or false"),
+        ("name", 5, "letters, digits"),
+        ("output", 5, "a path"),
+        ("model", ["ckpt"], "a path"),
+        ("reference_texts", 1.5, "a path"),
+        ("preferred_batch_sizes", 8, "a list of integers"),
+        ("preferred_batch_sizes", [4, 4, 2], "distinct sizes"),
+        ("registry", 3, "models:/NAME/VERSION"),
     ],
 )
 def test_invalid_values_are_named(field: str, value: object, allowed: str) -> None:
@@ -88,6 +100,26 @@ def test_toml_file_with_overrides(tmp_path: Path) -> None:
     assert spec.max_batch_size == 16
     assert spec.preferred_batch_sizes == (4, 8)
     assert spec.max_seq_len == 64
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('build = 5\nname = "m"\n', "`build` = 5"),
+        ('[build]\nname = "m"\ntask = "embedding"\n[runtime]\nx = 1\n', "runtime"),
+        ('name = "m"\ntask = "embedding"\n[runtime]\nx = 1\n', "runtime"),
+    ],
+)
+def test_toml_tables_other_than_build_are_refused(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=problem):
+        BuildSpec.from_toml(path)
+
+
+def test_preferred_batch_sizes_are_kept_in_order() -> None:
+    spec = BuildSpec(name="m", task="embedding", preferred_batch_sizes=(16, 4, 8))
+    assert spec.preferred_batch_sizes == (4, 8, 16)
 
 
 def test_unreadable_toml_names_the_file(tmp_path: Path) -> None:
