@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tritonize import __version__
-from tritonize.bench.space import Plan, Space
+from tritonize.bench.space import DEFAULT_PREFERRED, Plan, Space
 from tritonize.errors import ExportError, SpecError, TritonizeError
 from tritonize.spec import BuildSpec, Task
 from tritonize.triton_models.sampling import (
@@ -680,7 +680,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     space = Space(
         delays_us=tuple(args.delays_us),
-        preferred=tuple(args.preferred),
+        preferred=tuple(args.preferred) if args.preferred else None,
         instances=tuple(args.instances),
         threads=tuple(args.threads),
     )
@@ -1235,9 +1235,10 @@ def _add_tune(commands: Any) -> None:
         help="the engine's max_queue_delay_microseconds",
     )  # fmt: skip
     sweep.add_argument(
-        "--preferred", nargs="+", type=_batch_sizes, default=list(space.preferred),
-        metavar="SIZES", help="preferred batch sizes, comma-separated, or `none` (default: none "
-        + " ".join(",".join(map(str, sizes)) for sizes in space.preferred if sizes) + ")",
+        "--preferred", nargs="+", type=_batch_sizes, metavar="SIZES",
+        help="preferred batch sizes, comma-separated, or `none` (default: none "
+        + " ".join(",".join(map(str, sizes)) for sizes in DEFAULT_PREFERRED if sizes)
+        + ", without the sizes above the engine's max_batch_size)",
     )  # fmt: skip
     sweep.add_argument(
         "--instances", nargs="+", type=_whole(1), default=list(space.instances), metavar="N",

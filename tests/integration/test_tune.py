@@ -77,6 +77,26 @@ def test_an_objective_nothing_meets_writes_nothing(live: LocalServer, tmp_path: 
     assert loaded_engine(live, 1).max_queue_delay_us == SLOW_DELAY_US
 
 
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (("--api-key", "not-the-key"), "the server refused the API key"),
+        (("--url", "127.0.0.1:9", "--grpc-url", "127.0.0.1:9"), "cannot reach"),
+    ],
+    ids=["wrong-key", "no-server"],
+)
+def test_a_server_tune_cannot_use_is_named_before_any_config(
+    live: LocalServer, tmp_path: Path, options: tuple[str, ...], problem: str
+) -> None:
+    """Once, up front: not a "skipped" line per config and then a verdict. The default
+    preferred sizes (8,16) are cut to this engine's max_batch_size of 8, not refused."""
+    result = tune(live, tmp_path, "--slo", "p95_ms=100", *options)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert problem in result.stderr
+    assert "skipped" not in result.stdout + result.stderr
+    assert "[1/" not in result.stdout + result.stderr  # no config was tried
+
+
 def test_tune_finds_a_config_within_the_objective_and_writes_it_as_a_build(
     live: LocalServer, tmp_path: Path
 ) -> None:

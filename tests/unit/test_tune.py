@@ -73,6 +73,17 @@ def test_the_space_is_every_combination_and_checks_its_values() -> None:
         Space(threads=(0, 2)).candidates(Target.TENSORRT, max_batch_size=8)
 
 
+@pytest.mark.parametrize(
+    ("max_batch_size", "preferred"), [(32, {(), (8, 16)}), (8, {(), (8,)}), (4, {()})]
+)
+def test_the_default_preferred_sizes_fit_the_engine(
+    max_batch_size: int, preferred: set[tuple[int, ...]]
+) -> None:
+    """Only sizes the user names are refused when too big; the defaults are cut to fit."""
+    candidates = Space(instances=(1,)).candidates(Target.LOCAL, max_batch_size)
+    assert {k.preferred_batch_sizes for k in candidates} == preferred
+
+
 def test_the_objective_names_what_is_wrong() -> None:
     slo = parse_slo(["p95_ms=50", "min_batch_size=2"])
     assert (slo.p95_ms, slo.min_batch_size, slo.max_failure_ratio) == (50.0, 2.0, 0.0)
@@ -81,6 +92,25 @@ def test_the_objective_names_what_is_wrong() -> None:
         parse_slo(["p90_ms=5"])
     with pytest.raises(SpecError, match="`fast` is not a number"):
         parse_slo(["p95_ms=fast"])
+
+
+@pytest.mark.parametrize(
+    ("items", "problem"),
+    [
+        (["p95_ms=-1"], r"`p95_ms` = -1.0 .*a number above 0"),
+        (["p99_ms=0"], r"`p99_ms` = 0.0 .*a number above 0"),
+        (["p95_ms=nan"], r"`p95_ms` = nan"),
+        (["p95_ms=inf"], r"`p95_ms` = inf"),
+        (["max_queue_share=2"], r"`max_queue_share` = 2.0 .*between 0 and 1"),
+        (["p95_ms=9", "max_failure_ratio=1.5"], r"`max_failure_ratio` = 1.5 .*between 0 and 1"),
+        (["min_batch_size=0.5"], r"`min_batch_size` = 0.5 .*at least 1"),
+        (["min_throughput_rps=-3"], r"`min_throughput_rps` = -3.0 .*at least 0"),
+        (["p95_ms=100", "p95_ms=50"], r"--slo gives `p95_ms` twice"),
+    ],
+)
+def test_an_objective_out_of_range_is_refused(items: list[str], problem: str) -> None:
+    with pytest.raises(SpecError, match=problem):
+        parse_slo(items)
 
 
 def point(knobs: Knobs, rps: float, latency_s: float, failures: int = 0) -> Point:

@@ -72,30 +72,41 @@ class Knobs:
         )
 
 
+DEFAULT_PREFERRED: tuple[tuple[int, ...], ...] = ((), (8, 16))
+
+
 @dataclass(frozen=True)
 class Space:
     """What to sweep: every combination of these values."""
 
     delays_us: tuple[int, ...] = (0, 1000, 4000)
-    preferred: tuple[tuple[int, ...], ...] = ((), (8, 16))
+    preferred: tuple[tuple[int, ...], ...] | None = None  # None: DEFAULT_PREFERRED, cut to fit
     instances: tuple[int, ...] = (1, 2)
     threads: tuple[int, ...] = (0,)
 
     def candidates(self, target: Target, max_batch_size: int) -> list[Knobs]:
         if target is Target.TENSORRT and any(self.threads):
             raise SpecError("tune: --threads: a TensorRT engine has no thread setting; pass 0")
+        return [
+            Knobs(delay, sizes, instances, threads)
+            for delay, sizes, instances, threads in itertools.product(
+                self.delays_us, self._preferred(max_batch_size), self.instances, self.threads
+            )
+        ]
+
+    def _preferred(self, max_batch_size: int) -> tuple[tuple[int, ...], ...]:
+        """The sizes asked for, each within the engine's max_batch_size; the defaults are cut
+        to it instead (a build of max_batch_size 8 sweeps none and 8)."""
+        if self.preferred is None:
+            fitted = (tuple(s for s in sizes if s <= max_batch_size) for sizes in DEFAULT_PREFERRED)
+            return tuple(dict.fromkeys(fitted))
         for sizes in self.preferred:
             if any(not 1 <= size <= max_batch_size for size in sizes):
                 raise SpecError(
                     f"tune: --preferred {','.join(map(str, sizes))}: each size must be 1.."
                     f"{max_batch_size} (the engine's max_batch_size)"
                 )
-        return [
-            Knobs(delay, sizes, instances, threads)
-            for delay, sizes, instances, threads in itertools.product(
-                self.delays_us, self.preferred, self.instances, self.threads
-            )
-        ]
+        return self.preferred
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from tritonize.repository.builds import build_versions, entry_config, serving
 from tritonize.repository.configs import ModelConfig, engine_target, from_text
 from tritonize.repository.derive import derive_build
 from tritonize.rollout.lifecycle import Server
-from tritonize.server.admin import RepositoryAdmin
+from tritonize.server.admin import READY, RepositoryAdmin
 from tritonize.tasks.build import StepNames
 
 TEXT_INPUT = "TEXT"
@@ -141,6 +141,7 @@ class Tuner:
     def sweep(self, candidates: list[Knobs]) -> list[Point]:
         points = []
         admin = self.server.admin()
+        self._check_serving(admin)
         with self._restoring(admin):
             for index, knobs in enumerate(candidates, 1):
                 note(f"[{index}/{len(candidates)}] {knobs.label()}")
@@ -154,6 +155,16 @@ class Tuner:
                     points.append(point)
                     note(f"    {_describe(point)}")
         return points
+
+    def _check_serving(self, admin: RepositoryAdmin) -> None:
+        """The server answers, takes the key and serves the engine, before any config is
+        tried (not one "skipped" line per config)."""
+        state = admin.states().get(self.steps.engine, "not in the repository")
+        if state != READY:
+            raise TritonizeError(
+                f"`{self.steps.engine}` is {state} on {self.server.http_url}: tune sweeps the "
+                "engine of the build that serves (load it, or serve the repository)"
+            )
 
     def confirm(self, admin: RepositoryAdmin, baseline: Point, best: Point) -> list[float]:
         """Gains of `best` over `baseline`, each measured right after the other."""
@@ -253,6 +264,8 @@ def parse_slo(items: Sequence[str]) -> Slo:
             raise SpecError(
                 f"--slo {item!r}: unknown objective; allowed: {', '.join(sorted(allowed))}"
             )
+        if key.strip() in values:
+            raise SpecError(f"--slo gives `{key.strip()}` twice: give each objective once")
         try:
             values[key.strip()] = float(text)
         except ValueError:

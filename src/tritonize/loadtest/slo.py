@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,16 @@ import yaml
 
 from tritonize.errors import SpecError
 from tritonize.monitor.figures import ServerFigures
+
+# Each objective's range: (lowest, whether the lowest itself is allowed, highest), and its words.
+_RANGES = {
+    "p95_ms": (0.0, False, math.inf, "a number above 0 (ms)"),
+    "p99_ms": (0.0, False, math.inf, "a number above 0 (ms)"),
+    "max_failure_ratio": (0.0, True, 1.0, "a ratio between 0 and 1"),
+    "min_throughput_rps": (0.0, True, math.inf, "a number of requests/s, at least 0"),
+    "max_queue_share": (0.0, True, 1.0, "a share between 0 and 1"),
+    "min_batch_size": (1.0, True, math.inf, "a batch size, at least 1"),
+}
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,15 @@ class Slo:
     min_throughput_rps: float | None = None
     max_queue_share: float | None = None  # server: queue time / request time
     min_batch_size: float | None = None  # server: achieved batch size of the engine step
+
+    def __post_init__(self) -> None:
+        for name, (low, low_allowed, high, allowed) in _RANGES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            above = value >= low if low_allowed else value > low
+            if not (math.isfinite(value) and above and value <= high):
+                raise SpecError(f"SLO `{name}` = {value!r} is not allowed: expected {allowed}")
 
     @classmethod
     def from_file(cls, path: Path, scenario: str) -> Slo:

@@ -101,7 +101,7 @@ class RepositoryAdmin:
         except InferenceServerException as exc:
             raise ServerError(
                 f"model-repository API `{method}` of `{model}` at {self.grpc_url} (gRPC): "
-                f"{exc.message()}"
+                f"{_explain(exc.message())}"
             ) from None
         finally:
             client.close()
@@ -117,7 +117,7 @@ class RepositoryAdmin:
                 body = response.read()
         except urllib.error.HTTPError as exc:
             detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
-            raise ServerError(f"model-repository API `{path}`: {detail}") from None
+            raise ServerError(f"model-repository API `{path}`: {_explain(detail)}") from None
         except OSError as exc:
             raise ServerError(
                 f"model-repository API `{path}`: cannot reach {self.base}: {exc}"
@@ -129,3 +129,10 @@ class RepositoryAdmin:
             ) from None
         parsed = json.loads(body) if body.strip() else []
         return parsed if isinstance(parsed, list) else []
+
+
+def _explain(detail: str) -> str:
+    """Triton's refusal of a wrong key reads as if no key had been sent: say what it means."""
+    if "restricted, expecting header" in detail:
+        return f"the server refused the API key (is it the key `serve` printed?): {detail}"
+    return detail
