@@ -704,6 +704,16 @@ def port(text: str) -> int:
     return int(text)
 
 
+def utf8_text(text: str) -> str:
+    """Text for a model: a command line of bytes that are not UTF-8 reaches Python as lone
+    surrogates, which no request can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid UTF-8") from None
+    return text
+
+
 def positive_seconds(text: str) -> float:
     """A timeout: a positive number of seconds."""
     try:
@@ -963,14 +973,20 @@ def _add_infer(commands: Any) -> None:
     infer.add_argument(
         "texts",
         nargs="+",
+        type=utf8_text,
         metavar="TEXT",
         help="texts (rerank: passages; question answering: contexts)",
     )
-    infer.add_argument("--query", help="rerank: the query every TEXT is scored against")
-    infer.add_argument("--question", help="question answering: the question asked of each TEXT")
     infer.add_argument(
-        "--input", action="append", metavar="NAME=TEXT", help="any other input, for every TEXT"
+        "--query", type=utf8_text, help="rerank: the query every TEXT is scored against"
     )
+    infer.add_argument(
+        "--question", type=utf8_text, help="question answering: the question asked of each TEXT"
+    )
+    infer.add_argument(
+        "--input", action="append", type=utf8_text, metavar="NAME=TEXT",
+        help="any other input, for every TEXT",
+    )  # fmt: skip
     infer.add_argument(
         "--protocol", choices=["http", "grpc"], default=os.environ.get("TRITONIZE_PROTOCOL", "http")
     )
@@ -986,7 +1002,7 @@ def _add_infer(commands: Any) -> None:
 def _add_generate(commands: Any) -> None:
     gen = _command(commands, "generate", cmd_generate, "generate text with a served LLM")
     gen.add_argument("model")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", type=utf8_text)
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--stream", action="store_true", help="print the text as it is generated")
     gen.add_argument("--temperature", type=float, help="0 (default): greedy")

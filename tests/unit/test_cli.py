@@ -121,3 +121,19 @@ def test_tiny_generation_model_script_writes_a_working_checkpoint(tmp_path: Path
         with torch.no_grad():
             assert model(ids).logits.shape == (1, ids.shape[1], tokenizer.vocab_size)
         assert GenerationConfig.from_pretrained(dest).eos_token_id is not None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["infer", "m", "ok", "\udcff\udcfe"],  # bytes ff fe as Python decodes a non-UTF-8 argv
+        ["infer", "m", "ok", "--question", "why\udcff"],
+        ["infer", "m", "ok", "--input", "QUERY=\udcff"],
+        ["generate", "m", "\udcffprompt"],
+    ],
+)
+def test_text_that_is_not_utf8_is_named(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert "is not valid UTF-8" in capsys.readouterr().err
