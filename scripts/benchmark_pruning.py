@@ -59,6 +59,7 @@ from torch import nn
 from torch.nn.utils import prune
 from transformers.pytorch_utils import prune_linear_layer
 
+from tritonize.cli import number_type, whole_number
 from tritonize.engine.quantize import (
     BATCH,
     NEIGHBOURS,
@@ -522,25 +523,41 @@ def verdict(rows: Sequence[Row], min_speedup: float) -> list[str]:
 # ---------------------------------------------------------------------------------- the run
 
 
+MIN_GATE_TEXTS = 1000  # the gate is defined on a corpus of at least this many texts
+SHARE = number_type(lambda v: 0 < v < 1, "a share between 0 and 1, both excluded")
+HEADS_PER_LAYER = 12  # all-MiniLM-L6-v2's
+
+
+def heads_removed(text: str) -> int:
+    """An argparse type: heads removed per layer, leaving at least one."""
+    count = whole_number(0)(text)
+    if count >= HEADS_PER_LAYER:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected 0 to {HEADS_PER_LAYER - 1} (MiniLM has {HEADS_PER_LAYER} heads "
+            "per layer)"
+        )
+    return count
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--unstructured",
-        type=float,
+        type=SHARE,
         nargs="*",
         default=[0.1, 0.3, 0.5],
         help="shares of encoder Linear weights zeroed (global L1)",
     )
     parser.add_argument(
         "--heads",
-        type=int,
+        type=heads_removed,
         nargs="*",
         default=[1, 2, 3],
         help="attention heads removed per layer (of 12)",
     )
     parser.add_argument(
         "--ffn",
-        type=float,
+        type=SHARE,
         nargs="*",
         default=[0.1, 0.25, 0.5],
         help="shares of FFN intermediate neurons removed per layer",
@@ -557,12 +574,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="gate-like",
         help="where the calibration texts come from",
     )
-    parser.add_argument("--calibration-texts", type=int, default=256)
-    parser.add_argument("--texts", type=int, default=1200, help="gate corpus size (>= 1000)")
-    parser.add_argument("--max-seq-len", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3, help="speed rounds per variant")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per graph per round")
-    parser.add_argument("--min-speedup", type=float, default=1.1)
+    parser.add_argument("--calibration-texts", type=whole_number(1), default=256)
+    parser.add_argument(
+        "--texts", type=whole_number(MIN_GATE_TEXTS), default=1200, help="gate corpus size"
+    )
+    parser.add_argument("--max-seq-len", type=whole_number(4), default=256)
+    parser.add_argument(
+        "--rounds", type=whole_number(1), default=3, help="speed rounds per variant"
+    )
+    parser.add_argument(
+        "--runs", type=whole_number(1), default=5, help="timed runs per graph per round"
+    )
+    parser.add_argument(
+        "--min-speedup", type=number_type(lambda v: v > 0, "a ratio above 0"), default=1.1
+    )
     parser.add_argument(
         "--int8",
         action=argparse.BooleanOptionalAction,
@@ -571,17 +596,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--int8-fp32-nodes",
-        type=int,
+        type=whole_number(0),
         default=4,
         help="MatMuls left in fp32 in the INT8 rows (a build keeps only what its gate needs)",
     )
     parser.add_argument("--keep", type=Path, help="write the graphs here instead of a temp dir")
-    args = parser.parse_args(argv)
-    if args.texts < 1000:
-        print(
-            f"warning: --texts {args.texts}: the gate is defined on >= 1000 texts", file=sys.stderr
-        )
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

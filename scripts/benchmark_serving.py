@@ -57,6 +57,7 @@ from tritonize.bench.load import (
     triton_grpc_target,
     triton_http_target,
 )
+from tritonize.cli import number_type, positive_seconds, whole_number
 from tritonize.monitor.figures import figures as server_figures
 from tritonize.monitor.profile import builtin_reference_texts
 from tritonize.monitor.scrape import read
@@ -321,21 +322,32 @@ def figures(single: np.ndarray, rows: list[Row], batch_ratios: dict[int, list[fl
     }  # fmt: skip
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--protocols", nargs="+", default=["http", "grpc"])
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured window per round")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    parser.add_argument("--rounds", type=int, default=3, help="ceiling + system windows each")
+    parser.add_argument("--concurrency", type=whole_number(1), nargs="+", default=[1, 16, 64])
     parser.add_argument(
-        "--batches", type=int, nargs="*", default=[],
+        "--protocols", nargs="+", choices=["http", "grpc"], default=["http", "grpc"]
+    )
+    parser.add_argument(
+        "--seconds", type=positive_seconds, default=8.0, help="measured window per round"
+    )
+    parser.add_argument(
+        "--warmup", type=number_type(lambda v: v >= 0, "seconds >= 0"), default=2.0,
+        help="unmeasured seconds first",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=whole_number(1), default=3, help="ceiling + system windows each"
+    )
+    parser.add_argument(
+        "--batches", type=whole_number(1), nargs="*", default=[],
         help="also time the in-process encoder at these batch sizes against batch 32",
     )  # fmt: skip
     parser.add_argument("--repository", type=Path, help="an existing repository (default: build)")
     parser.add_argument("--name", default="minilm", help="the embedding model to load")
     parser.add_argument("--model", type=Path, help="checkpoint for peers (default: bundled)")
-    parser.add_argument("--peers", nargs="*", default=["flask", "infinity"])
+    parser.add_argument(
+        "--peers", nargs="*", choices=["flask", "infinity"], default=["flask", "infinity"]
+    )
     parser.add_argument(
         "--infinity-python", default=sys.executable,
         help="a Python with infinity-emb installed: it pins other transformers and tokenizers "
@@ -346,7 +358,19 @@ def main() -> None:
         help="one sentence per request, or texts of mixed lengths",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.repository is not None:
+        tokenizer = args.repository / StepNames(args.name, 1).tokenizer / "config.pbtxt"
+        if not tokenizer.is_file():
+            parser.error(
+                f"--repository {args.repository}: no build 1 of `{args.name}` in it "
+                f"({tokenizer} is missing; --name names the embedding model)"
+            )
+    return args
+
+
+def main() -> None:
+    args = parse_args()
 
     texts = benchmark_texts(args.texts)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1247,7 +1247,7 @@ def _add_tune(commands: Any) -> None:
     space, plan = Space(), Plan()
     sweep = tune.add_argument_group("what to sweep (every combination)")
     sweep.add_argument(
-        "--delays-us", nargs="+", type=_whole(0), default=list(space.delays_us), metavar="US",
+        "--delays-us", nargs="+", type=whole_number(0), default=list(space.delays_us), metavar="US",
         help="the engine's max_queue_delay_microseconds",
     )  # fmt: skip
     sweep.add_argument(
@@ -1257,23 +1257,23 @@ def _add_tune(commands: Any) -> None:
         + ", without the sizes above the engine's max_batch_size)",
     )  # fmt: skip
     sweep.add_argument(
-        "--instances", nargs="+", type=_whole(1), default=list(space.instances), metavar="N",
+        "--instances", nargs="+", type=whole_number(1), default=list(space.instances), metavar="N",
         help="engine instances",
     )  # fmt: skip
     sweep.add_argument(
-        "--threads", nargs="+", type=_whole(0), default=list(space.threads), metavar="N",
+        "--threads", nargs="+", type=whole_number(0), default=list(space.threads), metavar="N",
         help="ONNX Runtime threads per instance, 0 = cores / instances",
     )  # fmt: skip
     measure = tune.add_argument_group("how each config is measured")
     measure.add_argument(
-        "--concurrency", nargs="+", type=_whole(1), default=list(plan.concurrency), metavar="N",
+        "--concurrency", nargs="+", type=whole_number(1), default=list(plan.concurrency), metavar="N",
         help="closed-loop clients, one text per request",
     )  # fmt: skip
     measure.add_argument(
         "--seconds", type=positive_seconds, default=plan.seconds, help="each window"
     )
     measure.add_argument(
-        "--warmup", type=_number_type(lambda v: v >= 0, "seconds >= 0"), default=plan.warmup_s,
+        "--warmup", type=number_type(lambda v: v >= 0, "seconds >= 0"), default=plan.warmup_s,
         help="seconds before each window, not counted",
     )  # fmt: skip
     measure.add_argument("--protocol", choices=("grpc", "http"), default=plan.protocol)
@@ -1281,7 +1281,7 @@ def _add_tune(commands: Any) -> None:
         "--texts", type=Path, help="texts to send, one per line (default: built-in varied texts)"
     )
     measure.add_argument(
-        "--confirm-rounds", type=_whole(0), default=plan.confirm_rounds, metavar="N",
+        "--confirm-rounds", type=whole_number(0), default=plan.confirm_rounds, metavar="N",
         help="the best and the serving config measured again, alternating, for the gain",
     )  # fmt: skip
     tune.add_argument(
@@ -1289,13 +1289,13 @@ def _add_tune(commands: Any) -> None:
         help="where the table, the points and the plot go (default: tune-report)",
     )  # fmt: skip
     tune.add_argument(
-        "--model-version", type=_whole(1), metavar="N",
+        "--model-version", type=whole_number(1), metavar="N",
         help="the build the best config is written as (default: the next free number)",
     )  # fmt: skip
     tune.add_argument("--no-write", action="store_true", help="measure and report only")
 
 
-def _whole(minimum: int) -> Callable[[str], int]:
+def whole_number(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number >= `minimum`."""
 
     def parse(text: str) -> int:
@@ -1316,7 +1316,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(int(size) for size in sizes)
 
 
-def _number_type(ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+def number_type(ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
     """An argparse type: a number for which `ok` holds, else an error naming what is allowed."""
 
     def parse(text: str) -> float:
@@ -1331,9 +1331,9 @@ def _number_type(ok: Callable[[float], bool], expected: str) -> Callable[[str], 
     return parse
 
 
-_percent = _number_type(lambda v: 0.0 < v < 100.0, "a percentage between 0 and 100")
-_ratio = _number_type(lambda v: v > 0, "a positive ratio, e.g. 1.5")
-_share = _number_type(lambda v: 0.0 <= v <= 1.0, "a share between 0 and 1, e.g. 0.95")
+_percent = number_type(lambda v: 0.0 < v < 100.0, "a percentage between 0 and 100")
+_ratio = number_type(lambda v: v > 0, "a positive ratio, e.g. 1.5")
+_share = number_type(lambda v: 0.0 <= v <= 1.0, "a share between 0 and 1, e.g. 0.95")
 
 
 def _add_probe(commands: Any) -> None:
