@@ -1266,8 +1266,8 @@ def _add_tune(commands: Any) -> None:
     )  # fmt: skip
     measure = tune.add_argument_group("how each config is measured")
     measure.add_argument(
-        "--concurrency", nargs="+", type=whole_number(1), default=list(plan.concurrency), metavar="N",
-        help="closed-loop clients, one text per request",
+        "--concurrency", nargs="+", type=whole_number(1), default=list(plan.concurrency),
+        metavar="N", help="closed-loop clients, one text per request",
     )  # fmt: skip
     measure.add_argument(
         "--seconds", type=positive_seconds, default=plan.seconds, help="each window"
