@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tritonize.errors import RepositoryConflictError, RepositoryError
+from tritonize.errors import RepositoryConflictError, RepositoryError, TritonizeError
 from tritonize.repository import configs
 from tritonize.repository.builds import serving
 from tritonize.repository.checker import check_repository
@@ -314,3 +314,25 @@ def test_check_command_hashes_on_request(repo: Path, capsys: pytest.CaptureFixtu
     assert main(["check", str(repo)]) == 0
     assert main(["check", str(repo), "--hashes"]) == 1
     assert "`model.py` differs from the build" in capsys.readouterr().err
+
+
+def test_a_failed_build_leaves_no_output_directory_it_created(
+    tmp_path: Path, classifier_dir: Path
+) -> None:
+    output = tmp_path / "new" / "repository"
+    with pytest.raises(TritonizeError, match="max_seq_len"):  # more than the model's positions
+        build_repository(_classifier_spec(classifier_dir, output, max_seq_len=4096))
+    assert list(tmp_path.iterdir()) == []
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(TritonizeError):
+        build_repository(_classifier_spec(classifier_dir, existing, max_seq_len=4096))
+    assert existing.is_dir()  # not this build's to remove
+
+
+def test_an_output_that_is_a_file_is_named(tmp_path: Path, classifier_dir: Path) -> None:
+    output = tmp_path / "afile"
+    output.write_text("not a repository")
+    with pytest.raises(RepositoryError, match="`.*afile` is a file: expected a directory"):
+        build_repository(_classifier_spec(classifier_dir, output))
+    assert output.read_text() == "not a repository"

@@ -53,18 +53,22 @@ def pause_point(name: str) -> None:
 
 @contextmanager
 def staging_directory(repository: Path) -> Iterator[Path]:
-    """A private directory beside `repository`, locked while this build lives, then removed."""
-    _create(repository)
-    with repository_lock(repository):
-        for message in recover(repository, locked=True):
-            note(message)
-        path = _create_staging(repository)
-        held = _lock(path, wait=True)
+    """A private directory beside `repository`, locked while this build lives, then removed;
+    and `repository` itself where the build created it and installed nothing into it."""
+    created = _create(repository)
     try:
-        yield path
+        with repository_lock(repository):
+            for message in recover(repository, locked=True):
+                note(message)
+            path = _create_staging(repository)
+            held = _lock(path, wait=True)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            os.close(held)
     finally:
-        shutil.rmtree(path, ignore_errors=True)
-        os.close(held)
+        _remove_if_unused(created)
 
 
 def install(
@@ -198,11 +202,28 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _create(repository: Path) -> None:
+def _create(repository: Path) -> list[Path]:
+    """Make `repository` and any missing parents; the directories made, outermost first."""
+    if repository.exists() and not repository.is_dir():
+        raise RepositoryError([f"`{repository}` is a file: expected a directory to build into"])
+    missing = [d for d in (repository, *repository.parents) if not d.exists()][::-1]
     try:
         repository.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RepositoryError([f"cannot create `{repository}`: {exc.strerror}"]) from None
+    return missing
+
+
+def _remove_if_unused(created: list[Path]) -> None:
+    """Remove the directories a build made, innermost first, while empty and while no other
+    build stages beside them (it will install there)."""
+    for directory in reversed(created):
+        if any(directory.parent.glob(_staging_prefix(directory) + "*")):
+            return
+        try:
+            directory.rmdir()  # refuses a directory that is not empty
+        except OSError:
+            return
 
 
 def _create_staging(repository: Path) -> Path:
