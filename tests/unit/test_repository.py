@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tritonize.errors import RepositoryConflictError, RepositoryError, TritonizeError
+from tritonize.errors import RepositoryConflictError, RepositoryError, SpecError, TritonizeError
 from tritonize.repository import configs
 from tritonize.repository.builds import serving
 from tritonize.repository.checker import check_repository
@@ -336,3 +336,15 @@ def test_an_output_that_is_a_file_is_named(tmp_path: Path, classifier_dir: Path)
     with pytest.raises(RepositoryError, match="`.*afile` is a file: expected a directory"):
         build_repository(_classifier_spec(classifier_dir, output))
     assert output.read_text() == "not a repository"
+
+
+def test_too_few_reference_texts_are_refused_before_any_export(
+    tmp_path: Path, classifier_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    few = tmp_path / "few.txt"
+    few.write_text("one\ntwo\n")
+    output = tmp_path / "repository"
+    with pytest.raises(SpecError, match="has 2 non-blank lines"):
+        build_repository(_classifier_spec(classifier_dir, output, reference_texts=few))
+    assert "Exporting" not in capsys.readouterr().err
+    assert not output.exists()

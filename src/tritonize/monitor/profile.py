@@ -94,9 +94,10 @@ def builtin_reference_texts(count: int = 600, seed: int = 0) -> list[str]:
     return texts
 
 
-def read_reference_texts(path: Path | None) -> tuple[list[str], str]:
+def read_reference_texts(path: Path | None, warn: bool = True) -> tuple[list[str], str]:
     """(the reference texts, where they came from): one text per non-blank line of `path`,
-    at most MAX_REFERENCE_TEXTS of them, or the built-in set."""
+    at most MAX_REFERENCE_TEXTS of them, or the built-in set. Too few are refused; fewer than
+    drift's smallest window are warned about (`warn`)."""
     if path is None:
         return builtin_reference_texts(), "built-in"
     try:
@@ -111,7 +112,7 @@ def read_reference_texts(path: Path | None) -> tuple[list[str], str]:
         )
     from tritonize.monitor.drift import MIN_OBSERVATIONS  # here: it brings the Prometheus client
 
-    if len(texts) < MIN_OBSERVATIONS:
+    if warn and len(texts) < MIN_OBSERVATIONS:
         # PSI's sampling noise is about (bins - 1) * (1/reference + 1/live): at 50 reference texts
         # an 11-bin feature sits near its threshold under traffic just like the reference.
         note(

@@ -20,7 +20,7 @@ from tritonize.engine.build import (
 )
 from tritonize.export import ExportedModel, export_onnx
 from tritonize.export.decoders import ExportedDecoder, export_generation
-from tritonize.monitor.profile import write_profile
+from tritonize.monitor.profile import read_reference_texts, write_profile
 from tritonize.progress import note, step
 from tritonize.repository import configs
 from tritonize.repository.builds import HISTORY, point, serving
@@ -47,6 +47,7 @@ def build_repository(spec: BuildSpec) -> BuildResult:
     """Export `spec`'s checkpoint and install its models into `spec.output`."""
     if spec.target is Target.TENSORRT:
         require_tensorrt()  # before any work: never half a build
+    read_reference_texts(spec.reference_texts, warn=False)  # refused now, not after the export
     with staging_directory(spec.output) as staging:
         refuse_conflicts(spec, planned_models(spec))  # before any work, after any roll-back
         pause_point("staging")
