@@ -215,11 +215,11 @@ def _create(repository: Path) -> list[Path]:
 
 
 def _remove_if_unused(created: list[Path]) -> None:
-    """Remove the directories a build made, innermost first, while empty and while no other
-    build stages beside them (it will install there)."""
+    """Remove the directories a build made, innermost first, while empty; none while another
+    build stages beside the repository (it will install there)."""
+    if not created or any(created[-1].parent.glob(_staging_prefix(created[-1]) + "*")):
+        return
     for directory in reversed(created):
-        if any(directory.parent.glob(_staging_prefix(directory) + "*")):
-            return
         try:
             directory.rmdir()  # refuses a directory that is not empty
         except OSError:
